@@ -1,0 +1,101 @@
+#include "sim/field.hpp"
+
+namespace hepsim {
+
+template <class R>
+void input_drive(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, MatRef<R> C) {
+  C.setZero();
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
+    auto Cp = C.middleRows(post.offset, post.size);
+    if (ed.pre == Network::kInput) Cp.noalias() += kernel(net, theta, static_cast<int>(e)) * x;
+    if (ed.bias) Cp.colwise() += Eigen::Map<const Vec<R>>(theta.data() + ed.b_offset, ed.rows);
+  }
+}
+
+template <class S>
+void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, MatRef<S> g) {
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    if (ed.pre == Network::kInput) continue;
+    const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
+    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
+    g.middleRows(post.offset, post.size).noalias() +=
+        kernel(net, theta, static_cast<int>(e)) * s.middleRows(pre.offset, pre.size);
+  }
+}
+
+template <class S>
+void add_recurrent_transpose(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& w, MatRef<S> g) {
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    if (ed.pre == Network::kInput) continue;
+    const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
+    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
+    g.middleRows(pre.offset, pre.size).noalias() +=
+        kernel(net, theta, static_cast<int>(e)).transpose() * w.middleRows(post.offset, post.size);
+  }
+}
+
+template <class S>
+Field<S>::Field(const Model& model, const Vec<R>& theta, const CMatRef<R>& drive, const CMatRef<R>& y,
+                const CVecRef<S>& beta)
+    : model_(model), theta_(theta), drive_(drive), y_(y), beta_(beta) {
+  eigen_assert(drive.rows() == model.net.neurons);
+  eigen_assert(y.cols() == drive.cols() && beta.size() == drive.cols());
+  nudged_ = (beta.array() != S(0)).any();
+  s_.resize(drive.rows(), drive.cols());
+  work_.resize(model.net.classes, drive.cols());
+}
+
+template <class S>
+void Field<S>::map(const Mat<S>& u, Mat<S>& out) {
+  const Network& net = model_.net;
+  activate<S>(model_.activation, u, s_);
+  out = drive_.template cast<S>();
+  add_recurrent<S>(net, theta_, s_, out);
+  if (nudged_) {
+    const Layer& o = net.layers[static_cast<std::size_t>(net.out)];
+    add_loss_gradient<S>(net, theta_, model_.loss, s_.middleRows(o.offset, o.size), y_, beta_,
+                         out.middleRows(o.offset, o.size), work_);
+  }
+  if (any_frozen_)
+    for (Index j = 0; j < u.cols(); ++j)
+      if (frozen_[static_cast<std::size_t>(j)]) out.col(j) = u.col(j);
+  ++evals_;
+}
+
+template <class S>
+void Field<S>::operator()(const Mat<S>& u, Mat<S>& dudt, R /*t*/) {
+  map(u, dudt);
+  dudt -= u;  // frozen columns: M(u) = u, so du/dt = 0 exactly
+}
+
+template <class S>
+void Field<S>::freeze(Index col) {
+  if (frozen_.empty()) frozen_.assign(static_cast<std::size_t>(cols()), 0);
+  frozen_[static_cast<std::size_t>(col)] = 1;
+  any_frozen_ = true;
+}
+
+template <class S>
+void Field<S>::unfreeze_all() {
+  frozen_.clear();
+  any_frozen_ = false;
+}
+
+template void input_drive<float>(const Network&, const Vec<float>&, const CMatRef<float>&, MatRef<float>);
+template void input_drive<double>(const Network&, const Vec<double>&, const CMatRef<double>&, MatRef<double>);
+#define HEPSIM_INSTANTIATE(S)                                                                            \
+  template void add_recurrent<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, MatRef<S>);   \
+  template void add_recurrent_transpose<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&,     \
+                                           MatRef<S>);                                                   \
+  template class Field<S>;
+HEPSIM_INSTANTIATE(float)
+HEPSIM_INSTANTIATE(double)
+HEPSIM_INSTANTIATE(std::complex<float>)
+HEPSIM_INSTANTIATE(std::complex<double>)
+#undef HEPSIM_INSTANTIATE
+
+}  // namespace hepsim

@@ -1,0 +1,78 @@
+#pragma once
+// Random streams (STYLE.md, after Arbor): a generator is keyed on *what* it draws for — the run
+// seed, a stream (init, shuffle, probes, noise, augmentation) and up to two integer keys such as
+// (epoch, batch) — so results do not depend on the thread count or on the order of other draws.
+// xoshiro256** seeded through splitmix64; normals by Box–Muller. Portable and bit-reproducible
+// (std::normal_distribution is not specified across standard libraries).
+#include <array>
+#include <cmath>
+#include <cstdint>
+
+namespace hepsim {
+
+enum class Stream : std::uint64_t { init = 1, shuffle = 2, probes = 3, noise = 4, augment = 5, data = 6 };
+
+class Rng {
+ public:
+  Rng(std::uint64_t seed, Stream stream, std::uint64_t key1 = 0, std::uint64_t key2 = 0) {
+    std::uint64_t x = seed ^ 0x9e3779b97f4a7c15ULL;
+    x = mix(x + static_cast<std::uint64_t>(stream) * 0xbf58476d1ce4e5b9ULL);
+    x = mix(x + key1 * 0x94d049bb133111ebULL + 0x632be59bd9b4e019ULL);
+    x = mix(x + key2 * 0xd6e8feb86659fd93ULL + 0x2545f4914f6cdd1dULL);
+    for (auto& w : s_) w = splitmix(x);
+  }
+
+  std::uint64_t next() {
+    const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const std::uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+  }
+  // Uniform on [0, 1) with 53 random bits.
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+  // Uniform integer on [0, n) without modulo bias (Lemire's method would do; rejection is simple).
+  std::uint64_t below(std::uint64_t n) {
+    const std::uint64_t limit = ~std::uint64_t{0} - (~std::uint64_t{0} % n);
+    std::uint64_t r;
+    do r = next(); while (r >= limit);
+    return r % n;
+  }
+  // Standard normal (Box–Muller, one value per call: the state stays four words).
+  double normal() {
+    double u1;
+    do u1 = uniform(); while (u1 <= 0.0);
+    const double u2 = uniform();
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  }
+  // Standard normal truncated to [-2, 2] (rejection; acceptance 95.4%).
+  double truncated_normal() {
+    for (;;) {
+      const double z = normal();
+      if (z >= -2.0 && z <= 2.0) return z;
+    }
+  }
+
+  using State = std::array<std::uint64_t, 4>;
+  State state() const { return s_; }
+  void set_state(const State& s) { s_ = s; }
+
+ private:
+  static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  static std::uint64_t mix(std::uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  static std::uint64_t splitmix(std::uint64_t& x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    return mix(x);
+  }
+  State s_{};
+};
+
+}  // namespace hepsim

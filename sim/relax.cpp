@@ -1,0 +1,213 @@
+#include "sim/relax.hpp"
+
+#include <boost/numeric/odeint.hpp>
+#include <boost/numeric/odeint/external/eigen/eigen.hpp>
+#include <cmath>
+#include <functional>
+#include <limits>
+
+#include "sim/error.hpp"
+
+// Trap (SPEC 2.5): odeint's Eigen infinity norm declares its result as the matrix scalar, which
+// is complex for complex states, and the controlled steppers then do not compile (they compare
+// the error norm with 1). A more specialised norm returns the real magnitude.
+namespace boost::numeric::odeint {
+template <typename T, int S1, int S2, int O, int M1, int M2>
+struct vector_space_norm_inf<Eigen::Matrix<std::complex<T>, S1, S2, O, M1, M2>> {
+  using result_type = T;
+  result_type operator()(const Eigen::Matrix<std::complex<T>, S1, S2, O, M1, M2>& m) const {
+    return m.cwiseAbs().maxCoeff();
+  }
+};
+
+// Eigen 3.4 gives matrices begin()/end() (valid for vectors only), so odeint's copy takes them for
+// ranges and calls boost::range::copy, which does not compile for a matrix: copy by assignment.
+template <typename T, int S1, int S2, int O, int M1, int M2>
+struct copy_impl<Eigen::Matrix<T, S1, S2, O, M1, M2>, Eigen::Matrix<T, S1, S2, O, M1, M2>> {
+  static void copy(const Eigen::Matrix<T, S1, S2, O, M1, M2>& from, Eigen::Matrix<T, S1, S2, O, M1, M2>& to) {
+    to = from;
+  }
+};
+}  // namespace boost::numeric::odeint
+
+namespace hepsim {
+namespace odeint = boost::numeric::odeint;
+
+Solver parse_solver(const std::string& name, const std::string& where) {
+  if (name == "map") return Solver::map;
+  if (name == "rk4") return Solver::rk4;
+  if (name == "dopri5") return Solver::dopri5;
+  throw InputError(where, "unknown solver '" + name + "' (expected map, rk4 or dopri5)");
+}
+
+const char* to_string(Solver s) {
+  switch (s) {
+    case Solver::map: return "map";
+    case Solver::rk4: return "rk4";
+    case Solver::dopri5: return "dopri5";
+  }
+  return "?";
+}
+
+Index RelaxResult::count(RelaxStatus s) const {
+  Index n = 0;
+  for (auto x : status) n += x == s;
+  return n;
+}
+
+double RelaxResult::max_residual() const {
+  double m = 0;
+  for (Index j = 0; j < residual.size(); ++j)
+    if (status[static_cast<std::size_t>(j)] != RelaxStatus::diverged) m = std::max(m, residual[j]);
+  return m;
+}
+
+namespace {
+
+// Bookkeeping shared by the three solvers: per-column residuals, divergence detection (a
+// diverged column is zeroed and frozen), and the stopping test.
+template <class S>
+class ColumnMonitor {
+ public:
+  ColumnMonitor(Field<S>& field, const RelaxConfig& cfg, RelaxResult& res)
+      : field_(field), cfg_(cfg), res_(res) {
+    res_.residual = Vec<double>::Zero(field.cols());
+    res_.status.assign(static_cast<std::size_t>(field.cols()), RelaxStatus::max_steps);
+  }
+
+  // Updates the residual of each live column from `delta` (M(u) − u, or the last update), checks
+  // `u` for divergence. Returns true when every live column is at or below tol (tol > 0).
+  bool update(Mat<S>& u, Mat<S>* delta_to_zero, const Mat<S>& delta) {
+    bool all_done = true;
+    for (Index j = 0; j < u.cols(); ++j) {
+      auto& st = res_.status[static_cast<std::size_t>(j)];
+      if (st == RelaxStatus::diverged) continue;
+      double r = 0, a = 0;
+      const S* d = delta.col(j).data();
+      const S* x = u.col(j).data();
+      for (Index i = 0; i < u.rows(); ++i) {
+        r = std::max(r, static_cast<double>(std::abs(d[i])));
+        a = std::max(a, static_cast<double>(std::abs(x[i])));
+      }
+      // NaN fails every comparison: `!(r <= thr)` catches it as well as overflow.
+      if (!(r <= cfg_.diverge_threshold) || !(a <= cfg_.diverge_threshold)) {
+        st = RelaxStatus::diverged;
+        res_.residual[j] = std::numeric_limits<double>::infinity();
+        u.col(j).setZero();
+        if (delta_to_zero) delta_to_zero->col(j).setZero();
+        field_.freeze(j);
+        continue;
+      }
+      res_.residual[j] = r;
+      if (!(r <= cfg_.tol)) all_done = false;
+    }
+    return cfg_.tol > 0 && all_done;
+  }
+
+  void finish() {
+    const double thr = cfg_.tol > 0 ? cfg_.tol : cfg_.report_tol;
+    for (Index j = 0; j < res_.residual.size(); ++j) {
+      auto& st = res_.status[static_cast<std::size_t>(j)];
+      if (st != RelaxStatus::diverged) st = res_.residual[j] <= thr ? RelaxStatus::converged : RelaxStatus::max_steps;
+    }
+  }
+
+ private:
+  Field<S>& field_;
+  const RelaxConfig& cfg_;
+  RelaxResult& res_;
+};
+
+template <class S>
+void relax_map(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res, ColumnMonitor<S>& mon) {
+  Mat<S> next(u.rows(), u.cols());
+  for (long k = 0; k < cfg.max_steps; ++k) {
+    field.map(u, next);
+    u.swap(next);   // u = M(u_old), next = u_old
+    next = u - next;  // the update u_new − u_old = F(u_old)
+    ++res.steps;
+    if (mon.update(u, nullptr, next)) break;
+  }
+  res.t = static_cast<double>(res.steps);
+}
+
+template <class S>
+void relax_rk4(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res, ColumnMonitor<S>& mon) {
+  using R = RealOf<S>;
+  odeint::runge_kutta4<Mat<S>, R, Mat<S>, R, odeint::vector_space_algebra> stepper;
+  Mat<S> dudt(u.rows(), u.cols());
+  R t = 0;
+  const R dt = static_cast<R>(cfg.dt);
+  for (;;) {
+    field(u, dudt, t);  // derivative at the current state: residual, then reused by the step
+    if (mon.update(u, &dudt, dudt) || res.steps >= cfg.max_steps) break;
+    stepper.do_step(std::ref(field), u, dudt, t, dt);
+    t += dt;
+    ++res.steps;
+  }
+  res.t = static_cast<double>(t);
+}
+
+template <class S>
+void relax_dopri5(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res, ColumnMonitor<S>& mon) {
+  using R = RealOf<S>;
+  using Stepper = odeint::runge_kutta_dopri5<Mat<S>, R, Mat<S>, R, odeint::vector_space_algebra>;
+  auto ctrl = odeint::make_controlled<Stepper>(static_cast<R>(cfg.atol), static_cast<R>(cfg.rtol));
+  Mat<S> dudt(u.rows(), u.cols());
+  R t = 0, dt = static_cast<R>(cfg.dt);
+  field(u, dudt, t);
+  if (mon.update(u, &dudt, dudt)) return;
+  // Rejections shrink dt by at most 5x each; this bound only stops a pathological loop.
+  const long max_attempts = 20 * cfg.max_steps + 1000;
+  for (long attempt = 0; attempt < max_attempts && res.steps < cfg.max_steps; ++attempt) {
+    const auto r = ctrl.try_step(std::ref(field), u, dudt, t, dt);  // FSAL: updates u, dudt, t, dt
+    if (!std::isfinite(static_cast<double>(dt)) || dt <= R(0)) dt = static_cast<R>(cfg.dt);
+    if (r == odeint::fail) {
+      ++res.rejected;
+      continue;
+    }
+    ++res.steps;
+    if (mon.update(u, &dudt, dudt)) break;
+  }
+  res.t = static_cast<double>(t);
+}
+
+}  // namespace
+
+template <class S>
+RelaxResult relax(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg) {
+  eigen_assert(u.rows() == field.rows() && u.cols() == field.cols());
+  RelaxResult res;
+  ColumnMonitor<S> mon(field, cfg, res);
+  field.unfreeze_all();
+  const long evals0 = field.evaluations();
+  switch (cfg.solver) {
+    case Solver::map: relax_map(field, u, cfg, res, mon); break;
+    case Solver::rk4: relax_rk4(field, u, cfg, res, mon); break;
+    case Solver::dopri5: relax_dopri5(field, u, cfg, res, mon); break;
+  }
+  mon.finish();
+  res.field_evals = field.evaluations() - evals0;
+  return res;
+}
+
+template <class S>
+Vec<double> residual(Field<S>& field, const Mat<S>& u) {
+  Mat<S> out(u.rows(), u.cols());
+  field.map(u, out);
+  out -= u;
+  Vec<double> r(u.cols());
+  for (Index j = 0; j < u.cols(); ++j) r[j] = static_cast<double>(out.col(j).cwiseAbs().maxCoeff());
+  return r;
+}
+
+#define HEPSIM_INSTANTIATE(S)                                                 \
+  template RelaxResult relax<S>(Field<S>&, Mat<S>&, const RelaxConfig&);       \
+  template Vec<double> residual<S>(Field<S>&, const Mat<S>&);
+HEPSIM_INSTANTIATE(float)
+HEPSIM_INSTANTIATE(double)
+HEPSIM_INSTANTIATE(std::complex<float>)
+HEPSIM_INSTANTIATE(std::complex<double>)
+#undef HEPSIM_INSTANTIATE
+
+}  // namespace hepsim
