@@ -242,16 +242,21 @@ template <class R>
 double weight_angle_deg(const Network& net, const Vec<R>& theta) {
   const auto pairs = net.reciprocal_pairs();
   if (pairs.empty()) return std::nan("");
-  double inner = 0, nff = 0, nfb = 0;
+  // The angle between a = (K_ff)_pairs and b = (K_fbᵀ)_pairs, as 2·asin(‖â − b̂‖/2): equal to
+  // arccos(⟨a, b⟩/(‖a‖‖b‖)) but accurate near 0°, where arccos loses half the digits.
+  double nff = 0, nfb = 0;
   for (const auto& [ff, fb] : pairs) {
-    const auto Kff = kernel(net, theta, ff).template cast<double>();
-    const auto Kfb = kernel(net, theta, fb).template cast<double>();
-    inner += (Kff.array() * Kfb.transpose().array()).sum();
-    nff += Kff.squaredNorm();
-    nfb += Kfb.squaredNorm();
+    nff += kernel(net, theta, ff).template cast<double>().squaredNorm();
+    nfb += kernel(net, theta, fb).template cast<double>().squaredNorm();
   }
-  const double c = std::clamp(inner / std::sqrt(nff * nfb), -1.0, 1.0);
-  return std::acos(c) * 180.0 / M_PI;
+  if (nff == 0 || nfb == 0) return std::nan("");
+  const double sa = 1 / std::sqrt(nff), sb = 1 / std::sqrt(nfb);
+  double d2 = 0;
+  for (const auto& [ff, fb] : pairs)
+    d2 += (sa * kernel(net, theta, ff).template cast<double>() -
+           sb * kernel(net, theta, fb).template cast<double>().transpose())
+              .squaredNorm();
+  return 2 * std::asin(std::min(1.0, std::sqrt(d2) / 2)) * 180.0 / M_PI;
 }
 
 template Vec<float> init_params<float>(const Network&, std::uint64_t, double);

@@ -152,7 +152,12 @@ template <class S>
 void relax_dopri5(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res, ColumnMonitor<S>& mon) {
   using R = RealOf<S>;
   using Stepper = odeint::runge_kutta_dopri5<Mat<S>, R, Mat<S>, R, odeint::vector_space_algebra>;
-  auto ctrl = odeint::make_controlled<Stepper>(static_cast<R>(cfg.atol), static_cast<R>(cfg.rtol));
+  // Near the fixed point the step size sits at the stability limit and the controller lets the
+  // local error reach its tolerance: the residual cannot fall below the error tolerance. To reach
+  // a residual tol, the error tolerances are capped at tol/10.
+  const double cap = cfg.tol > 0 ? 0.1 * cfg.tol : std::numeric_limits<double>::infinity();
+  auto ctrl = odeint::make_controlled<Stepper>(static_cast<R>(std::min(cfg.atol, cap)),
+                                               static_cast<R>(std::min(cfg.rtol, cap)));
   Mat<S> dudt(u.rows(), u.cols());
   R t = 0, dt = static_cast<R>(cfg.dt);
   field(u, dudt, t);

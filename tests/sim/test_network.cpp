@@ -1,0 +1,117 @@
+// Network description, parameter layout, SPEC 5 initialisation and the --angle mix.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "sim/error.hpp"
+#include "sim/network.hpp"
+
+using namespace hepsim;
+
+TEST_CASE("built-in mlp_2-256 has the SPEC layers, edges and reciprocal pairs") {
+  const Network net = compile(load_architecture("mlp_2-256", 784, 10));
+  REQUIRE(net.layers.size() == 3);
+  CHECK(net.neurons == 256 + 256 + 10);
+  CHECK(net.layers[static_cast<std::size_t>(net.out)].name == "out");
+  REQUIRE(net.edges.size() == 5);
+  CHECK(net.edges[0].name == "in-l1");
+  CHECK(net.edges[0].pre == Network::kInput);
+  CHECK(net.edges[2].name == "l2-l1");
+  CHECK_FALSE(net.edges[2].bias);
+  // K_in-l1 (256x784) + b, K_l1-l2 + b, K_l2-l1, K_l2-out (10x256) + b, K_out-l2, readout 10x10 + b
+  CHECK(net.n_params == 256 * 784 + 256 + 256 * 256 + 256 + 256 * 256 + 10 * 256 + 10 + 256 * 10 + 100 + 10);
+  const auto pairs = net.reciprocal_pairs();
+  REQUIRE(pairs.size() == 2);
+  CHECK(net.edges[static_cast<std::size_t>(pairs[0].second)].name == "l2-l1");  // feedback = bias-free
+  CHECK(net.edges[static_cast<std::size_t>(pairs[1].second)].name == "out-l2");
+}
+
+TEST_CASE("built-in loop_mnist is a ring without reciprocal pairs") {
+  const Network net = compile(load_architecture("loop_mnist", 784, 10));
+  REQUIRE(net.edges.size() == 4);
+  CHECK(net.edges[3].name == "out-l1");
+  CHECK(net.reciprocal_pairs().empty());
+  const Vec<double> th = init_params<double>(net, 1, 0.0);
+  CHECK(std::isnan(weight_angle_deg(net, th)));
+}
+
+TEST_CASE("--angle 0 gives exactly transposed feedback weights; 90 keeps them independent") {
+  const Network net = compile(load_architecture("mlp_2-256", 784, 10));
+  const Vec<float> th0 = init_params<float>(net, 7, 0.0);
+  for (const auto& [ff, fb] : net.reciprocal_pairs()) {
+    const Mat<float> fwd_t = kernel(net, th0, ff).transpose();
+    CHECK((kernel(net, th0, fb) - fwd_t).cwiseAbs().maxCoeff() == 0.0f);  // bit-exact
+  }
+  CHECK(weight_angle_deg(net, th0) < 1e-5);
+  // Independent truncated normals: the angle is 90° ± O(1/sqrt(#weights)) = ±0.2° (1 / sqrt(68k) rad).
+  const Vec<double> th90 = init_params<double>(net, 7, 90.0);
+  CHECK(weight_angle_deg(net, th90) == doctest::Approx(90.0).epsilon(0.005));
+  // In between, the weight angle grows with α. It is not α itself: the pairs' kernels have
+  // different scales (K_l2-out has fan-in 256, K_out-l2 fan-in 10), so the mix is dominated by the
+  // larger one (the reference's tiny network: mixed at 60°, weight angle 54.8°).
+  double last = 0;
+  for (double a : {15.0, 30.0, 60.0, 75.0}) {
+    const double w = weight_angle_deg(net, init_params<double>(net, 7, a));
+    CHECK(w > last);
+    CHECK(w < 90.0);
+    last = w;
+  }
+}
+
+TEST_CASE("initialisation: truncated normal with variance 1/fan_in, zero biases, deterministic per seed") {
+  const Network net = compile(load_architecture("mlp_2-256", 784, 10));
+  const Vec<double> a = init_params<double>(net, 3, 90.0);
+  const Vec<double> b = init_params<double>(net, 3, 90.0);
+  const Vec<double> c = init_params<double>(net, 4, 90.0);
+  CHECK((a - b).cwiseAbs().maxCoeff() == 0.0);
+  CHECK((a - c).cwiseAbs().maxCoeff() > 0.0);
+  for (const ParamBlock& blk : net.blocks) {
+    const auto v = a.segment(blk.offset, blk.size());
+    if (blk.bias) {
+      CHECK(v.cwiseAbs().maxCoeff() == 0.0);
+      continue;
+    }
+    const double var = v.squaredNorm() / static_cast<double>(v.size());
+    const double want = 1.0 / static_cast<double>(blk.cols);
+    // Relative standard error of a variance estimate from n samples of a (truncated) normal is
+    // about sqrt(2/n); allow 5 of them.
+    CAPTURE(blk.name);
+    CHECK(std::abs(var / want - 1) < 5 * std::sqrt(2.0 / static_cast<double>(v.size())));
+    // Truncation at two standard deviations of the untruncated normal: |w| ≤ 2 σ0 = 2 sqrt(want)/0.8796.
+    CHECK(v.cwiseAbs().maxCoeff() <= 2 * std::sqrt(want) / 0.87962566103423978 + 1e-12);
+  }
+}
+
+TEST_CASE("architecture JSON: parsed, and every malformed file rejected with its name") {
+  const std::string good = R"({"name": "t", "layers": [{"name": "h", "size": 4}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h", "type": "dense"}, {"pre": "h", "post": "out"},
+              {"pre": "out", "post": "h", "type": "dense_nobias"}, {"pre": "h", "post": "h", "type": "dense_nobias"}]})";
+  const Network net = compile(parse_architecture(good, "good.json", 6, 3));
+  CHECK(net.neurons == 7);
+  CHECK(net.edges.size() == 4);
+  CHECK(net.reciprocal_pairs().size() == 1);  // the self-loop h-h is not a pair
+
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"({"layers": [], "edges": [], "extra": 1})", "unknown key 'extra'"},
+      {R"({"layers": [{"name": "out", "size": 0}], "edges": []})", "size"},
+      {R"({"layers": [{"name": "h", "size": 3}], "edges": []})", "no layer named 'out'"},
+      {R"({"layers": [{"name": "out", "size": 3}], "edges": [{"pre": "in", "post": "out"}, {"pre": "in", "post": "out"}]})",
+       "duplicate edge"},
+      {R"({"layers": [{"name": "out", "size": 3}], "edges": [{"pre": "x", "post": "out"}]})", "unknown layer 'x'"},
+      {R"({"layers": [{"name": "out", "size": 3}], "edges": [{"pre": "in", "post": "out", "type": "conv"}]})",
+       "not supported"},
+      {R"({"layers": [{"name": "out", "size": 3}], "edges": [{"pre": "out", "post": "in"}]})", "cannot receive"},
+      {R"({"layers": [{"name": "out", "size": 3}, {"name": "out", "size": 2}], "edges": []})", "duplicate layer"},
+      {R"({"layers": [ )", "invalid JSON"},
+  };
+  for (const auto& [text, msg] : bad) {
+    CAPTURE(text);
+    CHECK_THROWS_WITH_AS(compile(parse_architecture(text, "bad.json", 6, 3), "bad.json"),
+                         doctest::Contains(msg.c_str()), InputError);
+    CHECK_THROWS_WITH_AS(compile(parse_architecture(text, "bad.json", 6, 3), "bad.json"),
+                         doctest::Contains("bad.json"), InputError);
+  }
+  CHECK_THROWS_WITH_AS(load_architecture("no_such_net", 6, 3), doctest::Contains("--arch"), InputError);
+  CHECK_THROWS_WITH_AS(load_architecture("/nonexistent/dir/net.json", 6, 3),
+                       doctest::Contains("/nonexistent/dir/net.json"), InputError);
+}
