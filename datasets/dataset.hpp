@@ -50,6 +50,13 @@ Dataset load_test_split(DatasetKind kind, const std::string& dir, Index limit = 
 
 // IDX pair (images magic 0x00000803 N x H x W, labels magic 0x00000801 N), gzip or raw.
 Dataset read_idx(const std::string& images_path, const std::string& labels_path, int classes = 10, Index limit = 0);
+// CIFAR binary files, concatenated in order. classes 10: CIFAR-10 records (label byte + 3072
+// pixels); classes 100: CIFAR-100 records (coarse byte, fine byte + 3072 pixels; the fine label
+// is kept). The record count of each file is its size over the record size.
+Dataset read_cifar(const std::vector<std::string>& paths, int classes, Index limit = 0);
+// Downsampled ImageNet npz files (zip of data.npy uint8 (n, 3*side*side), labels.npy 1..1000),
+// concatenated in order; labels become 0..999. side: 32 or 64.
+Dataset read_imagenet_npz(const std::vector<std::string>& paths, int side, Index limit = 0);
 
 // Per-channel input normalisation (SPEC 7): x = (pixel/255 − mean[c]) / (scale · std[c]).
 struct Normalization {
@@ -62,7 +69,7 @@ Normalization default_normalization(DatasetKind k);
 // Training augmentation (SPEC 7): random horizontal flip and random crop of the zero-padded image.
 struct Augmentation {
   bool flip = false;
-  int pad = 0;  // crop a H x W window from the image zero-padded by `pad` on each side (4: 36x36)
+  int pad = 0;  // crop an H x W window from the image zero-padded by `pad` on each side (2: 32 -> 36)
 };
 Augmentation default_augmentation(DatasetKind k);  // none for (F)MNIST; flip + pad 2 for 32x32 colour
 
@@ -78,5 +85,12 @@ std::vector<Index> shuffled_indices(Index n, std::uint64_t seed, std::uint64_t e
 // hepsim's HDF5 layout: /images uint8 (N, C, H, W), /labels int32 (N), attribute "classes".
 void write_h5_dataset(const Dataset& d, const std::string& path);
 Dataset read_h5_dataset(const std::string& path, Index limit = 0);
+// The kind a file written by convert_dataset came from (its "name" attribute, e.g.
+// "cifar10/train"), so --dataset h5 can use that kind's normalisation and augmentation;
+// DatasetKind::h5 when the file does not say.
+DatasetKind h5_source_kind(const std::string& path);
+// Loads both splits of `kind` from `dir` and writes out_dir/train.h5 and out_dir/test.h5
+// (out_dir is created if needed).
+void convert_dataset(DatasetKind kind, const std::string& dir, const std::string& out_dir);
 
 }  // namespace hepsim
