@@ -55,6 +55,12 @@ Index RelaxResult::count(RelaxStatus s) const {
   return n;
 }
 
+double RelaxResult::mean_col_steps() const {
+  double sum = 0;
+  for (long k : col_steps) sum += static_cast<double>(k);
+  return col_steps.empty() ? 0.0 : sum / static_cast<double>(col_steps.size());
+}
+
 double RelaxResult::max_residual() const {
   double m = 0;
   for (Index j = 0; j < residual.size(); ++j)
@@ -73,6 +79,8 @@ class ColumnMonitor {
       : field_(field), cfg_(cfg), res_(res) {
     res_.residual = Vec<double>::Zero(field.cols());
     res_.status.assign(static_cast<std::size_t>(field.cols()), RelaxStatus::max_steps);
+    res_.col_steps.assign(static_cast<std::size_t>(field.cols()), -1);
+    thr_ = cfg.tol > 0 ? cfg.tol : cfg.report_tol;
   }
 
   // Updates the residual of each live column from `delta` (M(u) − u, or the last update), checks
@@ -99,16 +107,19 @@ class ColumnMonitor {
         continue;
       }
       res_.residual[j] = r;
+      auto& first = res_.col_steps[static_cast<std::size_t>(j)];
+      if (first < 0 && r <= thr_) first = res_.steps;
       if (!(r <= cfg_.tol)) all_done = false;
     }
     return cfg_.tol > 0 && all_done;
   }
 
   void finish() {
-    const double thr = cfg_.tol > 0 ? cfg_.tol : cfg_.report_tol;
     for (Index j = 0; j < res_.residual.size(); ++j) {
       auto& st = res_.status[static_cast<std::size_t>(j)];
-      if (st != RelaxStatus::diverged) st = res_.residual[j] <= thr ? RelaxStatus::converged : RelaxStatus::max_steps;
+      if (st != RelaxStatus::diverged) st = res_.residual[j] <= thr_ ? RelaxStatus::converged : RelaxStatus::max_steps;
+      auto& first = res_.col_steps[static_cast<std::size_t>(j)];
+      if (first < 0 || st != RelaxStatus::converged) first = res_.steps;
     }
   }
 
@@ -116,6 +127,7 @@ class ColumnMonitor {
   Field<S>& field_;
   const RelaxConfig& cfg_;
   RelaxResult& res_;
+  double thr_ = 0;
 };
 
 template <class S>

@@ -42,11 +42,14 @@ struct RelaxResult {
   double t = 0;                      // ODE time reached (map: number of iterations)
   Vec<double> residual;              // per column, final ‖F(u)‖∞
   std::vector<RelaxStatus> status;   // per column
+  std::vector<long> col_steps;       // per column: step count at which its residual first fell to
+                                     // ≤ tol (report_tol when tol = 0); `steps` if it never did
 
   Index count(RelaxStatus s) const;
   Index converged() const { return count(RelaxStatus::converged); }
   Index diverged() const { return count(RelaxStatus::diverged); }
   double max_residual() const;       // over columns that did not diverge (0 if none)
+  double mean_col_steps() const;
 };
 
 // Relaxes u (neurons x cols; in: start, out: end) under `field`.

@@ -1,0 +1,65 @@
+#pragma once
+// End-to-end helpers: a tiny learnable Fashion-MNIST-format dataset generated in a temp dir, and
+// running the real `hepsim` binary capturing exit code, stdout and stderr.
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "../datasets/helpers.hpp"
+#include "sim/random.hpp"
+
+namespace hepsim::test {
+
+// n images of 28x28 in IDX format (gzip), 10 classes; class c has a bright horizontal bar at rows
+// 2c+4 .. 2c+6 plus uniform noise, so a network can learn it in a few hundred steps.
+inline void write_tiny_fmnist(const std::string& dir, std::uint32_t n_train, std::uint32_t n_test, std::uint64_t seed) {
+  Rng rng(seed, Stream::data);
+  auto make = [&](const std::string& prefix, std::uint32_t n) {
+    Bytes img, lab;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const int c = static_cast<int>(i % 10);
+      lab.push_back(static_cast<std::uint8_t>(c));
+      for (int r = 0; r < 28; ++r)
+        for (int k = 0; k < 28; ++k) {
+          const bool bar = r >= 2 * c + 4 && r < 2 * c + 7;
+          img.push_back(static_cast<std::uint8_t>((bar ? 160 : 0) + rng.below(90)));
+        }
+    }
+    write_gz(dir + "/" + prefix + "-images-idx3-ubyte.gz", idx_file({n, 28, 28}, img));
+    write_gz(dir + "/" + prefix + "-labels-idx1-ubyte.gz", idx_file({n}, lab));
+  };
+  make("train", n_train);
+  make("t10k", n_test);
+}
+
+struct RunResult {
+  int code = -1;
+  std::string out, err;
+  nlohmann::json json() const { return nlohmann::json::parse(out); }
+  int err_lines() const {
+    int n = 0;
+    for (char c : err) n += c == '\n';
+    return n;
+  }
+};
+
+inline RunResult run_hepsim(const std::string& args, const TempDir& tmp) {
+  const std::string out = tmp.file("stdout.txt"), err = tmp.file("stderr.txt");
+  const std::string cmd = std::string(HEPSIM_BINARY) + " " + args + " >" + out + " 2>" + err;
+  const int status = std::system(cmd.c_str());
+  RunResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  };
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+}  // namespace hepsim::test

@@ -1,0 +1,57 @@
+#include "tools/cli.hpp"
+
+#include <Eigen/Core>
+#include <iostream>
+#include <omp.h>
+
+namespace hepsim::tools {
+
+void set_threads(int threads) {
+  if (threads < 0) throw InputError("--threads", "must be ≥ 0 (0 = all cores)");
+  const int n = threads == 0 ? omp_get_num_procs() : threads;
+  omp_set_num_threads(n);
+  Eigen::setNbThreads(n);
+}
+
+void print_json(const nlohmann::json& j) { std::cout << j.dump() << std::endl; }
+
+int run(int argc, char** argv) {
+  CLI::App app{"hepsim: equilibrium propagation on simulated neuromorphic and analog substrates"};
+  app.set_version_flag("--version", std::string("hepsim ") + HEPSIM_VERSION);
+  app.require_subcommand(1);
+  register_relax(app);
+  try {
+    if (argc > 1 && argv[1][0] != '-') {
+      std::string names;
+      bool known = false;
+      for (const CLI::App* sub : app.get_subcommands({})) {
+        names += (names.empty() ? "" : ", ") + sub->get_name();
+        known |= sub->get_name() == argv[1];
+      }
+      if (!known) throw InputError(argv[1], "unknown subcommand (expected one of: " + names + ")");
+    }
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line naming the flag (CLI11's messages do), exit 2.
+    std::string msg = e.what();
+    for (auto& c : msg)
+      if (c == '\n') c = ' ';
+    std::cerr << "hepsim: " << msg << "\n";
+    return 2;
+  } catch (const InputError& e) {
+    std::cerr << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "hepsim: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace hepsim::tools

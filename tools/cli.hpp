@@ -1,0 +1,36 @@
+#pragma once
+// hepsim/tools — the command-line front end: flags -> config -> library call -> output.
+// Every subcommand registers itself on the CLI11 app; errors follow SPEC 9: one line on stderr
+// naming the offending file or flag, exit code 2 for bad input, 1 for any other failure.
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "sim/error.hpp"
+
+namespace hepsim::tools {
+
+// Registers `hepsim relax`.
+void register_relax(CLI::App& app);
+
+// Runs the program; returns the process exit code.
+int run(int argc, char** argv);
+
+// Sets the number of threads used by OpenMP and Eigen (0 = all cores).
+void set_threads(int threads);
+
+// Validation helpers that throw InputError naming the flag.
+inline double require_finite(double v, const std::string& flag) {
+  if (!std::isfinite(v)) throw InputError(flag, "must be a finite number");
+  return v;
+}
+inline long require_positive(long v, const std::string& flag) {
+  if (v <= 0) throw InputError(flag, "must be positive (got " + std::to_string(v) + ")");
+  return v;
+}
+
+// Prints one JSON object on stdout.
+void print_json(const nlohmann::json& j);
+
+}  // namespace hepsim::tools

@@ -1,0 +1,204 @@
+// `hepsim relax`: relaxes K test samples with freshly initialised weights by the chosen solver
+// and by the discrete map, and reports convergence and the largest difference between the two
+// fixed points (SPEC 9). With --beta, each sample's free phase is followed by a nudged phase from
+// its free fixed point, and the nudged fixed points are compared.
+#include <chrono>
+#include <memory>
+
+#include "datasets/dataset.hpp"
+#include "sim/sim.hpp"
+#include "tools/cli.hpp"
+
+namespace hepsim::tools {
+namespace {
+
+struct RelaxOptions {
+  std::string arch = "mlp_2-256";
+  std::string dataset = "fmnist";
+  std::string data_dir;         // default: the dataset's standard place
+  long samples = 100;           // test samples to relax (the first K)
+  std::string solver = "map";
+  double beta = 0;              // nudge of the second phase (0: free phase only)
+  std::uint64_t seed = 0;       // weight initialisation
+  double angle = 90;            // SPEC 5 --angle (degrees); 90 = independent feedback, as on a substrate
+  double tol = 1e-8;            // residual tolerance ‖M(u) − u‖∞ of every phase
+  long max_steps = 100000;      // step budget per phase
+  double dt = 0.5;              // rk4 step / dopri5 first step
+  std::string activation = "sigmoid";
+  std::string precision = "double";
+  long batch_size = 100;        // columns relaxed together (independent of --threads)
+  int threads = 0;
+};
+
+struct PhaseStats {
+  long converged = 0, diverged = 0;
+  double sum_steps = 0, sum_residual = 0, max_residual = 0;
+  long field_evals = 0;
+  void add(const RelaxResult& r) {
+    converged += r.converged();
+    diverged += r.diverged();
+    field_evals += r.field_evals;
+    for (Index j = 0; j < r.residual.size(); ++j) {
+      sum_steps += static_cast<double>(r.col_steps[static_cast<std::size_t>(j)]);
+      if (r.status[static_cast<std::size_t>(j)] != RelaxStatus::diverged) {
+        sum_residual += r.residual[j];
+        max_residual = std::max(max_residual, r.residual[j]);
+      }
+    }
+  }
+  void merge(const PhaseStats& o) {
+    converged += o.converged;
+    diverged += o.diverged;
+    sum_steps += o.sum_steps;
+    sum_residual += o.sum_residual;
+    max_residual = std::max(max_residual, o.max_residual);
+    field_evals += o.field_evals;
+  }
+  nlohmann::json json(long n) const {
+    return {{"converged", converged}, {"diverged", diverged}, {"mean_steps", sum_steps / static_cast<double>(n)},
+            {"mean_residual", sum_residual / static_cast<double>(std::max(1L, n - diverged))},
+            {"max_residual", max_residual}, {"field_evals", field_evals}};
+  }
+};
+
+// A sample whose fixed point differs from the map's by more than this has landed on another
+// fixed point (multistability: the map and the flow can pick different basins from u = 0). The
+// tolerance-induced difference is tol/(1 − ρ), orders of magnitude smaller at the default tol.
+constexpr double kDifferent = 1e-4;
+
+template <class R>
+nlohmann::json run_relax(const RelaxOptions& o) {
+  const DatasetKind kind = parse_dataset_kind(o.dataset);
+  const std::string dir = o.data_dir.empty() ? default_data_dir(kind) : o.data_dir;
+  if (dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(kind));
+  const Dataset test = load_test_split(kind, dir, o.samples);
+  if (test.n < o.samples)
+    throw InputError("--samples", "the test set has only " + std::to_string(test.n) + " samples");
+  Model model;
+  model.net = compile(load_architecture(o.arch, test.dim(), test.classes));
+  model.activation = parse_activation(o.activation);
+  const Vec<R> theta = init_params<R>(model.net, o.seed, o.angle);
+
+  RelaxConfig cfg;
+  cfg.solver = parse_solver(o.solver);
+  cfg.tol = o.tol;
+  cfg.max_steps = o.max_steps;
+  cfg.dt = o.dt;
+  RelaxConfig map_cfg = cfg;
+  map_cfg.solver = Solver::map;
+  const bool nudge = o.beta != 0;
+  const Normalization norm = default_normalization(kind);
+
+  const Index n = model.net.neurons;
+  const long chunks = (o.samples + o.batch_size - 1) / o.batch_size;
+  PhaseStats free_stats, nudged_stats;
+  double max_diff = 0;
+  long differing = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::exception_ptr error;  // an exception must not leave an OpenMP region
+#pragma omp parallel
+  {
+    PhaseStats my_free, my_nudged;
+    double my_diff = 0;
+    long my_differing = 0;
+#pragma omp for schedule(dynamic, 1)
+    for (long c = 0; c < chunks; ++c) try {
+      const Index first = c * o.batch_size;
+      const Index cols = std::min<Index>(o.batch_size, o.samples - first);
+      std::vector<Index> idx(static_cast<std::size_t>(cols));
+      for (Index j = 0; j < cols; ++j) idx[static_cast<std::size_t>(j)] = first + j;
+      Mat<R> x(test.dim(), cols), y(test.classes, cols), drive(n, cols);
+      make_batch<R>(test, idx.data(), cols, norm, Augmentation{}, nullptr, x, y);
+      input_drive<R>(model.net, theta, x, drive);
+      const Vec<R> zero = Vec<R>::Zero(cols), beta = Vec<R>::Constant(cols, static_cast<R>(o.beta));
+      Field<R> free_field(model, theta, drive, y, zero), nudged_field(model, theta, drive, y, beta);
+
+      // The solver under test: free phase, then (with β) the nudged phase from its fixed point.
+      Mat<R> u = Mat<R>::Zero(n, cols);
+      my_free.add(relax(free_field, u, cfg));
+      if (nudge) my_nudged.add(relax(nudged_field, u, cfg));
+      // The discrete map's fixed points (the reference of max_abs_diff_vs_map).
+      Mat<R> v = Mat<R>::Zero(n, cols);
+      if (cfg.solver != Solver::map) {
+        (void)relax(free_field, v, map_cfg);
+        if (nudge) (void)relax(nudged_field, v, map_cfg);
+      } else {
+        v = u;
+      }
+      const RowVec<R> col_diff = (u - v).cwiseAbs().colwise().maxCoeff();
+      my_diff = std::max(my_diff, static_cast<double>(col_diff.maxCoeff()));
+      my_differing += (col_diff.array() > R(kDifferent)).count();
+    } catch (...) {
+#pragma omp critical
+      error = std::current_exception();
+    }
+#pragma omp critical
+    {
+      free_stats.merge(my_free);
+      nudged_stats.merge(my_nudged);
+      max_diff = std::max(max_diff, my_diff);
+      differing += my_differing;
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const PhaseStats& main = nudge ? nudged_stats : free_stats;
+  nlohmann::json j = main.json(o.samples);
+  j["solver"] = o.solver;
+  j["samples"] = o.samples;
+  j["max_abs_diff_vs_map"] = max_diff;
+  j["differing_fixed_points"] = differing;
+  j["arch"] = o.arch;
+  j["beta"] = o.beta;
+  j["tol"] = o.tol;
+  j["precision"] = o.precision;
+  j["seconds"] = seconds;
+  if (nudge) j["free"] = free_stats.json(o.samples);
+  return j;
+}
+
+}  // namespace
+
+void register_relax(CLI::App& app) {
+  auto opt = std::make_shared<RelaxOptions>();
+  CLI::App* cmd = app.add_subcommand("relax", "Relax test samples with fresh weights; compare a solver with the map");
+  cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist or a JSON file")->capture_default_str();
+  cmd->add_option("--dataset", opt->dataset, "fmnist, mnist, cifar10, cifar100, imagenet32, imagenet64, h5")
+      ->capture_default_str();
+  cmd->add_option("--data-dir", opt->data_dir, "Dataset directory (default: the dataset's standard place)");
+  cmd->add_option("--samples", opt->samples, "Number of test samples to relax")->capture_default_str();
+  cmd->add_option("--solver", opt->solver, "map, rk4 or dopri5")->capture_default_str();
+  cmd->add_option("--beta", opt->beta, "Nudge of a second phase from the free fixed point (0: none)")
+      ->capture_default_str();
+  cmd->add_option("--seed", opt->seed, "Seed of the weight initialisation")->capture_default_str();
+  cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees)")
+      ->capture_default_str();
+  cmd->add_option("--tol", opt->tol, "Residual tolerance of every phase")->capture_default_str();
+  cmd->add_option("--max-steps", opt->max_steps, "Step budget of every phase")->capture_default_str();
+  cmd->add_option("--dt", opt->dt, "RK4 step and Dormand-Prince first step")->capture_default_str();
+  cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
+  cmd->add_option("--precision", opt->precision, "double or float")->capture_default_str();
+  cmd->add_option("--batch-size", opt->batch_size, "Samples relaxed together")->capture_default_str();
+  cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
+  cmd->callback([opt] {
+    const RelaxOptions& o = *opt;
+    require_positive(o.samples, "--samples");
+    require_positive(o.max_steps, "--max-steps");
+    require_positive(o.batch_size, "--batch-size");
+    require_finite(o.beta, "--beta");
+    require_finite(o.angle, "--angle");
+    if (!(o.tol >= 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite number ≥ 0");
+    if (!(o.dt > 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite positive number");
+    set_threads(o.threads);
+    // Columns are parallelised by chunks here; Eigen's own GEMM threads would oversubscribe.
+    Eigen::setNbThreads(1);
+    if (o.precision == "double")
+      print_json(run_relax<double>(o));
+    else if (o.precision == "float")
+      print_json(run_relax<float>(o));
+    else
+      throw InputError("--precision", "must be double or float");
+  });
+}
+
+}  // namespace hepsim::tools

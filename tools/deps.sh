@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages hepsim needs, when missing (non-interactive, idempotent).
+# Usage: tools/deps.sh [--plots]     (--plots adds python3-h5py and python3-matplotlib)
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libeigen3-dev libboost-dev libfftw3-dev libhdf5-dev doctest-dev
+      libcli11-dev nlohmann-json3-dev zlib1g-dev libbenchmark-dev dataset-fashion-mnist)
+[[ "${1:-}" == "--plots" ]] && pkgs+=(python3 python3-numpy python3-h5py python3-matplotlib)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+echo "tools/deps.sh: installing ${missing[*]}" >&2
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+if ! $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
+  # A fresh machine may have no package lists yet.
+  $SUDO apt-get update -q >&2
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
