@@ -1,0 +1,315 @@
+// Exact references (RBP adjoint, exact response, dense solves, truncated BPTT), parameter
+// gradients and the EP / holomorphic EP estimators. See ep/estimators.hpp for the equations.
+#include "ep/estimators.hpp"
+
+#include <Eigen/LU>
+#include <stdexcept>
+
+namespace hepsim {
+namespace {
+
+template <class R>
+const Layer& out_layer(const Network& net) {
+  return net.layers[static_cast<std::size_t>(net.out)];
+}
+
+// Column-replicates m `copies` times: [m m … m].
+template <class M>
+auto replicate_cols(const M& m, Index copies) {
+  return m.replicate(1, copies).eval();
+}
+
+// ∞-norm of a matrix (0 for an empty one).
+template <class M>
+double inf_norm(const M& m) {
+  return m.size() == 0 ? 0.0 : static_cast<double>(m.cwiseAbs().maxCoeff());
+}
+
+// The state Jacobian J_G (neurons x neurons) of a dense network, column by column: J_G I.
+template <class R>
+Mat<R> state_jacobian(const Network& net, const Vec<R>& theta) {
+  const Mat<R> I = Mat<R>::Identity(net.neurons, net.neurons);
+  Mat<R> JG = Mat<R>::Zero(net.neurons, net.neurons);
+  add_recurrent<R>(net, theta, I, JG);
+  return JG;
+}
+
+}  // namespace
+
+template <class R>
+FreeState<R> free_phase(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& y,
+                        const RelaxConfig& cfg) {
+  FreeState<R> fs;
+  fs.x = x;
+  fs.y = y;
+  fs.drive.resize(model.net.neurons, x.cols());
+  input_drive<R>(model.net, theta, fs.x, fs.drive);
+  fs.u = Mat<R>::Zero(model.net.neurons, x.cols());
+  const Vec<R> zero = Vec<R>::Zero(x.cols());
+  Field<R> field(model, theta, fs.drive, fs.y, zero);
+  fs.relax = relax(field, fs.u, cfg);
+  return fs;
+}
+
+template <class R>
+Mat<R> loss_gradient_s(const Model& model, const Vec<R>& theta, const CMatRef<R>& u, const CMatRef<R>& y) {
+  const Network& net = model.net;
+  Mat<R> s(u.rows(), u.cols()), work;
+  activate<R>(model.activation, u, s);
+  Mat<R> g = Mat<R>::Zero(u.rows(), u.cols());
+  const Layer& o = out_layer<R>(net);
+  add_loss_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), y, Vec<R>::Ones(u.cols()),
+                       g.middleRows(o.offset, o.size), work);
+  return g;
+}
+
+template <class R>
+IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star,
+                               const CMatRef<R>& y, const IterationConfig& cfg) {
+  const Network& net = model.net;
+  Mat<R> D(u_star.rows(), u_star.cols());
+  activate_deriv<R>(model.activation, u_star, D);
+  const Mat<R> Dg = D.cwiseProduct(loss_gradient_s<R>(model, theta, u_star, y));
+  IterationResult<R> res;
+  res.v = Mat<R>::Zero(u_star.rows(), u_star.cols());
+  Mat<R> t(u_star.rows(), u_star.cols()), next(u_star.rows(), u_star.cols());
+  for (long k = 0; k < cfg.steps; ++k) {
+    t.setZero();
+    add_recurrent_transpose<R>(net, theta, res.v, t);
+    next = D.cwiseProduct(t) + Dg;
+    res.last_update = inf_norm(next - res.v);
+    res.v.swap(next);
+    ++res.steps;
+    if (cfg.tol > 0 && res.last_update <= cfg.tol) break;
+  }
+  return res;
+}
+
+template <class R>
+IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const CMatRef<R>& drive,
+                                  const CMatRef<R>& u_start, const CMatRef<R>& y, const IterationConfig& cfg) {
+  const Network& net = model.net;
+  const Layer& o = out_layer<R>(net);
+  const Index n = u_start.rows(), B = u_start.cols();
+  Mat<R> u = u_start, du = Mat<R>::Zero(n, B);
+  Mat<R> s(n, B), d(n, B), un(n, B), dun(n, B), work;
+  const Vec<R> ones = Vec<R>::Ones(B);
+  IterationResult<R> res;
+  for (long k = 0; k < cfg.steps; ++k) {
+    activate<R>(model.activation, u, s);
+    activate_deriv<R>(model.activation, u, d);
+    // u' = M₀(u) = C + J_G s;   ú' = J_G (σ'(u) ⊙ ú) + e(s)  (d(βe)/dβ at β = 0 is e)
+    un = drive;
+    add_recurrent<R>(net, theta, s, un);
+    d = d.cwiseProduct(du);
+    dun.setZero();
+    add_recurrent<R>(net, theta, d, dun);
+    add_loss_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), y, ones,
+                         dun.middleRows(o.offset, o.size), work);
+    res.last_update = std::max(inf_norm(un - u), inf_norm(dun - du));
+    u.swap(un);
+    du.swap(dun);
+    ++res.steps;
+    if (cfg.tol > 0 && res.last_update <= cfg.tol) break;
+  }
+  activate_deriv<R>(model.activation, u, d);
+  res.v = d.cwiseProduct(du);
+  return res;
+}
+
+template <class R>
+Mat<R> rbp_dense(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y) {
+  const Mat<R> JGt = state_jacobian<R>(model.net, theta).transpose();
+  Mat<R> D(u_star.rows(), u_star.cols());
+  activate_deriv<R>(model.activation, u_star, D);
+  const Mat<R> g = loss_gradient_s<R>(model, theta, u_star, y);
+  Mat<R> delta(u_star.rows(), u_star.cols());
+  const Mat<R> I = Mat<R>::Identity(JGt.rows(), JGt.cols());
+  for (Index b = 0; b < u_star.cols(); ++b) {
+    const Mat<R> A = I - D.col(b).asDiagonal() * JGt;
+    delta.col(b) = A.partialPivLu().solve(D.col(b).cwiseProduct(g.col(b)));
+  }
+  return delta;
+}
+
+template <class R>
+Mat<R> exact_response_dense(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y) {
+  const Mat<R> JG = state_jacobian<R>(model.net, theta);
+  Mat<R> D(u_star.rows(), u_star.cols());
+  activate_deriv<R>(model.activation, u_star, D);
+  const Mat<R> g = loss_gradient_s<R>(model, theta, u_star, y);
+  Mat<R> v(u_star.rows(), u_star.cols());
+  const Mat<R> I = Mat<R>::Identity(JG.rows(), JG.cols());
+  for (Index b = 0; b < u_star.cols(); ++b) {
+    const Mat<R> A = I - D.col(b).asDiagonal() * JG;
+    v.col(b) = A.partialPivLu().solve(D.col(b).cwiseProduct(g.col(b)));
+  }
+  return v;
+}
+
+template <class R>
+void add_param_gradient(const Network& net, const CMatRef<R>& x, const CMatRef<R>& s, const CMatRef<R>& v, R weight,
+                        Vec<R>& grad) {
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
+    const auto v_post = v.middleRows(post.offset, post.size);
+    Eigen::Map<Mat<R>> gK(grad.data() + ed.k_offset, ed.rows, ed.cols);
+    if (ed.pre == Network::kInput) {
+      gK.noalias() += weight * v_post * x.transpose();
+    } else {
+      const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
+      gK.noalias() += weight * v_post * s.middleRows(pre.offset, pre.size).transpose();
+    }
+    if (ed.bias) Eigen::Map<Vec<R>>(grad.data() + ed.b_offset, ed.rows) += weight * v_post.rowwise().sum();
+  }
+}
+
+template <class R>
+Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v) {
+  const Network& net = model.net;
+  Vec<R> grad = Vec<R>::Zero(net.n_params);
+  Mat<R> s(fs.u.rows(), fs.u.cols());
+  activate<R>(model.activation, fs.u, s);
+  const R w = R(1) / static_cast<R>(fs.u.cols());
+  add_param_gradient<R>(net, fs.x, s, v, w, grad);
+  const Layer& o = out_layer<R>(net);
+  add_readout_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), fs.y, w, grad);
+  return grad;
+}
+
+template <class R>
+BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& drive,
+                             const CMatRef<R>& u_start, const CMatRef<R>& y, long steps) {
+  const Network& net = model.net;
+  const Index n = u_start.rows(), B = u_start.cols();
+  std::vector<Mat<R>> traj(static_cast<std::size_t>(steps + 1));
+  traj[0] = u_start;
+  Mat<R> s(n, B), d(n, B), t(n, B);
+  for (long k = 0; k < steps; ++k) {
+    activate<R>(model.activation, traj[static_cast<std::size_t>(k)], s);
+    traj[static_cast<std::size_t>(k + 1)] = drive;
+    add_recurrent<R>(net, theta, s, traj[static_cast<std::size_t>(k + 1)]);
+  }
+  BpttResult<R> res;
+  res.grad = Vec<R>::Zero(net.n_params);
+  res.error_sum = Mat<R>::Zero(n, B);
+  const R w = R(1) / static_cast<R>(B);
+  const Mat<R>& uT = traj.back();
+  activate<R>(model.activation, uT, s);
+  activate_deriv<R>(model.activation, uT, d);
+  const Layer& o = out_layer<R>(net);
+  add_readout_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), y, w, res.grad);
+  Mat<R> a = d.cwiseProduct(loss_gradient_s<R>(model, theta, uT, y));  // ∂ℓ/∂u_T
+  for (long k = steps - 1; k >= 0; --k) {
+    const Mat<R>& uk = traj[static_cast<std::size_t>(k)];
+    activate<R>(model.activation, uk, s);
+    add_param_gradient<R>(net, x, s, a, w, res.grad);  // u_{k+1} = G(σ(u_k), x; θ)
+    res.error_sum += a;
+    activate_deriv<R>(model.activation, uk, d);
+    t.setZero();
+    add_recurrent_transpose<R>(net, theta, a, t);
+    a = d.cwiseProduct(t);  // ∂ℓ/∂u_k = σ'(u_k) ⊙ J_Gᵀ ∂ℓ/∂u_{k+1}
+  }
+  return res;
+}
+
+template <class R>
+EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const FreeState<R>& fs,
+                              const EstimatorConfig& cfg) {
+  using C = std::complex<R>;
+  if (cfg.N < 1) throw std::invalid_argument("ep_estimate: N must be >= 1 (N = 0 is exact_response)");
+  if (!(cfg.beta > 0)) throw std::invalid_argument("ep_estimate: |beta| must be > 0");
+  const Network& net = model.net;
+  const Index n = net.neurons, B = fs.u.cols();
+  EstimateResult<R> res;
+  res.diverged.assign(static_cast<std::size_t>(B), 0);
+  Mat<R> s_star(n, B);
+  activate<R>(model.activation, fs.u, s_star);
+
+  auto note = [&](const RelaxResult& r, Index copies) {
+    res.steps += r.steps;
+    for (Index j = 0; j < copies * B; ++j) {
+      if (r.status[static_cast<std::size_t>(j)] == RelaxStatus::diverged) res.diverged[static_cast<std::size_t>(j % B)] = 1;
+      else res.max_residual = std::max(res.max_residual, r.residual[j]);
+    }
+  };
+
+  // The real points: β (and −β when N is even), stacked as [β·1_B | −β·1_B].
+  const std::vector<std::complex<double>> pts = cfg.N == 1 ? std::vector<std::complex<double>>{{cfg.beta, 0}}
+                                                            : contour_points(cfg.N, cfg.beta);
+  std::vector<int> real_k, cplx_k;
+  for (int k = 0; k < static_cast<int>(pts.size()); ++k) (pts[static_cast<std::size_t>(k)].imag() == 0 ? real_k : cplx_k).push_back(k);
+  res.relaxations = static_cast<long>(pts.size());
+
+  std::vector<Mat<C>> samples(pts.size());
+  {
+    const Index P = static_cast<Index>(real_k.size());
+    const Mat<R> drive = replicate_cols(fs.drive, P), y = replicate_cols(fs.y, P);
+    Vec<R> beta(P * B);
+    for (Index p = 0; p < P; ++p) beta.segment(p * B, B).setConstant(static_cast<R>(pts[static_cast<std::size_t>(real_k[static_cast<std::size_t>(p)])].real()));
+    Mat<R> u = replicate_cols(fs.u, P);
+    Field<R> field(model, theta, drive, y, beta);
+    note(relax(field, u, cfg.nudged), P);
+    Mat<R> a(n, P * B);
+    activate<R>(model.activation, u, a);
+    if (cfg.N == 1) {
+      // Classic EP subtracts the free state (trap 3).
+      res.v = (a - s_star) / static_cast<R>(cfg.beta);
+    } else {
+      for (Index p = 0; p < P; ++p) samples[static_cast<std::size_t>(real_k[static_cast<std::size_t>(p)])] = a.middleCols(p * B, B).template cast<C>();
+    }
+  }
+  if (!cplx_k.empty()) {
+    const Index P = static_cast<Index>(cplx_k.size());
+    const Mat<R> drive = replicate_cols(fs.drive, P), y = replicate_cols(fs.y, P);
+    Vec<C> beta(P * B);
+    for (Index p = 0; p < P; ++p) {
+      const auto b = pts[static_cast<std::size_t>(cplx_k[static_cast<std::size_t>(p)])];
+      beta.segment(p * B, B).setConstant(C(static_cast<R>(b.real()), static_cast<R>(b.imag())));
+    }
+    Mat<C> u = replicate_cols(fs.u, P).template cast<C>();
+    Field<C> field(model, theta, drive, y, beta);
+    note(relax(field, u, cfg.nudged), P);
+    Mat<C> a(n, P * B);
+    activate<C>(model.activation, u, a);
+    for (Index p = 0; p < P; ++p) samples[static_cast<std::size_t>(cplx_k[static_cast<std::size_t>(p)])] = a.middleCols(p * B, B);
+  }
+  if (cfg.N >= 2) {
+    std::vector<Mat<R>> c = contour_coefficients<R>(samples, cfg.N, cfg.beta);
+    res.v = c[1];
+    if (cfg.N >= 3) res.curvature = c[2];
+    if (cfg.keep_coefficients) res.coefficients = std::move(c);
+  }
+  for (Index b = 0; b < B; ++b) {
+    if (!res.diverged[static_cast<std::size_t>(b)]) continue;
+    ++res.n_diverged;
+    res.v.col(b).setZero();
+    if (res.curvature.size()) res.curvature.col(b).setZero();
+    for (auto& cm : res.coefficients) cm.col(b).setZero();
+  }
+  return res;
+}
+
+#define HEPSIM_INSTANTIATE(R)                                                                                    \
+  template FreeState<R> free_phase<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,          \
+                                      const RelaxConfig&);                                                       \
+  template Mat<R> loss_gradient_s<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);          \
+  template IterationResult<R> rbp_adjoint<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,   \
+                                             const IterationConfig&);                                            \
+  template IterationResult<R> exact_response<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&, \
+                                                const CMatRef<R>&, const IterationConfig&);                      \
+  template Mat<R> rbp_dense<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);                \
+  template Mat<R> exact_response_dense<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);     \
+  template BpttResult<R> truncated_bptt<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,     \
+                                           const CMatRef<R>&, const CMatRef<R>&, long);                          \
+  template void add_param_gradient<R>(const Network&, const CMatRef<R>&, const CMatRef<R>&, const CMatRef<R>&, R, \
+                                      Vec<R>&);                                                                  \
+  template Vec<R> parameter_gradient<R>(const Model&, const Vec<R>&, const FreeState<R>&, const CMatRef<R>&);     \
+  template EstimateResult<R> ep_estimate<R>(const Model&, const Vec<R>&, const FreeState<R>&,                     \
+                                            const EstimatorConfig&);
+HEPSIM_INSTANTIATE(float)
+HEPSIM_INSTANTIATE(double)
+#undef HEPSIM_INSTANTIATE
+
+}  // namespace hepsim

@@ -1,0 +1,141 @@
+#pragma once
+// hepsim/ep — gradient estimators (SPEC 3). All quantities at the free fixed point u* (β = 0):
+//   D = diag σ'(u*),  J_G = ∂G/∂s,  g_s = ∂ℓ/∂s (nonzero on `out`)
+//
+//   RBP adjoint (exact backprop):  δ  = (I − D J_Gᵀ)⁻¹ D g_s,   iteration δ ← D J_Gᵀ δ + D g_s
+//   exact EP response ("N = 0"):   v* = dσ(u*_β)/dβ|₀ = (I − D J_G)⁻¹ D g_s,
+//                                  tangent-linear iteration through the T2-step nudged map
+//   truncated BPTT:                backprop through the last T2 map steps from u*
+//   EP estimators of v* from nudged phases a(β) = σ(u_T2(β)), each restarted from u* (trap 3):
+//     N = 1  (a(β) − σ(u*)) / β
+//     N = 2  (a(β) − a(−β)) / (2β)
+//     N ≥ 3  holomorphic EP, β_k = |β| e^{2πik/N}:  v_N = (1/N) Σ_k a(β_k) / β_k
+//            (the trapezoidal rule for (1/2πi)∮ a(β) β⁻² dβ; bias O(|β|^N)). Computed as a DFT
+//            over the contour (FFTW), which yields every Taylor coefficient
+//            c_m = (1/N) Σ_k a(β_k) β_k^{−m} ≈ a^{(m)}(0)/m! at once; c_1 is the estimate, c_2 the
+//            curvature (a bias indicator). Parameters are real, so a(β̄) = conj a(β): only the
+//            ⌈(N+1)/2⌉ points with 0 ≤ arg β ≤ π are relaxed, the real ones (±|β|) in real
+//            arithmetic, and all points of a batch relax stacked side by side in the same GEMMs.
+//   Parameter gradient from an error vector v (activated coordinates; trap 1):
+//     grad θ = (∂G(σ(u*), x)/∂θ)ᵀ v / B + ∂ℓ/∂θ_r / B; dense edge: ∂K = v_post s_preᵀ, ∂b = v_post.
+//   Gradient descent subtracts it; the nudge is added (trap 2).
+#include <complex>
+#include <memory>
+#include <vector>
+
+#include "sim/sim.hpp"
+
+namespace hepsim {
+
+// The data of one batch at the free fixed point.
+template <class R>
+struct FreeState {
+  Mat<R> x;       // input_size x B
+  Mat<R> y;       // classes x B (one-hot)
+  Mat<R> drive;   // neurons x B: C = Σ K_in x + biases
+  Mat<R> u;       // neurons x B: the free state u* (or u_T1)
+  RelaxResult relax;  // statistics of the free phase
+};
+
+// Computes the drive and relaxes the free phase from u = 0.
+template <class R>
+FreeState<R> free_phase(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& y,
+                        const RelaxConfig& cfg);
+
+// g_s = ∂ℓ/∂s at the state u (zero outside `out`), neurons x B.
+template <class R>
+Mat<R> loss_gradient_s(const Model& model, const Vec<R>& theta, const CMatRef<R>& u, const CMatRef<R>& y);
+
+// How a linear fixed-point iteration (adjoint, tangent-linear) is run: `steps` iterations, or
+// until the update's ∞-norm per column is ≤ tol (tol > 0; steps is then the budget).
+struct IterationConfig {
+  long steps = 20;
+  double tol = 0;
+};
+
+template <class R>
+struct IterationResult {
+  Mat<R> v;          // neurons x B
+  long steps = 0;    // iterations performed
+  double last_update = 0;  // ∞-norm of the last update
+};
+
+// RBP adjoint δ by the iteration δ ← D J_Gᵀ δ + D g_s from δ = 0 (T2 iterations = truncated RBP).
+template <class R>
+IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star,
+                               const CMatRef<R>& y, const IterationConfig& cfg);
+
+// Exact EP response by forward-mode differentiation of the nudged map w.r.t. β at β = 0, along
+// the β = 0 trajectory from u_start (= u* when converged): u ← M₀(u), ú ← J_G D(u) ú + e(σ(u)),
+// result σ'(u_T) ú_T. Equals v* when u_start is a fixed point and the iteration has converged.
+template <class R>
+IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const CMatRef<R>& drive,
+                                  const CMatRef<R>& u_start, const CMatRef<R>& y, const IterationConfig& cfg);
+
+// δ and v* by dense linear solves (small networks: neurons ≲ 4000). Per column:
+// (I − D J_Gᵀ) δ = D g_s and (I − D J_G) v = D g_s.
+template <class R>
+Mat<R> rbp_dense(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y);
+template <class R>
+Mat<R> exact_response_dense(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y);
+
+// Truncated BPTT: loss at σ(u_T) after T map steps (β = 0) from u_start (held constant),
+// backpropagated through the T steps. Returns the parameter gradient (θ layout, divided by B,
+// readout included) and Σ_t a_t, the error vector summed over the unrolled steps (equal to the
+// T-step truncated RBP δ when u_start is a fixed point).
+template <class R>
+struct BpttResult {
+  Vec<R> grad;
+  Mat<R> error_sum;
+};
+template <class R>
+BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& drive,
+                             const CMatRef<R>& u_start, const CMatRef<R>& y, long steps);
+
+// grad += weight · (∂G(σ(u), x)/∂θ)ᵀ v  for every edge (kernels and biases), summed over columns.
+template <class R>
+void add_param_gradient(const Network& net, const CMatRef<R>& x, const CMatRef<R>& s, const CMatRef<R>& v, R weight,
+                        Vec<R>& grad);
+
+// The full gradient of SPEC 3.1 from an error vector: (∂G/∂θ)ᵀ v / B + ∂ℓ/∂θ_r / B.
+template <class R>
+Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v);
+
+// ---- EP estimators -----------------------------------------------------------------------------
+
+struct EstimatorConfig {
+  int N = 2;             // 1 classic, 2 symmetric, ≥ 3 holomorphic (N = 0 is exact_response)
+  double beta = 0.05;    // |β| > 0
+  RelaxConfig nudged;    // each nudged phase (T2 = nudged.max_steps), restarted from u*
+  bool keep_coefficients = false;  // fill EstimateResult::coefficients (all c_m)
+};
+
+template <class R>
+struct EstimateResult {
+  Mat<R> v;                        // neurons x B: the estimate of v* (zero for a diverged sample)
+  Mat<R> curvature;                // c_2 (N ≥ 3; empty otherwise)
+  std::vector<Mat<R>> coefficients;  // c_0 … c_{N−1} when requested (N ≥ 2)
+  std::vector<char> diverged;      // per sample: some contour point diverged (v column zeroed)
+  Index n_diverged = 0;
+  long relaxations = 0;            // nudged phases relaxed per sample (⌈(N+1)/2⌉, or 1 for N = 1)
+  double max_residual = 0;         // over all nudged phases of live samples
+  long steps = 0;                  // total nudged steps (sum over the stacked relaxations)
+};
+
+// The contour points actually relaxed for N ≥ 2: k = 0 … ⌊N/2⌋, β_k = |β| e^{2πik/N}.
+std::vector<std::complex<double>> contour_points(int N, double beta);
+
+// Runs the nudged phases from fs.u and returns the estimate of v*.
+template <class R>
+EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const FreeState<R>& fs,
+                              const EstimatorConfig& cfg);
+
+// Taylor coefficients from the half-contour samples: samples[k] (k = 0 … ⌊N/2⌋) hold a(β_k) for
+// every (neuron, sample) entry (equal sizes). Returns c_0 … c_{N−1}, each of that size:
+// c_m = |β|^{−m} (1/N) Σ_{k=0}^{N−1} a_k e^{−2πikm/N}, with a_{N−k} = conj a_k.
+// `fft` selects FFTW (a batched complex-to-real transform) or the direct O(N²) sum.
+template <class R>
+std::vector<Mat<R>> contour_coefficients(const std::vector<Mat<std::complex<R>>>& samples, int N, double beta,
+                                         bool fft = true);
+
+}  // namespace hepsim
