@@ -81,6 +81,7 @@ class ColumnMonitor {
     res_.status.assign(static_cast<std::size_t>(field.cols()), RelaxStatus::max_steps);
     res_.col_steps.assign(static_cast<std::size_t>(field.cols()), -1);
     thr_ = cfg.tol > 0 ? cfg.tol : cfg.report_tol;
+    first_residual_.assign(static_cast<std::size_t>(field.cols()), -1.0);
   }
 
   // Updates the residual of each live column from `delta` (M(u) − u, or the last update), checks
@@ -107,6 +108,7 @@ class ColumnMonitor {
         continue;
       }
       res_.residual[j] = r;
+      if (first_residual_[static_cast<std::size_t>(j)] < 0) first_residual_[static_cast<std::size_t>(j)] = r;
       auto& first = res_.col_steps[static_cast<std::size_t>(j)];
       if (first < 0 && r <= thr_) first = res_.steps;
       if (!(r <= cfg_.tol)) all_done = false;
@@ -114,9 +116,16 @@ class ColumnMonitor {
     return cfg_.tol > 0 && all_done;
   }
 
-  void finish() {
+  void finish(Mat<S>& u) {
     for (Index j = 0; j < res_.residual.size(); ++j) {
       auto& st = res_.status[static_cast<std::size_t>(j)];
+      const double r0 = first_residual_[static_cast<std::size_t>(j)];
+      if (st != RelaxStatus::diverged && cfg_.detect_growth && r0 >= 0 && res_.residual[j] > r0 &&
+          res_.residual[j] > cfg_.report_tol) {
+        st = RelaxStatus::diverged;
+        res_.residual[j] = std::numeric_limits<double>::infinity();
+        u.col(j).setZero();
+      }
       if (st != RelaxStatus::diverged) st = res_.residual[j] <= thr_ ? RelaxStatus::converged : RelaxStatus::max_steps;
       auto& first = res_.col_steps[static_cast<std::size_t>(j)];
       if (first < 0 || st != RelaxStatus::converged) first = res_.steps;
@@ -128,6 +137,7 @@ class ColumnMonitor {
   const RelaxConfig& cfg_;
   RelaxResult& res_;
   double thr_ = 0;
+  std::vector<double> first_residual_;  // the residual at the first check (-1: none yet)
 };
 
 template <class S>
@@ -203,7 +213,7 @@ RelaxResult relax(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg) {
     case Solver::rk4: relax_rk4(field, u, cfg, res, mon); break;
     case Solver::dopri5: relax_dopri5(field, u, cfg, res, mon); break;
   }
-  mon.finish();
+  mon.finish(u);
   res.field_evals = field.evaluations() - evals0;
   return res;
 }

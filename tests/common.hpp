@@ -31,3 +31,21 @@ inline Model make_model(const std::string& arch, Index input = 784, Index classe
 }
 
 }  // namespace hepsim::testing
+
+namespace hepsim::testing {
+
+// A small dense network for exact checks that need many relaxations: in(12) -> h1(16) <-> h2(12)
+// <-> out(5), plus (with `ring`) a feedback edge out -> h1 that has no forward partner, so the
+// network is not symmetric even at angle 0.
+inline Model small_model(bool ring = true) {
+  const std::string json = std::string(R"({"name": "small", "layers": [{"name": "h1", "size": 16}, {"name": "h2", "size": 12},
+      {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h1"}, {"pre": "h1", "post": "h2"}, {"pre": "h2", "post": "h1", "type": "dense_nobias"},
+              {"pre": "h2", "post": "out"}, {"pre": "out", "post": "h2", "type": "dense_nobias"})") +
+      (ring ? R"(, {"pre": "out", "post": "h1", "type": "dense_nobias"})" : "") + "]}";
+  Model m;
+  m.net = compile(parse_architecture(json, "small", 12, 5));
+  return m;
+}
+
+}  // namespace hepsim::testing
