@@ -1,0 +1,250 @@
+// `hepsim gradcheck`: one batch in double precision; every estimator of SPEC 3 against the exact
+// references. By default every phase is relaxed to convergence (residual ≤ --tol) so that each
+// estimator's own bias is isolated; explicit --T1/--T2 measure the truncated setting instead.
+#include <chrono>
+#include <memory>
+#include <sstream>
+
+#include "datasets/dataset.hpp"
+#include "ep/estimators.hpp"
+#include "tools/cli.hpp"
+
+namespace hepsim::tools {
+namespace {
+
+struct GradcheckOptions {
+  std::string arch = "mlp_2-256";
+  std::string dataset = "fmnist";  // or "random": uniform [0,1) inputs, random labels
+  std::string data_dir;
+  double angle = 90;
+  std::uint64_t seed = 0;
+  long batch = 16;
+  std::string N_list = "1,2,4,6";
+  std::string beta_list = "0.05,0.5";
+  long T1 = 0, T2 = 0;            // 0: relax every phase to convergence
+  double tol = 1e-12;             // convergence residual of every phase (and the iterations)
+  long max_steps = 200000;        // budget of a converged phase
+  long fd_directions = 4;
+  double fd_step = 1e-5;
+  std::string activation = "sigmoid";
+  long input_size = 784, classes = 10;  // for --dataset random
+  int threads = 0;
+};
+
+template <class T>
+std::vector<T> parse_list(const std::string& text, const std::string& flag) {
+  std::vector<T> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    std::stringstream is(item);
+    T v;
+    if (!(is >> v) || !is.eof()) throw InputError(flag, "'" + item + "' is not a number");
+    out.push_back(v);
+  }
+  if (out.empty()) throw InputError(flag, "empty list");
+  return out;
+}
+
+// Cosine and relative error, per layer (each over that layer's neurons × the batch) and in total.
+nlohmann::json per_layer(const Network& net, const Mat<double>& a, const Mat<double>& b, bool cosine) {
+  nlohmann::json j;
+  auto metric = [&](const auto& x, const auto& y) {
+    if (cosine) return x.cwiseProduct(y).sum() / (x.norm() * y.norm());
+    return (x - y).norm() / y.norm();
+  };
+  j["total"] = metric(a, b);
+  for (const Layer& l : net.layers) j[l.name] = metric(a.middleRows(l.offset, l.size), b.middleRows(l.offset, l.size));
+  return j;
+}
+
+double cosine(const Vec<double>& a, const Vec<double>& b) { return a.dot(b) / (a.norm() * b.norm()); }
+
+double batch_loss(const Model& m, const Vec<double>& theta, const Mat<double>& x, const Mat<double>& y,
+                  const RelaxConfig& cfg) {
+  const FreeState<double> fs = free_phase<double>(m, theta, x, y, cfg);
+  Mat<double> s(fs.u.rows(), fs.u.cols());
+  activate<double>(m.activation, fs.u, s);
+  const Layer& o = m.net.layers[static_cast<std::size_t>(m.net.out)];
+  return loss_per_sample<double>(m.net, theta, m.loss, s.middleRows(o.offset, o.size), y).mean();
+}
+
+nlohmann::json run_gradcheck(const GradcheckOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // ---- the batch
+  Mat<double> x, y;
+  if (o.dataset == "random") {
+    require_positive(o.input_size, "--input-size");
+    require_positive(o.classes, "--classes");
+    Rng rng(o.seed, Stream::data);
+    x.resize(o.input_size, o.batch);
+    y = Mat<double>::Zero(o.classes, o.batch);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.uniform();
+    for (Index j = 0; j < o.batch; ++j) y(static_cast<Index>(rng.below(static_cast<std::uint64_t>(o.classes))), j) = 1;
+  } else {
+    const DatasetKind kind = parse_dataset_kind(o.dataset);
+    const std::string dir = o.data_dir.empty() ? default_data_dir(kind) : o.data_dir;
+    if (dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(kind));
+    const Dataset test = load_test_split(kind, dir, o.batch);
+    if (test.n < o.batch) throw InputError("--batch", "the test set has only " + std::to_string(test.n) + " samples");
+    std::vector<Index> idx(static_cast<std::size_t>(o.batch));
+    for (Index j = 0; j < o.batch; ++j) idx[static_cast<std::size_t>(j)] = j;
+    x.resize(test.dim(), o.batch);
+    y.resize(test.classes, o.batch);
+    make_batch<double>(test, idx.data(), o.batch, default_normalization(kind), Augmentation{}, nullptr, x, y);
+  }
+  Model model;
+  model.net = compile(load_architecture(o.arch, x.rows(), y.rows()));
+  model.activation = parse_activation(o.activation);
+  const Network& net = model.net;
+  const Vec<double> theta = init_params<double>(net, o.seed, o.angle);
+
+  // ---- phases
+  const bool truncated = o.T1 > 0 || o.T2 > 0;
+  RelaxConfig converged;
+  converged.max_steps = o.max_steps;
+  converged.tol = o.tol;
+  converged.report_tol = o.tol;
+  RelaxConfig free_cfg = converged, nudged_cfg = converged;
+  if (o.T1 > 0) free_cfg = RelaxConfig{}, free_cfg.max_steps = o.T1;
+  if (o.T2 > 0) nudged_cfg = RelaxConfig{}, nudged_cfg.max_steps = o.T2;
+  const FreeState<double> fs = free_phase<double>(model, theta, x, y, free_cfg);
+
+  // ---- exact references
+  const IterationConfig iter = o.T2 > 0 ? IterationConfig{o.T2, 0} : IterationConfig{o.max_steps, o.tol};
+  const auto delta_it = rbp_adjoint<double>(model, theta, fs.u, fs.y, iter);
+  const auto vstar_it = exact_response<double>(model, theta, fs.drive, fs.u, fs.y, iter);
+  const bool dense = net.neurons <= 4096;
+  // The references: dense solves when the network is small and the phases converged; otherwise
+  // the iterations (which is what a truncated run computes).
+  const Mat<double> delta = dense && !truncated ? rbp_dense<double>(model, theta, fs.u, fs.y) : delta_it.v;
+  const Mat<double> vstar = dense && !truncated ? exact_response_dense<double>(model, theta, fs.u, fs.y) : vstar_it.v;
+  const Vec<double> g_rbp = parameter_gradient<double>(model, theta, fs, delta);
+  const Vec<double> g_vstar = parameter_gradient<double>(model, theta, fs, vstar);
+
+  nlohmann::json exact;
+  exact["cos_vstar_delta"] = per_layer(net, vstar, delta, true);
+  exact["rel_err_vstar_delta"] = per_layer(net, vstar, delta, false);
+  exact["grad_cos_vstar_rbp"] = cosine(g_vstar, g_rbp);
+  exact["rbp_iterations"] = delta_it.steps;
+  exact["response_iterations"] = vstar_it.steps;
+  if (dense && !truncated) {
+    exact["rbp_iter_vs_dense_rel_err"] = (delta_it.v - delta).norm() / delta.norm();
+    exact["vstar_iter_vs_dense_rel_err"] = (vstar_it.v - vstar).norm() / vstar.norm();
+  }
+  // Central finite differences of the batch-mean loss along random unit directions, each loss
+  // at the fixed point re-relaxed to --tol.
+  {
+    Rng rng(o.seed, Stream::probes, 1);
+    Vec<double> fd(o.fd_directions), an(o.fd_directions);
+    RelaxConfig fd_cfg = converged;
+    fd_cfg.tol = std::min(o.tol, 1e-13);
+    for (long d = 0; d < o.fd_directions; ++d) {
+      Vec<double> dir(net.n_params);
+      for (Index i = 0; i < dir.size(); ++i) dir[i] = rng.normal();
+      dir.normalize();
+      fd[d] = (batch_loss(model, theta + o.fd_step * dir, x, y, fd_cfg) -
+               batch_loss(model, theta - o.fd_step * dir, x, y, fd_cfg)) / (2 * o.fd_step);
+      an[d] = g_rbp.dot(dir);
+    }
+    exact["rbp_fd_rel_err"] = (fd - an).norm() / an.norm();
+    exact["fd_directions"] = o.fd_directions;
+  }
+  // Truncated BPTT over as many steps as the adjoint iteration took (or --T2).
+  const long bptt_steps = o.T2 > 0 ? o.T2 : delta_it.steps;
+  const BpttResult<double> bptt = truncated_bptt<double>(model, theta, fs.x, fs.drive, fs.u, fs.y, bptt_steps);
+  exact["bptt_vs_rbp_rel_err"] = (bptt.grad - g_rbp).norm() / g_rbp.norm();
+  exact["bptt_steps"] = bptt_steps;
+
+  // ---- estimators
+  nlohmann::json estimators = nlohmann::json::array();
+  for (int N : parse_list<int>(o.N_list, "--N")) {
+    for (double beta : parse_list<double>(o.beta_list, "--beta")) {
+      nlohmann::json e;
+      e["N"] = N;
+      e["beta"] = beta;
+      Mat<double> v;
+      if (N == 0) {
+        v = vstar_it.v;  // the exact response by the tangent-linear iteration
+        e["diverged"] = 0;
+      } else {
+        EstimatorConfig cfg;
+        cfg.N = N;
+        cfg.beta = beta;
+        cfg.nudged = nudged_cfg;
+        const EstimateResult<double> est = ep_estimate<double>(model, theta, fs, cfg);
+        v = est.v;
+        e["diverged"] = est.n_diverged;
+        e["relaxations"] = est.relaxations;
+        e["max_residual"] = est.max_residual;
+        if (est.curvature.size()) e["curvature_rel"] = est.curvature.norm() / vstar.norm();
+      }
+      e["rel_err_vs_vstar"] = per_layer(net, v, vstar, false);
+      e["cos_vs_vstar"] = per_layer(net, v, vstar, true);
+      e["cos_vs_delta"] = per_layer(net, v, delta, true);
+      e["grad_cos_vs_rbp"] = cosine(parameter_gradient<double>(model, theta, fs, v), g_rbp);
+      estimators.push_back(e);
+    }
+  }
+
+  nlohmann::json j;
+  j["arch"] = o.arch;
+  j["angle"] = o.angle;
+  j["weight_angle_deg"] = weight_angle_deg(net, theta);
+  j["batch"] = o.batch;
+  j["neurons"] = net.neurons;
+  j["mode"] = truncated ? "truncated" : "converged";
+  j["free"] = {{"steps", fs.relax.steps}, {"max_residual", fs.relax.max_residual()},
+               {"converged", fs.relax.converged()}, {"diverged", fs.relax.diverged()}};
+  j["exact"] = exact;
+  j["estimators"] = estimators;
+  j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return j;
+}
+
+}  // namespace
+
+void register_gradcheck(CLI::App& app) {
+  auto opt = std::make_shared<GradcheckOptions>();
+  CLI::App* cmd = app.add_subcommand("gradcheck", "Compare every gradient estimator with the exact references (double)");
+  cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist or a JSON file")->capture_default_str();
+  cmd->add_option("--angle", opt->angle, "Initial feedback/forward angle (degrees)")->capture_default_str();
+  cmd->add_option("--seed", opt->seed, "Seed of the weights, the random batch and the FD directions")
+      ->capture_default_str();
+  cmd->add_option("--batch", opt->batch, "Samples in the batch")->capture_default_str();
+  cmd->add_option("--dataset", opt->dataset, "fmnist, mnist, cifar10, …, or random")->capture_default_str();
+  cmd->add_option("--data-dir", opt->data_dir, "Dataset directory");
+  cmd->add_option("--N", opt->N_list, "Comma-separated numbers of contour points (0 = exact response)")
+      ->capture_default_str();
+  cmd->add_option("--beta", opt->beta_list, "Comma-separated nudge radii |beta|")->capture_default_str();
+  cmd->add_option("--T1", opt->T1, "Free-phase steps (0: relax to --tol)")->capture_default_str();
+  cmd->add_option("--T2", opt->T2, "Nudged-phase steps and iterations (0: to --tol)")->capture_default_str();
+  cmd->add_option("--tol", opt->tol, "Residual at which a converged phase stops")->capture_default_str();
+  cmd->add_option("--max-steps", opt->max_steps, "Step budget of a converged phase")->capture_default_str();
+  cmd->add_option("--fd-directions", opt->fd_directions, "Random directions of the finite-difference check")
+      ->capture_default_str();
+  cmd->add_option("--fd-step", opt->fd_step, "Finite-difference step")->capture_default_str();
+  cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
+  cmd->add_option("--input-size", opt->input_size, "Input size of --dataset random")->capture_default_str();
+  cmd->add_option("--classes", opt->classes, "Classes of --dataset random")->capture_default_str();
+  cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
+  cmd->callback([opt] {
+    const GradcheckOptions& o = *opt;
+    require_positive(o.batch, "--batch");
+    require_finite(o.angle, "--angle");
+    if (o.T1 < 0) throw InputError("--T1", "must be ≥ 0");
+    if (o.T2 < 0) throw InputError("--T2", "must be ≥ 0");
+    if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
+    require_positive(o.max_steps, "--max-steps");
+    require_positive(o.fd_directions, "--fd-directions");
+    if (!(o.fd_step > 0) || !std::isfinite(o.fd_step)) throw InputError("--fd-step", "must be a finite positive number");
+    for (int N : parse_list<int>(o.N_list, "--N"))
+      if (N < 0) throw InputError("--N", "must be ≥ 0");
+    for (double b : parse_list<double>(o.beta_list, "--beta"))
+      if (!(b > 0) || !std::isfinite(b)) throw InputError("--beta", "each |beta| must be a finite positive number");
+    set_threads(o.threads);
+    print_json(run_gradcheck(o));
+  });
+}
+
+}  // namespace hepsim::tools
