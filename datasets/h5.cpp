@@ -13,56 +13,23 @@
 #include <stdexcept>
 
 #include "datasets/dataset.hpp"
+#include "datasets/h5_io.hpp"
 #include "datasets/input_file.hpp"
 
 namespace hepsim {
 namespace {
 
-// Owns an HDF5 identifier and closes it with the matching H5?close function.
-class H5Id {
- public:
-  H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
-  ~H5Id() {
-    if (id_ >= 0) close_(id_);
-  }
-  H5Id(H5Id&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
-  H5Id(const H5Id&) = delete;
-  H5Id& operator=(const H5Id&) = delete;
-  H5Id& operator=(H5Id&&) = delete;
-  hid_t get() const { return id_; }
-  bool valid() const { return id_ >= 0; }
-
- private:
-  hid_t id_;
-  herr_t (*close_)(hid_t);
-};
-
-void silence_hdf5_errors() {
-  static const bool silenced = [] { return H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr) >= 0; }();
-  (void)silenced;
-}
+using H5Id = h5::Id;
+using h5::read_string_attribute;
 
 // Opens an existing hepsim HDF5 file read-only; returns it with the file's size on disk.
 H5Id open_h5(const std::string& path, std::uint64_t& file_size) {
-  silence_hdf5_errors();
+  h5::silence_errors();
   file_size = detail::InputFile(path, detail::InputFile::Mode::raw).size();  // "file not found" etc.
   if (H5Fis_hdf5(path.c_str()) <= 0) throw InputError(path, "not an HDF5 file");
   H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!file.valid()) throw InputError(path, "cannot open the HDF5 file (truncated or corrupt)");
   return file;
-}
-
-std::string read_string_attribute(hid_t obj, const char* name) {
-  if (H5Aexists(obj, name) <= 0) return {};
-  H5Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
-  H5Id type(H5Aget_type(attr.get()), H5Tclose);
-  if (!type.valid() || H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) != 0) return {};
-  std::string s(H5Tget_size(type.get()), '\0');
-  H5Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
-  H5Tset_size(mem.get(), s.size());
-  if (H5Aread(attr.get(), mem.get(), s.data()) < 0) return {};
-  s.resize(std::min(s.size(), s.find('\0')));
-  return s;
 }
 
 // Opens a dataset that must exist, be of integer type and have the given rank; returns its
@@ -100,7 +67,7 @@ void read_rows(hid_t ds, const std::string& path, const char* name, int rank, co
 void write_h5_dataset(const Dataset& d, const std::string& path) {
   if (d.images.size() != static_cast<std::size_t>(d.n * d.dim()) || d.labels.size() != static_cast<std::size_t>(d.n))
     throw std::invalid_argument("write_h5_dataset: images/labels sizes do not match n and the image shape");
-  silence_hdf5_errors();
+  h5::silence_errors();
   const auto check = [&](bool ok, const char* what) {
     if (!ok) throw InputError(path, std::string("cannot write the HDF5 file (") + what + ")");
   };
@@ -129,11 +96,7 @@ void write_h5_dataset(const Dataset& d, const std::string& path) {
   const std::int32_t c = d.classes;
   check(classes.valid() && H5Awrite(classes.get(), H5T_NATIVE_INT32, &c) >= 0, "attribute classes");
 
-  H5Id string_type(H5Tcopy(H5T_C_S1), H5Tclose);
-  H5Tset_size(string_type.get(), std::max<std::size_t>(d.name.size(), 1));
-  H5Id name(H5Acreate2(file.get(), "name", string_type.get(), scalar.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  const std::string padded = d.name.empty() ? std::string(1, '\0') : d.name;
-  check(name.valid() && H5Awrite(name.get(), string_type.get(), padded.data()) >= 0, "attribute name");
+  check(h5::write_string_attribute(file.get(), "name", d.name), "attribute name");
   check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, "flush");
 }
 

@@ -1,0 +1,109 @@
+#include "datasets/h5_io.hpp"
+
+#include <algorithm>
+
+namespace hepsim::h5 {
+
+void silence_errors() {
+  static const bool silenced = [] { return H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr) >= 0; }();
+  (void)silenced;
+}
+
+std::string read_string_attribute(hid_t obj, const char* name) {
+  if (H5Aexists(obj, name) <= 0) return {};
+  Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  Id type(H5Aget_type(attr.get()), H5Tclose);
+  if (!type.valid() || H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) != 0) return {};
+  std::string s(H5Tget_size(type.get()), '\0');
+  Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(mem.get(), s.size());
+  if (H5Aread(attr.get(), mem.get(), s.data()) < 0) return {};
+  s.resize(std::min(s.size(), s.find('\0')));
+  return s;
+}
+
+bool write_string_attribute(hid_t obj, const char* name, const std::string& value) {
+  if (H5Aexists(obj, name) > 0 && H5Adelete(obj, name) < 0) return false;
+  Id scalar(H5Screate(H5S_SCALAR), H5Sclose);
+  Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), std::max<std::size_t>(value.size(), 1));
+  Id attr(H5Acreate2(obj, name, type.get(), scalar.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  const std::string padded = value.empty() ? std::string(1, '\0') : value;
+  return attr.valid() && H5Awrite(attr.get(), type.get(), padded.data()) >= 0;
+}
+
+bool write_int_attribute(hid_t obj, const char* name, std::int64_t value) {
+  if (H5Aexists(obj, name) > 0 && H5Adelete(obj, name) < 0) return false;
+  Id scalar(H5Screate(H5S_SCALAR), H5Sclose);
+  Id attr(H5Acreate2(obj, name, H5T_STD_I64LE, scalar.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  return attr.valid() && H5Awrite(attr.get(), H5T_NATIVE_INT64, &value) >= 0;
+}
+
+std::int64_t read_int_attribute(hid_t obj, const char* name, std::int64_t fallback) {
+  if (H5Aexists(obj, name) <= 0) return fallback;
+  Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  std::int64_t v = fallback;
+  if (!attr.valid() || H5Aread(attr.get(), H5T_NATIVE_INT64, &v) < 0) return fallback;
+  return v;
+}
+
+namespace {
+
+bool write_raw(hid_t loc, const char* name, hid_t file_type, hid_t mem_type, const void* data, int rank,
+               const hsize_t* dims) {
+  Id space(H5Screate_simple(rank, dims, nullptr), H5Sclose);
+  Id ds(H5Dcreate2(loc, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) return false;
+  bool empty = false;
+  for (int i = 0; i < rank; ++i) empty |= dims[i] == 0;
+  return empty || H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
+}
+
+template <class T>
+bool read_raw(hid_t loc, const char* name, hid_t mem_type, std::vector<T>& out) {
+  if (H5Lexists(loc, name, H5P_DEFAULT) <= 0) return false;
+  Id ds(H5Dopen2(loc, name, H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) return false;
+  Id space(H5Dget_space(ds.get()), H5Sclose);
+  if (H5Sget_simple_extent_ndims(space.get()) != 1) return false;
+  hsize_t n = 0;
+  H5Sget_simple_extent_dims(space.get(), &n, nullptr);
+  out.assign(n, T{});
+  return n == 0 || H5Dread(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) >= 0;
+}
+
+}  // namespace
+
+bool write_vector(hid_t loc, const char* name, const std::vector<double>& v) {
+  const hsize_t n = v.size();
+  return write_raw(loc, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, v.data(), 1, &n);
+}
+bool write_vector(hid_t loc, const char* name, const std::vector<std::int64_t>& v) {
+  const hsize_t n = v.size();
+  return write_raw(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, v.data(), 1, &n);
+}
+bool write_vector(hid_t loc, const char* name, const float* data, std::size_t n) {
+  const hsize_t dims = n;
+  return write_raw(loc, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, data, 1, &dims);
+}
+bool write_matrix(hid_t loc, const char* name, const float* col_major, std::size_t rows, std::size_t cols) {
+  std::vector<float> row_major(rows * cols);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) row_major[r * cols + c] = col_major[c * rows + r];
+  const hsize_t dims[2] = {rows, cols};
+  return write_raw(loc, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, row_major.data(), 2, dims);
+}
+bool read_vector(hid_t loc, const char* name, std::vector<double>& out) {
+  return read_raw(loc, name, H5T_NATIVE_DOUBLE, out);
+}
+bool read_vector(hid_t loc, const char* name, std::vector<float>& out) {
+  return read_raw(loc, name, H5T_NATIVE_FLOAT, out);
+}
+
+Id create_group(hid_t loc, const char* name) {
+  Id lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  return Id(H5Gcreate2(loc, name, lcpl.get(), H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+}
+
+}  // namespace hepsim::h5
