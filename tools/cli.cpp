@@ -13,6 +13,16 @@ void set_threads(int threads) {
   Eigen::setNbThreads(n);
 }
 
+TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples) {
+  const DatasetKind kind = parse_dataset_kind(dataset);
+  const std::string dir = data_dir.empty() ? default_data_dir(kind) : data_dir;
+  if (dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(kind));
+  TestSamples t{kind, load_test_split(kind, dir, samples)};
+  if (t.test.n < samples)
+    throw InputError("--samples", "the test set has only " + std::to_string(t.test.n) + " samples");
+  return t;
+}
+
 void print_json(const nlohmann::json& j) { std::cout << j.dump() << std::endl; }
 
 int run(int argc, char** argv) {
@@ -20,6 +30,7 @@ int run(int argc, char** argv) {
   app.set_version_flag("--version", std::string("hepsim ") + HEPSIM_VERSION);
   app.require_subcommand(1);
   register_relax(app);
+  register_jacobian(app);
   try {
     if (argc > 1 && argv[1][0] != '-') {
       std::string names;

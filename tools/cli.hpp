@@ -7,12 +7,15 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "datasets/dataset.hpp"
 #include "sim/error.hpp"
 
 namespace hepsim::tools {
 
 // Registers `hepsim relax`.
 void register_relax(CLI::App& app);
+// Registers `hepsim jacobian`.
+void register_jacobian(CLI::App& app);
 
 // Runs the program; returns the process exit code.
 int run(int argc, char** argv);
@@ -29,6 +32,14 @@ inline long require_positive(long v, const std::string& flag) {
   if (v <= 0) throw InputError(flag, "must be positive (got " + std::to_string(v) + ")");
   return v;
 }
+
+// The first `samples` test images of dataset `dataset` (a --dataset name) from `data_dir`
+// (--data-dir; empty: the dataset's standard place). InputError naming the flag or the file.
+struct TestSamples {
+  DatasetKind kind;
+  Dataset test;
+};
+TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples);
 
 // Prints one JSON object on stdout.
 void print_json(const nlohmann::json& j);

@@ -68,12 +68,9 @@ constexpr double kDifferent = 1e-4;
 
 template <class R>
 nlohmann::json run_relax(const RelaxOptions& o) {
-  const DatasetKind kind = parse_dataset_kind(o.dataset);
-  const std::string dir = o.data_dir.empty() ? default_data_dir(kind) : o.data_dir;
-  if (dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(kind));
-  const Dataset test = load_test_split(kind, dir, o.samples);
-  if (test.n < o.samples)
-    throw InputError("--samples", "the test set has only " + std::to_string(test.n) + " samples");
+  const TestSamples loaded = load_test_samples(o.dataset, o.data_dir, o.samples);
+  const DatasetKind kind = loaded.kind;
+  const Dataset& test = loaded.test;
   Model model;
   model.net = compile(load_architecture(o.arch, test.dim(), test.classes));
   model.activation = parse_activation(o.activation);
