@@ -125,6 +125,19 @@ Architecture load_architecture(const std::string& name_or_path, Index input_size
   return parse_architecture(ss.str(), name_or_path, input_size, classes);
 }
 
+std::string to_json(const Network& net) {
+  nlohmann::json j;
+  j["name"] = net.name;
+  j["layers"] = nlohmann::json::array();
+  for (const Layer& l : net.layers) j["layers"].push_back({{"name", l.name}, {"size", l.size}});
+  j["edges"] = nlohmann::json::array();
+  for (const Edge& e : net.edges)
+    j["edges"].push_back({{"pre", e.pre == Network::kInput ? std::string("in") : net.layers[static_cast<std::size_t>(e.pre)].name},
+                          {"post", net.layers[static_cast<std::size_t>(e.post)].name},
+                          {"type", e.bias ? "dense" : "dense_nobias"}});
+  return j.dump();
+}
+
 int Network::layer_index(std::string_view layer_name) const {
   for (std::size_t i = 0; i < layers.size(); ++i)
     if (layers[i].name == layer_name) return static_cast<int>(i);

@@ -98,6 +98,10 @@ struct Network {
   std::vector<std::pair<int, int>> reciprocal_pairs() const;
 };
 
+// The architecture of a compiled network as JSON in the format of parse_architecture (numeric
+// layer sizes), e.g. for checkpoints: parse_architecture(to_json(net), …) compiles to `net` again.
+std::string to_json(const Network& net);
+
 // Validates the architecture (unique names, existing endpoints, an `out` layer, no duplicate
 // edges, edges into "in"); throws InputError naming `where` (a file or flag).
 Network compile(const Architecture& arch, const std::string& where = "--arch");

@@ -120,8 +120,8 @@ class ColumnMonitor {
     for (Index j = 0; j < res_.residual.size(); ++j) {
       auto& st = res_.status[static_cast<std::size_t>(j)];
       const double r0 = first_residual_[static_cast<std::size_t>(j)];
-      if (st != RelaxStatus::diverged && cfg_.detect_growth && r0 >= 0 && res_.residual[j] > r0 &&
-          res_.residual[j] > cfg_.report_tol) {
+      if (st != RelaxStatus::diverged && cfg_.growth_factor > 0 && r0 >= 0 &&
+          res_.residual[j] > cfg_.growth_factor * std::max(r0, cfg_.report_tol)) {
         st = RelaxStatus::diverged;
         res_.residual[j] = std::numeric_limits<double>::infinity();
         u.col(j).setZero();

@@ -7,9 +7,9 @@
 // (F(u) = M(u) − u). Per column it reports the final residual and a status:
 //   converged — residual ≤ tol (or ≤ report_tol when running a fixed budget, tol = 0);
 //   max_steps — the budget ran out first;
-//   diverged  — a non-finite value, or |u| or the residual above diverge_threshold, or (with
-//               detect_growth) a final residual larger than the initial one and than report_tol:
-//               the relaxation moved away from equilibrium. A diverged column is set to zero
+//   diverged  — a non-finite value, or |u| or the residual above diverge_threshold, or a final
+//               residual more than growth_factor times the initial one (and than report_tol):
+//               the relaxation ran away from equilibrium. A diverged column is set to zero
 //               and frozen so that it cannot poison the others (trap 6); callers count it and
 //               decide (skip or abort).
 // Residual convention: for the map, the size of the last update ‖u_T − u_{T−1}‖∞ = ‖F(u_{T−1})‖∞;
@@ -35,7 +35,10 @@ struct RelaxConfig {
   double dt = 0.5;                  // rk4 step, and dopri5's first trial step (time units, τ = 1)
   double rtol = 1e-6, atol = 1e-8;  // dopri5 local error control (relative, absolute)
   double diverge_threshold = 1e6;   // |u| or residual above this, or non-finite: diverged
-  bool detect_growth = true;        // a residual that grew over the phase (and ends > report_tol): diverged
+  double growth_factor = 100;       // final residual > this × max(initial, report_tol): diverged (0: off).
+                                    // A phase started away from equilibrium (a truncated free
+                                    // phase) may end above its initial residual without diverging;
+                                    // two orders of magnitude are a run-away.
 };
 
 struct RelaxResult {

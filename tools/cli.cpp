@@ -6,11 +6,12 @@
 
 namespace hepsim::tools {
 
-void set_threads(int threads) {
+int set_threads(int threads) {
   if (threads < 0) throw InputError("--threads", "must be ≥ 0 (0 = all cores)");
   const int n = threads == 0 ? omp_get_num_procs() : threads;
   omp_set_num_threads(n);
   Eigen::setNbThreads(n);
+  return n;
 }
 
 TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples) {
@@ -31,6 +32,9 @@ int run(int argc, char** argv) {
   app.require_subcommand(1);
   register_relax(app);
   register_jacobian(app);
+  register_gradcheck(app);
+  register_train(app);
+  register_eval(app);
   try {
     if (argc > 1 && argv[1][0] != '-') {
       std::string names;

@@ -14,14 +14,19 @@ namespace hepsim::tools {
 
 // Registers `hepsim relax`.
 void register_relax(CLI::App& app);
+// Registers `hepsim gradcheck`.
+void register_gradcheck(CLI::App& app);
+// Registers `hepsim train` and `hepsim eval`.
+void register_train(CLI::App& app);
+void register_eval(CLI::App& app);
 // Registers `hepsim jacobian`.
 void register_jacobian(CLI::App& app);
 
 // Runs the program; returns the process exit code.
 int run(int argc, char** argv);
 
-// Sets the number of threads used by OpenMP and Eigen (0 = all cores).
-void set_threads(int threads);
+// Sets the number of threads used by OpenMP and Eigen (0 = all cores); returns that number.
+int set_threads(int threads);
 
 // Validation helpers that throw InputError naming the flag.
 inline double require_finite(double v, const std::string& flag) {

@@ -61,7 +61,7 @@ TEST_CASE("make_batch: (F)MNIST normalisation is x/255") {
   CHECK(y(1, 0) == 1.0);
 }
 
-TEST_CASE("make_batch: flip mirrors each row; crop is a shifted copy with zero padding") {
+TEST_CASE("make_batch: flip mirrors each row, crop is a shifted copy with zero padding") {
   constexpr int C = 2, H = 5, W = 6;
   const Dataset d = synthetic(3, C, H, W, 10);
   const Normalization identity;  // x = pixel / 255, so the zero padding is exactly 0

@@ -156,7 +156,7 @@ TEST_CASE("holomorphic EP: the error against v* shrinks like |beta|^N (log-log s
   }
 }
 
-TEST_CASE("contour coefficients: FFTW and the direct sum agree; they recover a polynomial's Taylor coefficients") {
+TEST_CASE("contour coefficients: FFTW and the direct sum agree, they recover a polynomial's Taylor coefficients") {
   using C = std::complex<double>;
   for (int N : {2, 3, 4, 5, 6, 8}) {
     CAPTURE(N);

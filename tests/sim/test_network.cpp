@@ -35,7 +35,7 @@ TEST_CASE("built-in loop_mnist is a ring without reciprocal pairs") {
   CHECK(std::isnan(weight_angle_deg(net, th)));
 }
 
-TEST_CASE("--angle 0 gives exactly transposed feedback weights; 90 keeps them independent") {
+TEST_CASE("--angle 0 gives exactly transposed feedback weights, 90 keeps them independent") {
   const Network net = compile(load_architecture("mlp_2-256", 784, 10));
   const Vec<float> th0 = init_params<float>(net, 7, 0.0);
   for (const auto& [ff, fb] : net.reciprocal_pairs()) {
@@ -114,4 +114,20 @@ TEST_CASE("architecture JSON: parsed, and every malformed file rejected with its
   CHECK_THROWS_WITH_AS(load_architecture("no_such_net", 6, 3), doctest::Contains("--arch"), InputError);
   CHECK_THROWS_WITH_AS(load_architecture("/nonexistent/dir/net.json", 6, 3),
                        doctest::Contains("/nonexistent/dir/net.json"), InputError);
+}
+
+TEST_CASE("to_json round-trips a compiled network") {
+  for (const char* arch : {"mlp_2-256", "loop_mnist"}) {
+    const Network a = compile(load_architecture(arch, 784, 10));
+    const Network b = compile(parse_architecture(to_json(a), "roundtrip", 784, 10));
+    CHECK(b.name == a.name);
+    CHECK(b.n_params == a.n_params);
+    REQUIRE(b.edges.size() == a.edges.size());
+    for (std::size_t e = 0; e < a.edges.size(); ++e) {
+      CHECK(b.edges[e].name == a.edges[e].name);
+      CHECK(b.edges[e].bias == a.edges[e].bias);
+      CHECK(b.edges[e].k_offset == a.edges[e].k_offset);
+      CHECK(b.edges[e].feedback == a.edges[e].feedback);
+    }
+  }
 }

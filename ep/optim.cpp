@@ -1,0 +1,84 @@
+#include "ep/optim.hpp"
+
+#include <cmath>
+
+#include "sim/error.hpp"
+
+namespace hepsim {
+
+OptimizerKind parse_optimizer(const std::string& name, const std::string& where) {
+  if (name == "sgd") return OptimizerKind::sgd;
+  if (name == "adamw") return OptimizerKind::adamw;
+  throw InputError(where, "unknown optimizer '" + name + "' (expected sgd or adamw)");
+}
+Schedule parse_schedule(const std::string& name, const std::string& where) {
+  if (name == "constant") return Schedule::constant;
+  if (name == "cosine") return Schedule::cosine;
+  throw InputError(where, "unknown schedule '" + name + "' (expected constant or cosine)");
+}
+const char* to_string(OptimizerKind k) { return k == OptimizerKind::sgd ? "sgd" : "adamw"; }
+const char* to_string(Schedule s) { return s == Schedule::constant ? "constant" : "cosine"; }
+
+namespace {
+
+// Per-parameter factors from per-block multipliers; a block matches its own name, its edge's
+// name (the part before '.') or "readout".
+template <class R>
+Vec<R> factors(const Network& net, const std::map<std::string, double>& mult, const std::string& what) {
+  Vec<R> f = Vec<R>::Ones(net.n_params);
+  for (const auto& [key, value] : mult) {
+    if (!std::isfinite(value) || value < 0)
+      throw InputError(what, "multiplier for '" + key + "' must be a finite number ≥ 0");
+    bool matched = false;
+    for (const ParamBlock& b : net.blocks) {
+      const std::string edge = b.name.substr(0, b.name.find('.'));
+      if (b.name == key || edge == key) {
+        f.segment(b.offset, b.size()).array() *= static_cast<R>(value);
+        matched = true;
+      }
+    }
+    if (!matched) throw InputError(what, "'" + key + "' names no parameter block of this network");
+  }
+  return f;
+}
+
+}  // namespace
+
+template <class R>
+Optimizer<R>::Optimizer(const Network& net, const OptimizerConfig& cfg)
+    : cfg_(cfg),
+      lr_factor_(factors<R>(net, cfg.lr_mult, "lr-mult")),
+      wd_factor_(factors<R>(net, cfg.wd_mult, "wd-mult")),
+      m_(Vec<R>::Zero(net.n_params)),
+      v_(cfg.kind == OptimizerKind::adamw ? Vec<R>::Zero(net.n_params) : Vec<R>()) {}
+
+template <class R>
+double Optimizer<R>::lr_at(long k, long K) const {
+  if (cfg_.schedule == Schedule::constant || K <= 0) return cfg_.lr;
+  return cfg_.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(std::min(k, K)) / static_cast<double>(K)));
+}
+
+template <class R>
+void Optimizer<R>::step(Vec<R>& theta, const Vec<R>& g, long k, long K) {
+  const R lr = static_cast<R>(lr_at(k, K));
+  const R wd = static_cast<R>(cfg_.wd);
+  ++steps_;
+  if (cfg_.kind == OptimizerKind::sgd) {
+    m_.array() = static_cast<R>(cfg_.momentum) * m_.array() + g.array() + wd * wd_factor_.array() * theta.array();
+    theta.array() -= lr * lr_factor_.array() * m_.array();
+    return;
+  }
+  const R b1 = static_cast<R>(cfg_.beta1), b2 = static_cast<R>(cfg_.beta2);
+  m_.array() = b1 * m_.array() + (R(1) - b1) * g.array();
+  v_.array() = b2 * v_.array() + (R(1) - b2) * g.array().square();
+  const R c1 = R(1) / (R(1) - std::pow(b1, static_cast<R>(steps_)));
+  const R c2 = R(1) / (R(1) - std::pow(b2, static_cast<R>(steps_)));
+  theta.array() -= lr * lr_factor_.array() *
+                   ((m_.array() * c1) / ((v_.array() * c2).sqrt() + static_cast<R>(cfg_.eps)) +
+                    wd * wd_factor_.array() * theta.array());
+}
+
+template class Optimizer<float>;
+template class Optimizer<double>;
+
+}  // namespace hepsim

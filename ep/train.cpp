@@ -1,0 +1,338 @@
+#include "ep/train.hpp"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <exception>
+#include <numeric>
+
+#include "sim/error.hpp"
+
+namespace hepsim {
+
+Algo parse_algo(const std::string& name, const std::string& where) {
+  if (name == "hep") return Algo::hep;
+  if (name == "rbp") return Algo::rbp;
+  if (name == "bp") return Algo::bp;
+  if (name == "online")
+    throw InputError(where, "'online' (continuous-oscillation hEP, SPEC 3.3) is not available in this version; "
+                            "use hep, rbp or bp");
+  throw InputError(where, "unknown algorithm '" + name + "' (expected hep, rbp or bp)");
+}
+
+const char* to_string(Algo a) {
+  switch (a) {
+    case Algo::hep: return "hep";
+    case Algo::rbp: return "rbp";
+    case Algo::bp: return "bp";
+  }
+  return "?";
+}
+
+DivergencePolicy parse_divergence_policy(const std::string& name, const std::string& where) {
+  if (name == "skip") return DivergencePolicy::skip;
+  if (name == "abort") return DivergencePolicy::abort;
+  throw InputError(where, "unknown policy '" + name + "' (expected skip or abort)");
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Class scores of a free state: the logits (cross-entropy) or the output activations (mse).
+template <class R>
+Mat<R> class_scores(const Model& model, const Vec<R>& theta, const Mat<R>& u) {
+  const Layer& o = model.net.layers[static_cast<std::size_t>(model.net.out)];
+  Mat<R> s(o.size, u.cols());
+  activate<R>(model.activation, u.middleRows(o.offset, o.size), s);
+  if (model.loss == Loss::mse) return s;
+  Mat<R> logits(model.net.classes, u.cols());
+  readout_logits<R>(model.net, theta, s, logits);
+  return logits;
+}
+
+struct Scored {
+  double loss = 0;
+  long top1 = 0, top5 = 0;
+};
+
+// Summed loss and top-1 / top-5 hits of a free state against one-hot targets.
+template <class R>
+Scored score(const Model& model, const Vec<R>& theta, const Mat<R>& u, const Mat<R>& y) {
+  const Layer& o = model.net.layers[static_cast<std::size_t>(model.net.out)];
+  Mat<R> s_out(o.size, u.cols());
+  activate<R>(model.activation, u.middleRows(o.offset, o.size), s_out);
+  Scored sc;
+  sc.loss = static_cast<double>(loss_per_sample<R>(model.net, theta, model.loss, s_out, y).sum());
+  const Mat<R> scores = class_scores<R>(model, theta, u);
+  for (Index j = 0; j < u.cols(); ++j) {
+    Index label = 0;
+    y.col(j).maxCoeff(&label);
+    const R target = scores(label, j);
+    Index above = 0;  // classes scoring strictly higher than the true one
+    for (Index c = 0; c < scores.rows(); ++c) above += scores(c, j) > target;
+    sc.top1 += above == 0;
+    sc.top5 += above < 5;
+  }
+  return sc;
+}
+
+// Runs body(chunk, first, count) for `chunks` contiguous column chunks of `n` columns in
+// parallel; an exception in any chunk is rethrown after the region (none may leave it).
+template <class F>
+void for_chunks(Index n, int chunks, F&& body) {
+  chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(chunks, n)));
+  std::exception_ptr error;
+#pragma omp parallel for schedule(static, 1) num_threads(chunks)
+  for (int c = 0; c < chunks; ++c) {
+    const Index first = n * c / chunks, last = n * (c + 1) / chunks;
+    try {
+      body(c, first, last - first);
+    } catch (...) {
+#pragma omp critical(hepsim_for_chunks)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+IterationConfig iterations(const RelaxConfig& nudged) { return IterationConfig{nudged.max_steps, nudged.tol}; }
+
+}  // namespace
+
+template <class R>
+Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
+                              Index* diverged) {
+  if (diverged) *diverged = 0;
+  switch (cfg.algo) {
+    case Algo::rbp: return rbp_adjoint<R>(model, theta, fs.u, fs.y, iterations(cfg.nudged)).v;
+    case Algo::bp:
+      return truncated_bptt<R>(model, theta, fs.x, fs.drive, fs.u, fs.y, cfg.nudged.max_steps).error_sum;
+    case Algo::hep:
+      if (cfg.N == 0) return exact_response<R>(model, theta, fs.drive, fs.u, fs.y, iterations(cfg.nudged)).v;
+      EstimatorConfig ec;
+      ec.N = cfg.N;
+      ec.beta = cfg.beta;
+      ec.nudged = cfg.nudged;
+      EstimateResult<R> est = ep_estimate<R>(model, theta, fs, ec);
+      if (diverged) *diverged = est.n_diverged;
+      return std::move(est.v);
+  }
+  return {};
+}
+
+template <class R>
+Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
+    : model_(model), cfg_(cfg), theta_(std::move(theta)), opt_(model.net, cfg.optimizer) {
+  if (theta_.size() != model.net.n_params) throw std::invalid_argument("Trainer: θ has the wrong size");
+}
+
+template <class R>
+typename Trainer<R>::StepStats Trainer<R>::train_step(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const {
+  const Index B = x.cols();
+  const int chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(cfg_.threads, B)));
+  std::vector<Vec<R>> grads(static_cast<std::size_t>(chunks));
+  std::vector<StepStats> stats(static_cast<std::size_t>(chunks));
+  for_chunks(B, chunks, [&](int c, Index first, Index count) {
+    const FreeState<R> fs =
+        free_phase<R>(model_, theta_, x.middleCols(first, count), y.middleCols(first, count), cfg_.free);
+    const R share = static_cast<R>(count) / static_cast<R>(B);  // chunk gradients are chunk means
+    StepStats& st = stats[static_cast<std::size_t>(c)];
+    Index est_diverged = 0;
+    if (cfg_.algo == Algo::bp) {
+      grads[static_cast<std::size_t>(c)] =
+          truncated_bptt<R>(model_, theta_, fs.x, fs.drive, fs.u, fs.y, cfg_.nudged.max_steps).grad * share;
+    } else {
+      const Mat<R> v = algorithm_error_vector<R>(model_, theta_, fs, cfg_, &est_diverged);
+      grads[static_cast<std::size_t>(c)] = parameter_gradient<R>(model_, theta_, fs, v) * share;
+    }
+    const Scored sc = score<R>(model_, theta_, fs.u, fs.y);
+    st.loss = sc.loss;
+    st.correct = sc.top1;
+    for (Index j = 0; j < count; ++j) {
+      const auto status = fs.relax.status[static_cast<std::size_t>(j)];
+      st.log_residual += std::log10(std::max(fs.relax.residual[j], 1e-30));
+      st.not_converged += status != RelaxStatus::converged;
+      st.diverged += status == RelaxStatus::diverged;
+    }
+    st.diverged += est_diverged;
+  });
+  StepStats total;
+  for (int c = 0; c < chunks; ++c) {
+    if (grads[static_cast<std::size_t>(c)].size() == 0) continue;
+    grad += grads[static_cast<std::size_t>(c)];
+    const StepStats& st = stats[static_cast<std::size_t>(c)];
+    total.loss += st.loss;
+    total.correct += st.correct;
+    total.log_residual += st.log_residual;
+    total.not_converged += st.not_converged;
+    total.diverged += st.diverged;
+  }
+  return total;
+}
+
+template <class R>
+EvalResult Trainer<R>::evaluate(const Dataset& test) const {
+  const Index n = test.n;
+  const Index chunk = std::max<Index>(1, cfg_.eval_chunk);
+  const Index pieces = (n + chunk - 1) / chunk;
+  std::vector<Scored> scored(static_cast<std::size_t>(pieces));
+  std::vector<long> not_conv(static_cast<std::size_t>(pieces), 0);
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, cfg_.threads))
+  for (Index p = 0; p < pieces; ++p) {
+    try {
+      const Index first = p * chunk, count = std::min(chunk, n - first);
+      std::vector<Index> idx(static_cast<std::size_t>(count));
+      std::iota(idx.begin(), idx.end(), first);
+      Mat<R> x(test.dim(), count), y(test.classes, count);
+      make_batch<R>(test, idx.data(), count, cfg_.norm, Augmentation{}, nullptr, x, y);
+      const FreeState<R> fs = free_phase<R>(model_, theta_, x, y, cfg_.free);
+      scored[static_cast<std::size_t>(p)] = score<R>(model_, theta_, fs.u, fs.y);
+      not_conv[static_cast<std::size_t>(p)] = count - fs.relax.converged();
+    } catch (...) {
+#pragma omp critical(hepsim_evaluate)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  EvalResult r;
+  r.samples = n;
+  for (Index p = 0; p < pieces; ++p) {
+    r.loss += scored[static_cast<std::size_t>(p)].loss;
+    r.top1 += static_cast<double>(scored[static_cast<std::size_t>(p)].top1);
+    r.top5 += static_cast<double>(scored[static_cast<std::size_t>(p)].top5);
+    r.not_converged += not_conv[static_cast<std::size_t>(p)];
+  }
+  r.loss /= static_cast<double>(n);
+  r.top1 /= static_cast<double>(n);
+  r.top5 /= static_cast<double>(n);
+  return r;
+}
+
+template <class R>
+void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
+  const Network& net = model_.net;
+  const JacobianNorms norms = exact_norms<R>(net, theta_);
+  rec.jac_sym = norms.jac_sym();
+  rec.homeo_loss = norms.homeo();
+  rec.weight_angle_deg = weight_angle_deg(net, theta_);
+  // Alignment on a fixed probe batch (the first probe_size test samples), in double precision.
+  const Index P = std::min<Index>(cfg_.probe_size, test.n);
+  rec.cos_delta_mean.assign(net.layers.size(), std::nan(""));
+  rec.cos_delta_std.assign(net.layers.size(), std::nan(""));
+  rec.cos_grad_total = std::nan("");
+  if (P == 0) return;
+  std::vector<Index> idx(static_cast<std::size_t>(P));
+  std::iota(idx.begin(), idx.end(), Index{0});
+  Mat<double> x(test.dim(), P), y(test.classes, P);
+  make_batch<double>(test, idx.data(), P, cfg_.norm, Augmentation{}, nullptr, x, y);
+  const Vec<double> th = theta_.template cast<double>();
+  const FreeState<double> fs = free_phase<double>(model_, th, x, y, cfg_.free);
+  // The exact δ at this state: a dense solve for small networks (exact even where the adjoint
+  // iteration would not converge), else the adjoint iteration to 1e-10.
+  const Mat<double> delta = net.neurons <= 2048 ? rbp_dense<double>(model_, th, fs.u, fs.y)
+                                                : rbp_adjoint<double>(model_, th, fs.u, fs.y, {20000, 1e-10}).v;
+  const Mat<double> v = algorithm_error_vector<double>(model_, th, fs, cfg_);
+  for (std::size_t l = 0; l < net.layers.size(); ++l) {
+    const Layer& L = net.layers[l];
+    std::vector<double> cs;
+    for (Index b = 0; b < P; ++b) {
+      const auto a = v.col(b).segment(L.offset, L.size);
+      const auto d = delta.col(b).segment(L.offset, L.size);
+      const double den = a.norm() * d.norm();
+      if (den > 0) cs.push_back(a.dot(d) / den);
+    }
+    if (cs.empty()) continue;
+    const double mean = std::accumulate(cs.begin(), cs.end(), 0.0) / static_cast<double>(cs.size());
+    double var = 0;
+    for (double c : cs) var += (c - mean) * (c - mean);
+    rec.cos_delta_mean[l] = mean;
+    rec.cos_delta_std[l] = std::sqrt(var / static_cast<double>(cs.size()));
+  }
+  const Index k = net.readout_w_offset;  // kernels and biases; the readout term is common to both
+  const Vec<double> g_rbp = parameter_gradient<double>(model_, th, fs, delta).head(k);
+  const Vec<double> g_alg = cfg_.algo == Algo::bp
+                                ? Vec<double>(truncated_bptt<double>(model_, th, fs.x, fs.drive, fs.u, fs.y,
+                                                                     cfg_.nudged.max_steps).grad.head(k))
+                                : Vec<double>(parameter_gradient<double>(model_, th, fs, v).head(k));
+  rec.cos_grad_total = g_alg.dot(g_rbp) / (g_alg.norm() * g_rbp.norm());
+}
+
+template <class R>
+void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch,
+                     const std::function<void(const BatchProgress&)>& on_batch,
+                     const std::function<void(const EpochRecord&)>& on_epoch) {
+  const Index B = cfg_.batch_size;
+  const long batches = static_cast<long>((train.n + B - 1) / B);
+  const long total_steps = cfg_.epochs * batches;
+  std::unique_ptr<Homeostasis<R>> homeo;
+  if (cfg_.homeostasis > 0) {
+    HomeoConfig hc = cfg_.homeo;
+    hc.lambda = cfg_.homeostasis;
+    homeo = std::make_unique<Homeostasis<R>>(model_.net, hc, B);
+  }
+  Mat<R> x(train.dim(), B), y(train.classes, B);
+  Vec<R> grad(model_.net.n_params);
+  for (long epoch = start_epoch + 1; epoch <= cfg_.epochs; ++epoch) {
+    const auto t0 = Clock::now();
+    const std::vector<Index> perm = shuffled_indices(train.n, cfg_.seed, static_cast<std::uint64_t>(epoch));
+    EpochRecord rec;
+    rec.epoch = epoch;
+    BatchProgress prog;
+    prog.epoch = epoch;
+    prog.batches = batches;
+    double log_res = 0;
+    for (long b = 0; b < batches; ++b) {
+      const Index first = b * B, count = std::min<Index>(B, train.n - first);
+      Rng aug_rng(cfg_.seed, Stream::augment, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(b));
+      auto xb = x.leftCols(count);
+      auto yb = y.leftCols(count);
+      make_batch<R>(train, perm.data() + first, count, cfg_.norm, cfg_.augment, &aug_rng, xb, yb);
+      grad.setZero();
+      const StepStats st = train_step(xb, yb, grad);
+      const long step = (epoch - 1) * batches + b;
+      if (homeo) (void)homeo->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(step), grad);
+      if (st.diverged > 0 && cfg_.on_diverge == DivergencePolicy::abort)
+        throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged at epoch " +
+                                             std::to_string(epoch) + ", batch " + std::to_string(b + 1) +
+                                             " (policy abort; lower --beta or use skip)");
+      opt_.step(theta_, grad, step, total_steps);
+      if (!theta_.allFinite())
+        throw InputError("--lr", "the parameters became non-finite at epoch " + std::to_string(epoch) + ", batch " +
+                                     std::to_string(b + 1) + "; lower the learning rate");
+      prog.batch = b + 1;
+      prog.seen += count;
+      prog.loss_sum += st.loss;
+      prog.correct += st.correct;
+      prog.examples_per_s = static_cast<double>(prog.seen) / std::chrono::duration<double>(Clock::now() - t0).count();
+      log_res += st.log_residual;
+      rec.not_converged += st.not_converged;
+      rec.diverged += st.diverged;
+      if (on_batch) on_batch(prog);
+    }
+    rec.train_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    rec.examples_per_s = static_cast<double>(train.n) / rec.train_seconds;
+    rec.train_loss = prog.loss_sum / static_cast<double>(train.n);
+    rec.train_acc = static_cast<double>(prog.correct) / static_cast<double>(train.n);
+    rec.residual_log10 = log_res / static_cast<double>(train.n);
+    rec.lr = opt_.lr_at(epoch * batches, total_steps);
+    const EvalResult ev = evaluate(test);
+    rec.test_loss = ev.loss;
+    rec.test_acc = ev.top1;
+    rec.test_top5 = ev.top5;
+    epoch_metrics(test, rec);
+    rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    on_epoch(rec);
+  }
+}
+
+template class Trainer<float>;
+template class Trainer<double>;
+template Mat<float> algorithm_error_vector<float>(const Model&, const Vec<float>&, const FreeState<float>&,
+                                                  const TrainConfig&, Index*);
+template Mat<double> algorithm_error_vector<double>(const Model&, const Vec<double>&, const FreeState<double>&,
+                                                    const TrainConfig&, Index*);
+
+}  // namespace hepsim

@@ -1,0 +1,129 @@
+#pragma once
+// The training loop (SPEC 7) with callbacks. Per mini-batch:
+//   1. free phase: T1 map steps from u = 0 (or to a tolerance) → u*
+//   2. an error vector v by the algorithm: hep (N = 0 exact response, N = 1, 2, ≥ 3 holomorphic),
+//      rbp (T2 adjoint iterations) or bp (truncated BPTT through T2 steps)
+//   3. grad = (∂G/∂θ)ᵀ v / B + ∂ℓ/∂θ_r / B  (+ λ ∇L_h, the homeostatic gradient; SPEC 4, trap 5)
+//   4. the optimizer subtracts grad (trap 2)
+// The batch's columns are split into one contiguous chunk per thread; the chunks' gradients are
+// summed in a fixed order, so a run is deterministic for a given thread count (and equal across
+// thread counts up to float rounding). Random streams are keyed on (seed, stream, epoch, batch),
+// so a resumed run repeats exactly the uninterrupted one.
+// Once per epoch: evaluation on the test set (top-1, top-5, loss after T1 free steps) and, on a
+// fixed probe batch in double precision, the alignment of the algorithm's error vector with the
+// exact RBP δ per layer (mean and std over samples of the per-sample cosine), the cosine of the
+// resulting parameter gradient with the RBP gradient (kernels and biases; the readout term is
+// identical in both and left out), jac_sym, the homeostatic loss and the weight angle.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "datasets/dataset.hpp"
+#include "ep/estimators.hpp"
+#include "ep/optim.hpp"
+#include "jacobian/jacobian.hpp"
+
+namespace hepsim {
+
+enum class Algo { hep, rbp, bp };
+Algo parse_algo(const std::string& name, const std::string& where = "--algo");
+const char* to_string(Algo a);
+
+enum class DivergencePolicy { skip, abort };
+DivergencePolicy parse_divergence_policy(const std::string& name, const std::string& where = "--on-diverge");
+
+struct TrainConfig {
+  Algo algo = Algo::hep;
+  int N = 2;                  // hep: 0 exact response, 1, 2, ≥ 3 holomorphic
+  double beta = 0.05;         // |β|
+  RelaxConfig free;           // the free phase (T1 = free.max_steps) and evaluation
+  RelaxConfig nudged;         // each nudged phase (T2 = nudged.max_steps); also rbp/bp/N=0 steps
+  double homeostasis = 0;     // λ (0: off)
+  HomeoConfig homeo;          // draws per sample, mode (λ is taken from `homeostasis`)
+  OptimizerConfig optimizer;
+  long epochs = 1;
+  long batch_size = 50;
+  std::uint64_t seed = 0;     // streams: init, shuffle, augment, probes (separate)
+  Index probe_size = 100;     // samples of the fixed alignment probe batch (from the test set)
+  Index eval_chunk = 500;     // test samples relaxed together during evaluation
+  DivergencePolicy on_diverge = DivergencePolicy::skip;
+  int threads = 1;            // chunks per batch (≥ 1)
+  Normalization norm;         // input normalisation
+  Augmentation augment;       // train-time augmentation
+};
+
+// One line of the log (SPEC 9 names).
+struct EpochRecord {
+  long epoch = 0;
+  double train_loss = 0, train_acc = 0;   // at the free state, over the epoch
+  double test_loss = 0, test_acc = 0, test_top5 = 0;
+  double seconds = 0;                     // wall time of the epoch (training + evaluation + metrics)
+  double train_seconds = 0;
+  double homeo_loss = 0;                  // ½‖H − Hᵀ‖²_F / n at the end of the epoch
+  double jac_sym = 0;
+  double weight_angle_deg = 0;
+  double residual_log10 = 0;              // mean log10 of the free-phase residuals over the epoch
+  long not_converged = 0;                 // training free phases above the report tolerance
+  long diverged = 0;                      // samples with a diverged relaxation (free or nudged)
+  double lr = 0;                          // learning rate at the end of the epoch
+  double examples_per_s = 0;              // training throughput
+  std::vector<double> cos_delta_mean, cos_delta_std;  // per layer (Network::layers order)
+  double cos_grad_total = 0;
+};
+
+struct BatchProgress {
+  long epoch = 0, batch = 0, batches = 0;
+  long seen = 0;            // training samples so far in this epoch
+  double loss_sum = 0;      // summed loss so far
+  long correct = 0;
+  double examples_per_s = 0;
+};
+
+struct EvalResult {
+  double loss = 0, top1 = 0, top5 = 0;
+  long samples = 0;
+  long not_converged = 0;
+};
+
+template <class R>
+class Trainer {
+ public:
+  Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta);
+
+  // Runs epochs start_epoch+1 … cfg.epochs. on_batch may be empty; on_epoch is called after
+  // every epoch (log, checkpoint).
+  void run(const Dataset& train, const Dataset& test, long start_epoch,
+           const std::function<void(const BatchProgress&)>& on_batch,
+           const std::function<void(const EpochRecord&)>& on_epoch);
+
+  EvalResult evaluate(const Dataset& test) const;
+
+  Vec<R>& theta() { return theta_; }
+  const Vec<R>& theta() const { return theta_; }
+  Optimizer<R>& optimizer() { return opt_; }
+  const Model& model() const { return model_; }
+  const TrainConfig& config() const { return cfg_; }
+
+ private:
+  struct StepStats {
+    double loss = 0;
+    long correct = 0;
+    double log_residual = 0;
+    long not_converged = 0, diverged = 0;
+  };
+  StepStats train_step(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const;
+  void epoch_metrics(const Dataset& test, EpochRecord& rec) const;
+
+  const Model& model_;
+  TrainConfig cfg_;
+  Vec<R> theta_;
+  Optimizer<R> opt_;
+};
+
+// The error vector of the configured algorithm at a free state (hep, rbp; for bp the BPTT
+// error sum), used in training and for the alignment metrics.
+template <class R>
+Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
+                              Index* diverged = nullptr);
+
+}  // namespace hepsim

@@ -1,0 +1,185 @@
+// `hepsim train` and `hepsim eval` (SPEC 9): flags -> config -> Trainer -> log, checkpoint, JSON.
+#include <filesystem>
+#include <memory>
+
+#include "tools/cli.hpp"
+#include "tools/config.hpp"
+#include "tools/progress.hpp"
+#include "tools/run_files.hpp"
+
+namespace hepsim::tools {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::string> layer_names(const Network& net) {
+  std::vector<std::string> names;
+  for (const Layer& l : net.layers) names.push_back(l.name);
+  return names;
+}
+
+nlohmann::json summary(const RunSetup& s, const Network& net, const std::vector<EpochRecord>& records) {
+  nlohmann::json j;
+  j["out"] = s.out;
+  j["epochs"] = records.empty() ? 0 : records.back().epoch;
+  if (records.empty()) return j;
+  const EpochRecord& r = records.back();
+  j["test_acc"] = r.test_acc;
+  j["test_top5"] = r.test_top5;
+  j["test_loss"] = r.test_loss;
+  j["train_acc"] = r.train_acc;
+  j["jac_sym"] = r.jac_sym;
+  j["homeo_loss"] = r.homeo_loss;
+  j["weight_angle_deg"] = r.weight_angle_deg;
+  j["cos_grad_total"] = r.cos_grad_total;
+  nlohmann::json align;
+  for (std::size_t l = 0; l < net.layers.size() && l < r.cos_delta_mean.size(); ++l)
+    align[net.layers[l].name] = r.cos_delta_mean[l];
+  j["cos_delta_mean"] = align;
+  double seconds = 0;
+  for (const EpochRecord& e : records) seconds += e.seconds;
+  j["seconds"] = seconds;
+  j["examples_per_s"] = r.examples_per_s;
+  return j;
+}
+
+template <class R>
+nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model, const Checkpoint* resume, bool quiet) {
+  const Network& net = model.net;
+  Vec<R> theta = resume ? Vec<R>(resume->theta.cast<R>()) : init_params<R>(net, s.train.seed, s.angle);
+  Trainer<R> trainer(model, s.train, theta);
+  long start = 0;
+  std::vector<EpochRecord> history;
+  const std::string log_path = s.out + "/log.h5", ckpt_path = s.out + "/checkpoint.h5";
+  if (resume) {
+    const std::string where = ckpt_path;
+    if (resume->theta.size() != net.n_params) throw InputError(where, "its parameters do not fit the architecture");
+    if (resume->m.size() != net.n_params ||
+        (s.train.optimizer.kind == OptimizerKind::adamw && resume->v.size() != net.n_params))
+      throw InputError(where, "its optimizer state does not fit the optimizer");
+    trainer.optimizer().m() = resume->m.cast<R>();
+    if (resume->v.size()) trainer.optimizer().v() = resume->v.cast<R>();
+    trainer.optimizer().steps() = resume->optimizer_steps;
+    start = resume->epoch;
+    if (fs::exists(log_path)) history = TrainLog::read_records(log_path, start);
+  }
+  TrainLog log(log_path, s.config, layer_names(net));
+  for (const EpochRecord& r : history) log.append(r);
+  Progress progress(s.train.epochs, quiet);
+  trainer.run(
+      data.train, data.test, start, [&](const BatchProgress& p) { progress.batch(p); },
+      [&](const EpochRecord& r) {
+        progress.epoch(r);
+        log.append(r);
+        log.write();  // the log first: see run_files.hpp
+        Checkpoint c;
+        c.config = s.config;
+        c.architecture = to_json(net);
+        c.input_size = net.input_size;
+        c.classes = net.classes;
+        c.epoch = r.epoch;
+        c.optimizer_steps = trainer.optimizer().steps();
+        c.theta = trainer.theta().template cast<double>();
+        c.m = trainer.optimizer().m().template cast<double>();
+        c.v = trainer.optimizer().v().template cast<double>();
+        write_checkpoint(ckpt_path, c, net);
+      });
+  return summary(s, net, log.records());
+}
+
+// Keys that define the model or the data: a resumed run may not change them.
+constexpr const char* kFixedOnResume[] = {"dataset", "arch", "activation", "loss", "precision", "seed", "angle",
+                                          "batch-size", "train-limit"};
+
+}  // namespace
+
+void register_train(CLI::App& app) {
+  auto flags = std::make_shared<FlagTable>();
+  auto config_path = std::make_shared<std::string>();
+  auto resume_dir = std::make_shared<std::string>();
+  auto quiet = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand("train", "Train a network; writes DIR/log.h5, DIR/checkpoint.h5, DIR/config.json");
+  cmd->add_option("--config", *config_path, "JSON file setting any of the keys below (flags override it)");
+  cmd->add_option("--resume", *resume_dir, "Continue the run in DIR from its checkpoint, appending to its log");
+  cmd->add_flag("--quiet", *quiet, "No progress output on stderr");
+  flags->add_to(*cmd);
+  cmd->callback([cmd, flags, config_path, resume_dir, quiet] {
+    ConfigBuilder b;
+    std::unique_ptr<Checkpoint> ck;
+    if (!resume_dir->empty()) {
+      if (!config_path->empty()) throw InputError("--config", "cannot be combined with --resume (the run's config is used)");
+      ck = std::make_unique<Checkpoint>(read_checkpoint(*resume_dir + "/checkpoint.h5"));
+      b.merge(ck->config, *resume_dir + "/checkpoint.h5");
+      const nlohmann::json saved = b.json();
+      flags->apply(*cmd, b);
+      for (const char* key : kFixedOnResume)
+        if (b.json().at(key) != saved.at(key))
+          throw InputError("--" + std::string(key), "cannot change when resuming (the run used " + saved.at(key).dump() + ")");
+      if (cmd->count("--out") > 0 && fs::weakly_canonical(b.json().at("out").get<std::string>()) !=
+                                         fs::weakly_canonical(*resume_dir))
+        throw InputError("--out", "a resumed run continues in its own directory " + *resume_dir);
+      b.set_flag("out", *resume_dir);
+    } else {
+      if (!config_path->empty()) b.merge_file(*config_path);
+      flags->apply(*cmd, b);
+    }
+    RunSetup s = make_setup(b);
+    if (!ck && (fs::exists(s.out + "/checkpoint.h5") || fs::exists(s.out + "/log.h5")))
+      throw InputError("--out", s.out + " already holds a run; continue it with --resume " + s.out +
+                                    " or choose another --out");
+    std::error_code ec;
+    fs::create_directories(s.out, ec);
+    if (ec || !fs::is_directory(s.out)) throw InputError("--out", "cannot create directory " + s.out);
+    const DatasetSplits data = load_data(s);
+    const Model model = make_model(s, data.train.dim(), data.train.classes);
+    write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
+    const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), *quiet)
+                                                       : train<float>(s, data, model, ck.get(), *quiet);
+    print_json(out);
+  });
+}
+
+void register_eval(CLI::App& app) {
+  auto checkpoint = std::make_shared<std::string>();
+  auto dataset = std::make_shared<std::string>();
+  auto data_dir = std::make_shared<std::string>();
+  auto test_limit = std::make_shared<std::string>();
+  auto threads = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand("eval", "Evaluate a checkpoint on a test set");
+  cmd->add_option("--checkpoint", *checkpoint, "checkpoint.h5 of a run")->required();
+  cmd->add_option("--dataset", *dataset, "Dataset (default: the run's)");
+  cmd->add_option("--data-dir", *data_dir, "Dataset directory (default: the run's)");
+  cmd->add_option("--test-limit", *test_limit, "Evaluate the first n test samples (0 = all)");
+  cmd->add_option("--threads", *threads, "Threads (0 = all cores)");
+  cmd->callback([cmd, checkpoint, dataset, data_dir, test_limit, threads] {
+    const Checkpoint ck = read_checkpoint(*checkpoint);
+    ConfigBuilder b;
+    b.merge(ck.config, *checkpoint);
+    if (cmd->count("--dataset") > 0) {
+      b.set_flag("dataset", *dataset);
+      if (cmd->count("--data-dir") == 0) b.set_flag("data-dir", "");  // the new dataset's standard place
+    }
+    if (cmd->count("--data-dir") > 0) b.set_flag("data-dir", *data_dir);
+    b.set_flag("test-limit", cmd->count("--test-limit") > 0 ? *test_limit : "0");
+    if (cmd->count("--threads") > 0) b.set_flag("threads", *threads);
+    RunSetup s = make_setup(b);
+    const Dataset test = load_test_split(s.kind, s.data_dir, s.test_limit);
+    set_data_defaults(s);
+    Model model;
+    model.net = compile(parse_architecture(ck.architecture, *checkpoint, ck.input_size, ck.classes), *checkpoint);
+    model.activation = s.activation;
+    model.loss = s.loss;
+    if (test.dim() != ck.input_size || test.classes != ck.classes)
+      throw InputError("--dataset", "its images have " + std::to_string(test.dim()) + " inputs and " +
+                                        std::to_string(test.classes) + " classes; the checkpoint's network expects " +
+                                        std::to_string(ck.input_size) + " and " + std::to_string(ck.classes));
+    if (ck.theta.size() != model.net.n_params) throw InputError(*checkpoint, "its parameters do not fit its architecture");
+    const EvalResult r = s.precision == "double"
+                             ? Trainer<double>(model, s.train, ck.theta).evaluate(test)
+                             : Trainer<float>(model, s.train, ck.theta.cast<float>()).evaluate(test);
+    print_json({{"test_acc", r.top1}, {"test_top5", r.top5}, {"test_loss", r.loss}, {"samples", r.samples},
+                {"not_converged", r.not_converged}, {"epoch", ck.epoch}});
+  });
+}
+
+}  // namespace hepsim::tools

@@ -1,0 +1,266 @@
+#include "tools/config.hpp"
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "sim/error.hpp"
+#include "tools/cli.hpp"
+
+namespace hepsim::tools {
+
+const nlohmann::json& train_defaults() {
+  static const nlohmann::json d = {
+      {"dataset", "fmnist"},      // fmnist, mnist, cifar10, cifar100, imagenet32, imagenet64, h5
+      {"data-dir", ""},           // "" = the dataset's standard place
+      {"arch", "mlp_2-256"},      // built-in name or JSON file
+      {"algo", "hep"},            // hep, rbp, bp
+      {"N", 2},                   // hep: 0 exact response, 1, 2, ≥ 3 holomorphic
+      {"beta", 0.05},             // |β|
+      {"T1", 150},                // free-phase steps
+      {"T2", 20},                 // nudged-phase steps (rbp / bp / N = 0: iterations)
+      {"solver", "map"},          // map, rk4, dopri5
+      {"tol", 0.0},               // stop a phase early at this residual (0: fixed steps)
+      {"report-tol", 1e-4},       // a free phase above this residual counts as not converged
+      {"dt", 0.5},                // rk4 step / dopri5 first step
+      {"activation", "sigmoid"},  // sigmoid, dsilu
+      {"loss", "xent"},           // xent, mse
+      {"homeostasis", 0.0},       // λ of the Jacobian-homeostasis penalty (0: off)
+      {"homeo-draws", 5},         // Gaussian probes per sample and step
+      {"homeo-mode", "hutchinson"},  // hutchinson or exact
+      {"angle", 90.0},            // initial feedback/forward angle (degrees)
+      {"optimizer", "sgd"},       // sgd, adamw
+      {"lr", 0.01},
+      {"momentum", 0.9},
+      {"wd", 0.0},
+      {"schedule", "constant"},   // constant, cosine
+      {"lr-mult", nlohmann::json::object()},  // {"in-l1": 25, "readout": 5, …}
+      {"wd-mult", nlohmann::json::object()},
+      {"epochs", 5},
+      {"batch-size", 50},
+      {"seed", 0},
+      {"threads", 0},             // 0 = all cores
+      {"train-limit", 0},         // use the first n training samples (0 = all)
+      {"test-limit", 0},
+      {"probe-size", 100},        // fixed probe batch of the alignment metrics
+      {"eval-chunk", 500},
+      {"on-diverge", "skip"},     // skip or abort
+      {"augment", "auto"},        // auto (the dataset's default), on, off
+      {"precision", "float"},     // float or double
+      {"out", "runs/train"},
+  };
+  return d;
+}
+
+ConfigBuilder::ConfigBuilder() : cfg_(train_defaults()) {}
+
+void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
+  if (!obj.is_object()) throw InputError(where, "a configuration must be a JSON object");
+  for (const auto& [key, value] : obj.items()) {
+    if (!cfg_.contains(key)) throw InputError(where, "unknown key '" + key + "'");
+    const nlohmann::json& def = train_defaults()[key];
+    const bool ok = (def.is_string() && value.is_string()) || (def.is_object() && value.is_object()) ||
+                    (def.is_number_integer() && value.is_number_integer()) ||
+                    (def.is_number_float() && value.is_number());
+    if (!ok) throw InputError(where, "key '" + key + "' must be " + std::string(def.type_name()));
+    cfg_[key] = def.is_number_float() ? nlohmann::json(value.get<double>()) : value;
+    source_[key] = where;
+  }
+}
+
+void ConfigBuilder::merge_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw InputError(path, "cannot open the configuration file");
+  nlohmann::json j;
+  try {
+    f >> j;
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(path, std::string("invalid JSON: ") + e.what());
+  }
+  merge(j, path);
+}
+
+namespace {
+
+double parse_number(const std::string& text, const std::string& flag) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    throw InputError(flag, "'" + text + "' is not a number");
+  }
+  if (used != text.size()) throw InputError(flag, "'" + text + "' is not a number");
+  if (!std::isfinite(v)) throw InputError(flag, "must be a finite number");
+  return v;
+}
+
+// "in-l1=25,readout=5" or a JSON object.
+nlohmann::json parse_multipliers(const std::string& text, const std::string& flag) {
+  if (!text.empty() && text.front() == '{') {
+    try {
+      return nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception&) {
+      throw InputError(flag, "invalid JSON object");
+    }
+  }
+  nlohmann::json j = nlohmann::json::object();
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos) throw InputError(flag, "expected name=value pairs, got '" + item + "'");
+    j[item.substr(0, eq)] = parse_number(item.substr(eq + 1), flag);
+  }
+  return j;
+}
+
+}  // namespace
+
+void ConfigBuilder::set_flag(const std::string& key, const std::string& text) {
+  const std::string flag = "--" + key;
+  const nlohmann::json& def = train_defaults().at(key);
+  if (def.is_string()) {
+    cfg_[key] = text;
+  } else if (def.is_object()) {
+    cfg_[key] = parse_multipliers(text, flag);
+  } else if (def.is_number_integer()) {
+    const double v = parse_number(text, flag);
+    if (v != std::floor(v) || std::abs(v) > 9e15) throw InputError(flag, "must be an integer");
+    cfg_[key] = static_cast<long long>(v);
+  } else {
+    cfg_[key] = parse_number(text, flag);
+  }
+  source_[key] = flag;
+}
+
+std::string ConfigBuilder::where(const std::string& key) const {
+  const auto it = source_.find(key);
+  return it == source_.end() ? "--" + key : it->second;
+}
+
+void FlagTable::add_to(CLI::App& cmd) {
+  for (const auto& [key, def] : train_defaults().items()) {
+    std::string help = "default " + def.dump();
+    cmd.add_option("--" + key, values[key], help)->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  }
+}
+
+void FlagTable::apply(CLI::App& cmd, ConfigBuilder& b) const {
+  for (const auto& [key, text] : values)
+    if (cmd.count("--" + key) > 0) b.set_flag(key, text);
+}
+
+RunSetup make_setup(const ConfigBuilder& b) {
+  const nlohmann::json& c = b.json();
+  auto where = [&](const char* key) { return b.where(key); };
+  auto num = [&](const char* key) { return c.at(key).get<double>(); };
+  auto integer = [&](const char* key) { return c.at(key).get<long long>(); };
+  auto str = [&](const char* key) { return c.at(key).get<std::string>(); };
+  auto positive = [&](const char* key) {
+    if (!(num(key) > 0)) throw InputError(where(key), "must be positive");
+    return num(key);
+  };
+  auto nonneg = [&](const char* key) {
+    if (!(num(key) >= 0)) throw InputError(where(key), "must be ≥ 0");
+    return num(key);
+  };
+  auto pos_int = [&](const char* key) {
+    if (integer(key) <= 0) throw InputError(where(key), "must be a positive integer");
+    return integer(key);
+  };
+  auto nonneg_int = [&](const char* key) {
+    if (integer(key) < 0) throw InputError(where(key), "must be ≥ 0");
+    return integer(key);
+  };
+
+  RunSetup s;
+  s.config = c;
+  s.kind = parse_dataset_kind(str("dataset"), where("dataset"));
+  s.data_dir = str("data-dir").empty() ? default_data_dir(s.kind) : str("data-dir");
+  if (s.data_dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(s.kind));
+  s.train_limit = nonneg_int("train-limit");
+  s.test_limit = nonneg_int("test-limit");
+  s.arch = str("arch");
+  s.angle = num("angle");
+  s.activation = parse_activation(str("activation"), where("activation"));
+  s.loss = parse_loss(str("loss"), where("loss"));
+  s.precision = str("precision");
+  if (s.precision != "float" && s.precision != "double") throw InputError(where("precision"), "must be float or double");
+  s.out = str("out");
+  if (s.out.empty()) throw InputError(where("out"), "must name a directory");
+
+  TrainConfig& t = s.train;
+  t.algo = parse_algo(str("algo"), where("algo"));
+  if (integer("N") < 0 || integer("N") > 64) throw InputError(where("N"), "must be between 0 and 64");
+  t.N = static_cast<int>(integer("N"));
+  t.beta = positive("beta");
+  t.free.solver = parse_solver(str("solver"), where("solver"));
+  t.free.max_steps = pos_int("T1");
+  t.free.tol = nonneg("tol");
+  t.free.report_tol = positive("report-tol");
+  t.free.dt = positive("dt");
+  t.nudged = t.free;
+  t.nudged.max_steps = pos_int("T2");
+  t.homeostasis = nonneg("homeostasis");
+  t.homeo.draws = pos_int("homeo-draws");
+  const std::string hm = str("homeo-mode");
+  if (hm == "hutchinson") t.homeo.mode = HomeoMode::hutchinson;
+  else if (hm == "exact") t.homeo.mode = HomeoMode::exact;
+  else throw InputError(where("homeo-mode"), "must be hutchinson or exact");
+  OptimizerConfig& o = t.optimizer;
+  o.kind = parse_optimizer(str("optimizer"), where("optimizer"));
+  o.lr = positive("lr");
+  o.momentum = nonneg("momentum");
+  if (o.momentum >= 1) throw InputError(where("momentum"), "must be < 1");
+  o.wd = nonneg("wd");
+  o.schedule = parse_schedule(str("schedule"), where("schedule"));
+  for (const auto& [k, v] : c.at("lr-mult").items()) {
+    if (!v.is_number()) throw InputError(where("lr-mult"), "'" + k + "' must map to a number");
+    o.lr_mult[k] = v.get<double>();
+  }
+  for (const auto& [k, v] : c.at("wd-mult").items()) {
+    if (!v.is_number()) throw InputError(where("wd-mult"), "'" + k + "' must map to a number");
+    o.wd_mult[k] = v.get<double>();
+  }
+  t.epochs = pos_int("epochs");
+  t.batch_size = pos_int("batch-size");
+  if (integer("seed") < 0) throw InputError(where("seed"), "must be ≥ 0");
+  t.seed = static_cast<std::uint64_t>(integer("seed"));
+  t.probe_size = nonneg_int("probe-size");
+  t.eval_chunk = pos_int("eval-chunk");
+  t.on_diverge = parse_divergence_policy(str("on-diverge"), where("on-diverge"));
+  t.threads = set_threads(static_cast<int>(nonneg_int("threads")));
+  const std::string aug = str("augment");
+  if (aug != "auto" && aug != "on" && aug != "off") throw InputError(where("augment"), "must be auto, on or off");
+  return s;
+}
+
+void set_data_defaults(RunSetup& s) {
+  // hepsim's own HDF5 files remember the dataset they were converted from.
+  const DatasetKind source = s.kind == DatasetKind::h5 ? h5_source_kind(s.data_dir + "/test.h5") : s.kind;
+  s.train.norm = default_normalization(source);
+  const std::string aug = s.config.at("augment").get<std::string>();
+  s.train.augment = aug == "off" ? Augmentation{} : default_augmentation(source);
+  if (aug == "on" && !s.train.augment.flip && s.train.augment.pad == 0) s.train.augment = Augmentation{true, 2};
+}
+
+DatasetSplits load_data(RunSetup& s) {
+  DatasetSplits d = load_dataset(s.kind, s.data_dir, s.train_limit, s.test_limit);
+  if (d.train.classes != d.test.classes || d.train.dim() != d.test.dim())
+    throw InputError(s.data_dir, "the train and test splits differ in shape or classes");
+  set_data_defaults(s);
+  return d;
+}
+
+Model make_model(const RunSetup& s, Index input_size, Index classes) {
+  Model m;
+  m.net = compile(load_architecture(s.arch, input_size, classes), "--arch");
+  m.activation = s.activation;
+  m.loss = s.loss;
+  check_loss(m.net, m.loss);
+  return m;
+}
+
+}  // namespace hepsim::tools

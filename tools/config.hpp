@@ -1,0 +1,75 @@
+#pragma once
+// The training configuration of `hepsim train` (SPEC 9): one table of keys with defaults. A JSON
+// --config file may set any key; flags (the same names with "--") override it; unknown keys and
+// wrongly typed or non-finite values are InputErrors naming the file or flag. The effective
+// configuration is a JSON object written to DIR/config.json and into the log and the checkpoint.
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "datasets/dataset.hpp"
+#include "ep/train.hpp"
+
+namespace CLI {
+class App;
+}
+
+namespace hepsim::tools {
+
+// Every key with its default value (the type of the default is the key's type).
+const nlohmann::json& train_defaults();
+
+// Collects a configuration from defaults, a base object (a --config file or a resumed run's
+// config.json) and command-line flags, remembering where each value came from.
+class ConfigBuilder {
+ public:
+  ConfigBuilder();
+  // Merges a JSON object; `where` names its source (a file path). Unknown keys are errors.
+  void merge(const nlohmann::json& obj, const std::string& where);
+  void merge_file(const std::string& path);
+  // Sets one key from a flag's text, converted to the key's type ("--lr", "0.01").
+  void set_flag(const std::string& key, const std::string& text);
+  const nlohmann::json& json() const { return cfg_; }
+  // Where a key's value came from ("--lr", "run/config.json", "default").
+  std::string where(const std::string& key) const;
+
+ private:
+  nlohmann::json cfg_;
+  std::map<std::string, std::string> source_;
+};
+
+// Registers one string option per key on `cmd`; after parsing, apply_flags copies those given.
+struct FlagTable {
+  std::map<std::string, std::string> values;
+  void add_to(CLI::App& cmd);
+  void apply(CLI::App& cmd, ConfigBuilder& b) const;
+};
+
+// Everything a run needs, validated.
+struct RunSetup {
+  nlohmann::json config;
+  DatasetKind kind = DatasetKind::fmnist;
+  std::string data_dir;
+  Index train_limit = 0, test_limit = 0;
+  std::string arch;
+  double angle = 90;
+  Activation activation = Activation::sigmoid;
+  Loss loss = Loss::cross_entropy;
+  std::string precision = "float";
+  std::string out;
+  TrainConfig train;  // norm/augment are filled by `load_data`
+};
+RunSetup make_setup(const ConfigBuilder& b);
+
+// Fills the normalisation and augmentation of setup.train from the dataset kind (for h5 files,
+// the kind they were converted from) and the "augment" key.
+void set_data_defaults(RunSetup& setup);
+// Loads the run's dataset splits and calls set_data_defaults.
+DatasetSplits load_data(RunSetup& setup);
+
+// The model of a run for a dataset of the given input size and classes.
+Model make_model(const RunSetup& setup, Index input_size, Index classes);
+
+}  // namespace hepsim::tools

@@ -1,0 +1,225 @@
+#include "tools/run_files.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "datasets/h5_io.hpp"
+#include "sim/error.hpp"
+
+namespace hepsim::tools {
+namespace {
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+// tmp → path by rename (atomic on POSIX), then the directory entry is synced too.
+void commit(const std::string& tmp, const std::string& path) {
+  fsync_path(tmp);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+  const auto dir = std::filesystem::path(path).parent_path();
+  fsync_path(dir.empty() ? "." : dir.string());
+}
+
+void require(bool ok, const std::string& path, const std::string& what) {
+  if (!ok) throw std::runtime_error(path + ": cannot write " + what);
+}
+
+// The scalar columns of /epochs: name and accessor.
+struct Column {
+  const char* name;
+  double EpochRecord::*field;
+};
+constexpr Column kColumns[] = {
+    {"train_loss", &EpochRecord::train_loss},   {"train_acc", &EpochRecord::train_acc},
+    {"test_loss", &EpochRecord::test_loss},     {"test_acc", &EpochRecord::test_acc},
+    {"test_top5", &EpochRecord::test_top5},     {"seconds", &EpochRecord::seconds},
+    {"homeo_loss", &EpochRecord::homeo_loss},   {"jac_sym", &EpochRecord::jac_sym},
+    {"weight_angle_deg", &EpochRecord::weight_angle_deg}, {"residual_log10", &EpochRecord::residual_log10},
+    {"lr", &EpochRecord::lr},                   {"examples_per_s", &EpochRecord::examples_per_s},
+    {"train_seconds", &EpochRecord::train_seconds},
+};
+struct IntColumn {
+  const char* name;
+  long EpochRecord::*field;
+};
+constexpr IntColumn kIntColumns[] = {
+    {"epoch", &EpochRecord::epoch}, {"not_converged", &EpochRecord::not_converged}, {"diverged", &EpochRecord::diverged}};
+
+}  // namespace
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << text;
+    if (!f) throw std::runtime_error("cannot write " + tmp);
+  }
+  commit(tmp, path);
+}
+
+TrainLog::TrainLog(std::string path, nlohmann::json config, std::vector<std::string> layers)
+    : path_(std::move(path)), config_(std::move(config)), layers_(std::move(layers)) {}
+
+void TrainLog::write() const {
+  h5::silence_errors();
+  const std::string tmp = path_ + ".tmp";
+  {
+    h5::Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    require(file.valid(), tmp, "the log");
+    require(h5::write_string_attribute(file.get(), "config", config_.dump()), tmp, "attribute config");
+    require(h5::write_string_attribute(file.get(), "layers", nlohmann::json(layers_).dump()), tmp, "attribute layers");
+    require(h5::write_string_attribute(file.get(), "hepsim_version", HEPSIM_VERSION), tmp, "attribute hepsim_version");
+    h5::Id epochs = h5::create_group(file.get(), "epochs");
+    require(epochs.valid(), tmp, "/epochs");
+    for (const IntColumn& c : kIntColumns) {
+      std::vector<std::int64_t> v;
+      for (const EpochRecord& r : records_) v.push_back(r.*(c.field));
+      require(h5::write_vector(epochs.get(), c.name, v), tmp, std::string("/epochs/") + c.name);
+    }
+    for (const Column& c : kColumns) {
+      std::vector<double> v;
+      for (const EpochRecord& r : records_) v.push_back(r.*(c.field));
+      require(h5::write_vector(epochs.get(), c.name, v), tmp, std::string("/epochs/") + c.name);
+    }
+    h5::Id align = h5::create_group(file.get(), "alignment");
+    h5::Id mean = h5::create_group(align.get(), "cos_delta_mean");
+    h5::Id sd = h5::create_group(align.get(), "cos_delta_std");
+    require(align.valid() && mean.valid() && sd.valid(), tmp, "/alignment");
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      std::vector<double> m, s;
+      for (const EpochRecord& r : records_) {
+        m.push_back(l < r.cos_delta_mean.size() ? r.cos_delta_mean[l] : std::nan(""));
+        s.push_back(l < r.cos_delta_std.size() ? r.cos_delta_std[l] : std::nan(""));
+      }
+      require(h5::write_vector(mean.get(), layers_[l].c_str(), m), tmp, "/alignment/cos_delta_mean/" + layers_[l]);
+      require(h5::write_vector(sd.get(), layers_[l].c_str(), s), tmp, "/alignment/cos_delta_std/" + layers_[l]);
+    }
+    std::vector<double> g;
+    for (const EpochRecord& r : records_) g.push_back(r.cos_grad_total);
+    require(h5::write_vector(align.get(), "cos_grad_total", g), tmp, "/alignment/cos_grad_total");
+    require(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, tmp, "(flush)");
+  }
+  commit(tmp, path_);
+}
+
+std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long keep_epochs) {
+  h5::silence_errors();
+  if (!std::filesystem::exists(path)) throw InputError(path, "no such log file");
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw InputError(path, "not an HDF5 file");
+  h5::Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!file.valid()) throw InputError(path, "cannot open the log");
+  std::vector<std::string> layers;
+  try {
+    layers = nlohmann::json::parse(h5::read_string_attribute(file.get(), "layers")).get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(path, "the log has no valid layers attribute");
+  }
+  std::vector<double> epoch;
+  if (!h5::read_vector(file.get(), "epochs/epoch", epoch)) throw InputError(path, "no /epochs/epoch dataset");
+  std::vector<EpochRecord> recs(epoch.size());
+  for (std::size_t i = 0; i < epoch.size(); ++i) recs[i].epoch = static_cast<long>(epoch[i]);
+  auto column = [&](const std::string& name, std::vector<double>& v) {
+    if (!h5::read_vector(file.get(), name.c_str(), v) || v.size() != recs.size())
+      throw InputError(path, "dataset " + name + " is missing or has the wrong length");
+  };
+  std::vector<double> v;
+  for (const IntColumn& c : kIntColumns) {
+    column(std::string("epochs/") + c.name, v);
+    for (std::size_t i = 0; i < recs.size(); ++i) recs[i].*(c.field) = static_cast<long>(v[i]);
+  }
+  for (const Column& c : kColumns) {
+    column(std::string("epochs/") + c.name, v);
+    for (std::size_t i = 0; i < recs.size(); ++i) recs[i].*(c.field) = v[i];
+  }
+  column("alignment/cos_grad_total", v);
+  for (std::size_t i = 0; i < recs.size(); ++i) recs[i].cos_grad_total = v[i];
+  for (const std::string& l : layers) {
+    std::vector<double> m, s;
+    column("alignment/cos_delta_mean/" + l, m);
+    column("alignment/cos_delta_std/" + l, s);
+    for (std::size_t i = 0; i < recs.size(); ++i) {
+      recs[i].cos_delta_mean.push_back(m[i]);
+      recs[i].cos_delta_std.push_back(s[i]);
+    }
+  }
+  std::vector<EpochRecord> kept;
+  for (EpochRecord& r : recs)
+    if (r.epoch <= keep_epochs) kept.push_back(std::move(r));
+  return kept;
+}
+
+void write_checkpoint(const std::string& path, const Checkpoint& c, const Network& net) {
+  h5::silence_errors();
+  const std::string tmp = path + ".tmp";
+  {
+    h5::Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    require(file.valid(), tmp, "the checkpoint");
+    require(h5::write_string_attribute(file.get(), "config", c.config.dump()) &&
+                h5::write_string_attribute(file.get(), "architecture", c.architecture) &&
+                h5::write_string_attribute(file.get(), "hepsim_version", HEPSIM_VERSION) &&
+                h5::write_int_attribute(file.get(), "input_size", c.input_size) &&
+                h5::write_int_attribute(file.get(), "classes", c.classes) &&
+                h5::write_int_attribute(file.get(), "epoch", c.epoch) &&
+                h5::write_int_attribute(file.get(), "optimizer_steps", c.optimizer_steps),
+            tmp, "attributes");
+    auto vec = [](const Vec<double>& x) { return std::vector<double>(x.data(), x.data() + x.size()); };
+    require(h5::write_vector(file.get(), "theta", vec(c.theta)), tmp, "/theta");
+    h5::Id opt = h5::create_group(file.get(), "optimizer");
+    require(opt.valid() && h5::write_vector(opt.get(), "m", vec(c.m)) && h5::write_vector(opt.get(), "v", vec(c.v)),
+            tmp, "/optimizer");
+    h5::Id params = h5::create_group(file.get(), "params");
+    require(params.valid(), tmp, "/params");
+    const Vec<float> th = c.theta.cast<float>();
+    for (const ParamBlock& b : net.blocks)
+      require(h5::write_matrix(params.get(), b.name.c_str(), th.data() + b.offset, static_cast<std::size_t>(b.rows),
+                               static_cast<std::size_t>(b.cols)),
+              tmp, "/params/" + b.name);
+    require(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, tmp, "(flush)");
+  }
+  commit(tmp, path);
+}
+
+Checkpoint read_checkpoint(const std::string& path) {
+  h5::silence_errors();
+  if (!std::filesystem::exists(path)) throw InputError(path, "no such checkpoint file");
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw InputError(path, "not an HDF5 file");
+  h5::Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!file.valid()) throw InputError(path, "cannot open the checkpoint");
+  Checkpoint c;
+  try {
+    c.config = nlohmann::json::parse(h5::read_string_attribute(file.get(), "config"));
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(path, "the checkpoint has no valid config attribute");
+  }
+  c.architecture = h5::read_string_attribute(file.get(), "architecture");
+  if (c.architecture.empty()) throw InputError(path, "the checkpoint has no architecture attribute");
+  c.input_size = h5::read_int_attribute(file.get(), "input_size", 0);
+  c.classes = h5::read_int_attribute(file.get(), "classes", 0);
+  c.epoch = h5::read_int_attribute(file.get(), "epoch", -1);
+  c.optimizer_steps = h5::read_int_attribute(file.get(), "optimizer_steps", -1);
+  if (c.input_size <= 0 || c.classes <= 0 || c.epoch < 0 || c.optimizer_steps < 0)
+    throw InputError(path, "the checkpoint lacks input_size / classes / epoch / optimizer_steps");
+  auto load = [&](const char* name, Vec<double>& out) {
+    std::vector<double> v;
+    if (!h5::read_vector(file.get(), name, v)) throw InputError(path, std::string("no dataset /") + name);
+    out = Eigen::Map<const Vec<double>>(v.data(), static_cast<Index>(v.size()));
+  };
+  load("theta", c.theta);
+  load("optimizer/m", c.m);
+  load("optimizer/v", c.v);
+  if (!c.theta.allFinite()) throw InputError(path, "/theta holds non-finite values");
+  return c;
+}
+
+}  // namespace hepsim::tools

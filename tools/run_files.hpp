@@ -1,0 +1,64 @@
+#pragma once
+// The files of a training run (SPEC 9), each replaced atomically (written to NAME.tmp, synced,
+// renamed) so that a run killed at any moment leaves valid files:
+//
+// DIR/log.h5
+//   attribute  config           the effective configuration (JSON text)
+//   attribute  layers           the state layers in neuron order (JSON list)
+//   /epochs/   epoch (int64), train_loss, train_acc, test_loss, test_acc, test_top5, seconds,
+//              homeo_loss, jac_sym, weight_angle_deg, residual_log10, not_converged (int64),
+//              diverged (int64), lr, examples_per_s, train_seconds       — one entry per epoch
+//   /alignment/cos_delta_mean/<layer>, /alignment/cos_delta_std/<layer>, /alignment/cos_grad_total
+//
+// DIR/checkpoint.h5
+//   attributes config (JSON), architecture (JSON, sim::to_json), input_size, classes, epoch,
+//              optimizer_steps, hepsim_version
+//   /theta (float64, the flat parameter vector), /optimizer/m, /optimizer/v (AdamW only),
+//   /params/<block> (float32 copies of every block, rows x cols, for inspection)
+//
+// The log is written before the checkpoint after each epoch: a run killed in between resumes
+// from the previous checkpoint and replaces the log's extra epoch, so each epoch appears once.
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ep/train.hpp"
+
+namespace hepsim::tools {
+
+class TrainLog {
+ public:
+  TrainLog(std::string path, nlohmann::json config, std::vector<std::string> layers);
+  // The records of an existing log with epoch ≤ keep_epochs (resume). InputError if unreadable.
+  static std::vector<EpochRecord> read_records(const std::string& path, long keep_epochs);
+
+  void append(const EpochRecord& r) { records_.push_back(r); }
+  const std::vector<EpochRecord>& records() const { return records_; }
+  // Rewrites the whole file atomically. Throws std::runtime_error on I/O failure.
+  void write() const;
+
+ private:
+  std::string path_;
+  nlohmann::json config_;
+  std::vector<std::string> layers_;
+  std::vector<EpochRecord> records_;
+};
+
+struct Checkpoint {
+  nlohmann::json config;
+  std::string architecture;  // sim::to_json of the network
+  Index input_size = 0, classes = 0;
+  long epoch = 0;
+  long optimizer_steps = 0;
+  Vec<double> theta, m, v;
+};
+
+void write_checkpoint(const std::string& path, const Checkpoint& c, const Network& net);
+// InputError naming the file when it is missing, not HDF5, or incomplete.
+Checkpoint read_checkpoint(const std::string& path);
+
+// Writes `text` to `path` atomically (tmp file, fsync, rename).
+void write_text_atomic(const std::string& path, const std::string& text);
+
+}  // namespace hepsim::tools
