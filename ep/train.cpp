@@ -124,12 +124,32 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
 
 template <class R>
 Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
-    : model_(model), cfg_(cfg), theta_(std::move(theta)), opt_(model.net, cfg.optimizer) {
+    : model_(model), cfg_(cfg), theta_(std::move(theta)), opt_(model.net, cfg.optimizer), grad_(model.net.n_params) {
   if (theta_.size() != model.net.n_params) throw std::invalid_argument("Trainer: θ has the wrong size");
+  if (cfg_.homeostasis > 0) {
+    HomeoConfig hc = cfg_.homeo;
+    hc.lambda = cfg_.homeostasis;
+    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, cfg_.batch_size);
+  }
 }
 
 template <class R>
-typename Trainer<R>::StepStats Trainer<R>::train_step(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const {
+typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total) {
+  grad_.setZero();
+  const StepStats st = gradient(x, y, grad_);
+  if (homeo_) (void)homeo_->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(index), grad_);
+  if (st.diverged > 0 && cfg_.on_diverge == DivergencePolicy::abort)
+    throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged at step " +
+                                         std::to_string(index + 1) + " (policy abort; lower --beta or use skip)");
+  opt_.step(theta_, grad_, index, total);
+  if (!theta_.allFinite())
+    throw InputError("--lr", "the parameters became non-finite at step " + std::to_string(index + 1) +
+                                 "; lower the learning rate");
+  return st;
+}
+
+template <class R>
+typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const {
   const Index B = x.cols();
   const int chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(cfg_.threads, B)));
   std::vector<Vec<R>> grads(static_cast<std::size_t>(chunks));
@@ -267,14 +287,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
   const Index B = cfg_.batch_size;
   const long batches = static_cast<long>((train.n + B - 1) / B);
   const long total_steps = cfg_.epochs * batches;
-  std::unique_ptr<Homeostasis<R>> homeo;
-  if (cfg_.homeostasis > 0) {
-    HomeoConfig hc = cfg_.homeo;
-    hc.lambda = cfg_.homeostasis;
-    homeo = std::make_unique<Homeostasis<R>>(model_.net, hc, B);
-  }
   Mat<R> x(train.dim(), B), y(train.classes, B);
-  Vec<R> grad(model_.net.n_params);
   for (long epoch = start_epoch + 1; epoch <= cfg_.epochs; ++epoch) {
     const auto t0 = Clock::now();
     const std::vector<Index> perm = shuffled_indices(train.n, cfg_.seed, static_cast<std::uint64_t>(epoch));
@@ -290,18 +303,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
       auto xb = x.leftCols(count);
       auto yb = y.leftCols(count);
       make_batch<R>(train, perm.data() + first, count, cfg_.norm, cfg_.augment, &aug_rng, xb, yb);
-      grad.setZero();
-      const StepStats st = train_step(xb, yb, grad);
-      const long step = (epoch - 1) * batches + b;
-      if (homeo) (void)homeo->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(step), grad);
-      if (st.diverged > 0 && cfg_.on_diverge == DivergencePolicy::abort)
-        throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged at epoch " +
-                                             std::to_string(epoch) + ", batch " + std::to_string(b + 1) +
-                                             " (policy abort; lower --beta or use skip)");
-      opt_.step(theta_, grad, step, total_steps);
-      if (!theta_.allFinite())
-        throw InputError("--lr", "the parameters became non-finite at epoch " + std::to_string(epoch) + ", batch " +
-                                     std::to_string(b + 1) + "; lower the learning rate");
+      const StepStats st = step(xb, yb, (epoch - 1) * batches + b, total_steps);
       prog.batch = b + 1;
       prog.seen += count;
       prog.loss_sum += st.loss;
@@ -334,5 +336,36 @@ template Mat<float> algorithm_error_vector<float>(const Model&, const Vec<float>
                                                   const TrainConfig&, Index*);
 template Mat<double> algorithm_error_vector<double>(const Model&, const Vec<double>&, const FreeState<double>&,
                                                     const TrainConfig&, Index*);
+
+}  // namespace hepsim
+
+namespace hepsim {
+
+double train_step_flops(const Network& net, const TrainConfig& cfg, Index B) {
+  double rec = 0, inp = 0;  // per column: recurrent and input GEMM flops of one evaluation
+  for (const Edge& e : net.edges) (e.pre == Network::kInput ? inp : rec) += 2.0 * static_cast<double>(e.rows * e.cols);
+  const double n_out = static_cast<double>(net.layers[static_cast<std::size_t>(net.out)].size);
+  const double readout = 4.0 * static_cast<double>(net.classes) * n_out;  // logits and Wᵀ(p − y)
+  const double T1 = static_cast<double>(cfg.free.max_steps), T2 = static_cast<double>(cfg.nudged.max_steps);
+  double per_sample = inp + T1 * rec;  // the input projection and the free phase
+  switch (cfg.algo) {
+    case Algo::hep:
+      if (cfg.N == 0) {
+        per_sample += T2 * (2 * rec + readout);  // u and its tangent
+      } else {
+        const double real_points = cfg.N == 1 ? 1 : 1 + (cfg.N % 2 == 0);
+        const double complex_points = cfg.N == 1 ? 0 : (cfg.N - 1) / 2;
+        per_sample += T2 * (rec + readout) * (real_points + 2 * complex_points);
+      }
+      break;
+    case Algo::rbp: per_sample += T2 * rec + readout; break;
+    case Algo::bp: per_sample += T2 * rec + T2 * (2 * rec + inp) + readout; break;  // forward, backward, θ
+  }
+  per_sample += inp + rec + readout;  // the parameter gradient's outer products and the readout
+  double flops = per_sample * static_cast<double>(B);
+  if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson)
+    flops += 4 * rec * static_cast<double>(cfg.homeo.draws * B);  // HE, HᵀE and two gradient GEMMs per edge
+  return flops;
+}
 
 }  // namespace hepsim

@@ -15,6 +15,7 @@
 // resulting parameter gradient with the RBP gradient (kernels and biases; the readout term is
 // identical in both and left out), jac_sym, the homeostatic loss and the weight angle.
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -98,6 +99,19 @@ class Trainer {
 
   EvalResult evaluate(const Dataset& test) const;
 
+  // Statistics of one training step (sums over the batch's samples).
+  struct StepStats {
+    double loss = 0;
+    long correct = 0;
+    double log_residual = 0;
+    long not_converged = 0, diverged = 0;
+  };
+  // One training step on a batch (x: input_size x B, y: classes x B): gradient, homeostasis,
+  // optimizer update. `index` / `total` are the global step and the run's step count (the
+  // probes' key and the schedule). Throws InputError on divergence with policy abort or on
+  // non-finite parameters.
+  StepStats step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total);
+
   Vec<R>& theta() { return theta_; }
   const Vec<R>& theta() const { return theta_; }
   Optimizer<R>& optimizer() { return opt_; }
@@ -105,20 +119,21 @@ class Trainer {
   const TrainConfig& config() const { return cfg_; }
 
  private:
-  struct StepStats {
-    double loss = 0;
-    long correct = 0;
-    double log_residual = 0;
-    long not_converged = 0, diverged = 0;
-  };
-  StepStats train_step(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const;
+  StepStats gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const;
   void epoch_metrics(const Dataset& test, EpochRecord& rec) const;
 
   const Model& model_;
   TrainConfig cfg_;
   Vec<R> theta_;
   Optimizer<R> opt_;
+  std::unique_ptr<Homeostasis<R>> homeo_;  // when cfg.homeostasis > 0
+  Vec<R> grad_;
 };
+
+// Floating-point operations of one training step on a batch of B samples (GEMMs only, 2mkn each;
+// a real kernel on complex states counts twice): the free phase, the nudged phases or
+// iterations of the algorithm, the input projection and the parameter gradient.
+double train_step_flops(const Network& net, const TrainConfig& cfg, Index B);
 
 // The error vector of the configured algorithm at a free state (hep, rbp; for bp the BPTT
 // error sum), used in training and for the alignment metrics.

@@ -61,6 +61,13 @@ class Field {
   bool frozen(Index col) const { return !frozen_.empty() && frozen_[static_cast<std::size_t>(col)]; }
 
   const Model& model() const { return model_; }
+  const Vec<R>& theta() const { return theta_; }
+  const CMatRef<R>& drive() const { return drive_; }
+  const CMatRef<R>& y() const { return y_; }
+  const CVecRef<S>& beta() const { return beta_; }
+  bool nudged() const { return nudged_; }
+  // Evaluations performed outside map() by an equivalent engine (the fused map).
+  void count_evaluations(Index n) { evals_ += n; }
 
  private:
   const Model& model_;

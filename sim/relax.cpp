@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "sim/error.hpp"
+#include "sim/fused_map.hpp"
 
 // Trap (SPEC 2.5): odeint's Eigen infinity norm declares its result as the matrix scalar, which
 // is complex for complex states, and the controlled steppers then do not compile (they compare
@@ -84,26 +85,21 @@ class ColumnMonitor {
     first_residual_.assign(static_cast<std::size_t>(field.cols()), -1.0);
   }
 
-  // Updates the residual of each live column from `delta` (M(u) − u, or the last update), checks
-  // `u` for divergence. Returns true when every live column is at or below tol (tol > 0).
-  bool update(Mat<S>& u, Mat<S>* delta_to_zero, const Mat<S>& delta) {
+  // Updates the residual r[j] and ‖u‖∞ a[j] of each live column, detects divergence (then calls
+  // diverge(j) to zero the column wherever the state lives, and freezes it). Returns true when
+  // every live column is at or below tol (tol > 0).
+  template <class F>
+  bool update_norms(const double* r_in, const double* a_in, F&& diverge) {
     bool all_done = true;
-    for (Index j = 0; j < u.cols(); ++j) {
+    for (Index j = 0; j < static_cast<Index>(res_.status.size()); ++j) {
       auto& st = res_.status[static_cast<std::size_t>(j)];
       if (st == RelaxStatus::diverged) continue;
-      double r = 0, a = 0;
-      const S* d = delta.col(j).data();
-      const S* x = u.col(j).data();
-      for (Index i = 0; i < u.rows(); ++i) {
-        r = std::max(r, static_cast<double>(std::abs(d[i])));
-        a = std::max(a, static_cast<double>(std::abs(x[i])));
-      }
+      const double r = r_in[j], a = a_in[j];
       // NaN fails every comparison: `!(r <= thr)` catches it as well as overflow.
       if (!(r <= cfg_.diverge_threshold) || !(a <= cfg_.diverge_threshold)) {
         st = RelaxStatus::diverged;
         res_.residual[j] = std::numeric_limits<double>::infinity();
-        u.col(j).setZero();
-        if (delta_to_zero) delta_to_zero->col(j).setZero();
+        diverge(j);
         field_.freeze(j);
         continue;
       }
@@ -114,6 +110,28 @@ class ColumnMonitor {
       if (!(r <= cfg_.tol)) all_done = false;
     }
     return cfg_.tol > 0 && all_done;
+  }
+
+  // The same from the matrices: `delta` (M(u) − u, or the last update) and the state `u`.
+  bool update(Mat<S>& u, Mat<S>* delta_to_zero, const Mat<S>& delta) {
+    r_.resize(static_cast<std::size_t>(u.cols()));
+    a_.resize(static_cast<std::size_t>(u.cols()));
+    for (Index j = 0; j < u.cols(); ++j) {
+      double r = 0, a = 0;
+      const S* d = delta.col(j).data();
+      const S* x = u.col(j).data();
+      for (Index i = 0; i < u.rows(); ++i) {
+        r = std::max(r, static_cast<double>(std::abs(d[i])));
+        a = std::max(a, static_cast<double>(std::abs(x[i])));
+        if (std::isnan(static_cast<double>(std::abs(d[i])))) r = std::numeric_limits<double>::quiet_NaN();
+      }
+      r_[static_cast<std::size_t>(j)] = r;
+      a_[static_cast<std::size_t>(j)] = a;
+    }
+    return update_norms(r_.data(), a_.data(), [&](Index j) {
+      u.col(j).setZero();
+      if (delta_to_zero) delta_to_zero->col(j).setZero();
+    });
   }
 
   void finish(Mat<S>& u) {
@@ -138,10 +156,27 @@ class ColumnMonitor {
   RelaxResult& res_;
   double thr_ = 0;
   std::vector<double> first_residual_;  // the residual at the first check (-1: none yet)
+  std::vector<double> r_, a_;           // per-column scratch of update()
 };
 
 template <class S>
 void relax_map(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res, ColumnMonitor<S>& mon) {
+  if constexpr (std::is_same_v<RealOf<S>, float>) {
+    if (detail::fused_map_applies(field, cfg)) {
+      detail::FusedMap<S> fused(field);
+      fused.load(u);
+      std::vector<double> r(static_cast<std::size_t>(u.cols())), a(r.size());
+      for (long k = 0; k < cfg.max_steps; ++k) {
+        fused.step(r.data(), a.data());
+        ++res.steps;
+        if (mon.update_norms(r.data(), a.data(), [&](Index j) { fused.freeze(j); })) break;
+      }
+      fused.store(u);
+      field.count_evaluations(res.steps);
+      res.t = static_cast<double>(res.steps);
+      return;
+    }
+  }
   Mat<S> next(u.rows(), u.cols());
   for (long k = 0; k < cfg.max_steps; ++k) {
     field.map(u, next);

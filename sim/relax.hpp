@@ -14,6 +14,7 @@
 //               decide (skip or abort).
 // Residual convention: for the map, the size of the last update ‖u_T − u_{T−1}‖∞ = ‖F(u_{T−1})‖∞;
 // for the ODE solvers, ‖du/dt‖∞ at the final state.
+#include <array>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@ struct RelaxConfig {
   double dt = 0.5;                  // rk4 step, and dopri5's first trial step (time units, τ = 1)
   double rtol = 1e-6, atol = 1e-8;  // dopri5 local error control (relative, absolute)
   double diverge_threshold = 1e6;   // |u| or residual above this, or non-finite: diverged
+  bool fused = true;                // map solver in float: the fused engine (sim/fused_map.hpp) when it applies
   double growth_factor = 100;       // final residual > this × max(initial, report_tol): diverged (0: off).
                                     // A phase started away from equilibrium (a truncated free
                                     // phase) may end above its initial residual without diverging;
@@ -61,6 +63,10 @@ struct RelaxResult {
 // Relaxes u (neurons x cols; in: start, out: end) under `field`.
 template <class S>
 [[nodiscard]] RelaxResult relax(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg);
+
+// The GEMM shapes (rows, inner dimension) of one map step of the fused engine: one per group of
+// layers sharing their inputs (mlp_2-256: 266 x 256 and 256 x 266). For benchmarks.
+std::vector<std::array<Index, 2>> map_gemm_shapes(const Network& net);
 
 // Per-column ‖M(u) − u‖∞ at u (one field evaluation; frozen columns give 0).
 template <class S>

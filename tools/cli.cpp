@@ -35,6 +35,7 @@ int run(int argc, char** argv) {
   register_gradcheck(app);
   register_train(app);
   register_eval(app);
+  register_bench(app);
   try {
     if (argc > 1 && argv[1][0] != '-') {
       std::string names;

@@ -19,6 +19,8 @@ void register_gradcheck(CLI::App& app);
 // Registers `hepsim train` and `hepsim eval`.
 void register_train(CLI::App& app);
 void register_eval(CLI::App& app);
+// Registers `hepsim bench`.
+void register_bench(CLI::App& app);
 // Registers `hepsim jacobian`.
 void register_jacobian(CLI::App& app);
 
