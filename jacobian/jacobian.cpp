@@ -135,7 +135,7 @@ Probes<R>::Probes(Index neurons, Index probes)
 template <class R>
 void Probes<R>::draw(Rng& rng) {
   R* p = E_.data();
-  for (Index i = 0; i < E_.size(); ++i) p[i] = static_cast<R>(rng.normal());
+  rng.fill_normal(p, static_cast<std::size_t>(E_.size()));
 }
 
 template <class R>

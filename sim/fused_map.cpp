@@ -248,11 +248,15 @@ struct FusedMap<S>::Impl {
   std::vector<Group> groups;
   Index out_offset = 0, out_size = 0;
   Epilogue epilogue = Epilogue::sigmoid;
-  // State buffers, n x nc column-major: drive (+ nudge), u, u', s, s'; gather scratch.
-  Floats D, D0, U, Un, Sc, Sn, G;
+  // State buffers, n x nc column-major: drive (+ nudge), u, u', s, s'; gather scratch. Samples
+  // live in slots (w = 1 or 2 internal columns each); the active ones occupy slots 0 … active−1,
+  // settled ones are kept in F (by sample) and no longer computed.
+  static constexpr Index w = kComplex ? 2 : 1;
+  Floats D, D0, U, Un, Sc, Sn, G, F;
   std::vector<float> r, a;
-  std::vector<char> frozen;
-  bool any_frozen = false;
+  std::vector<Index> slot_of, col_at;
+  std::vector<char> settled;
+  Index active = 0;
   // Readout scratch (classes x nc and n_out x nc).
   Mat<float> logits, d, ed;
 
@@ -269,8 +273,14 @@ struct FusedMap<S>::Impl {
     Un.assign(size, 0.f);
     Sc.assign(size, 0.f);
     Sn.assign(size, 0.f);
+    F.assign(size, 0.f);
     r.assign(static_cast<std::size_t>(nc), 0.f);
     a.assign(static_cast<std::size_t>(nc), 0.f);
+    active = cols;
+    slot_of.resize(static_cast<std::size_t>(cols));
+    col_at.resize(static_cast<std::size_t>(cols));
+    for (Index j = 0; j < cols; ++j) slot_of[static_cast<std::size_t>(j)] = col_at[static_cast<std::size_t>(j)] = j;
+    settled.assign(static_cast<std::size_t>(cols), 0);
     // The drive in the internal layout (imaginary columns zero).
     const auto& C = f.drive();
     for (std::size_t l = 0; l < net.layers.size(); ++l) {
@@ -353,18 +363,19 @@ struct FusedMap<S>::Impl {
     const auto& beta = field.beta();
     using Strided = Eigen::Map<Mat<float>, 0, Eigen::OuterStride<>>;
     using CStrided = Eigen::Map<const Mat<float>, 0, Eigen::OuterStride<>>;
-    CStrided s_out(Sc.data() + out_offset, out_size, nc, Eigen::OuterStride<>(n));
-    Strided d_out(D.data() + out_offset, out_size, nc, Eigen::OuterStride<>(n));
-    CStrided d0_out(D0.data() + out_offset, out_size, nc, Eigen::OuterStride<>(n));
+    const Index nca = active * w;  // the active internal columns
+    CStrided s_out(Sc.data() + out_offset, out_size, nca, Eigen::OuterStride<>(n));
+    Strided d_out(D.data() + out_offset, out_size, nca, Eigen::OuterStride<>(n));
+    CStrided d0_out(D0.data() + out_offset, out_size, nca, Eigen::OuterStride<>(n));
     const Index classes = net.classes;
-    d.resize(model.loss == Loss::mse ? out_size : classes, nc);
+    d.resize(model.loss == Loss::mse ? out_size : classes, nca);
     if (model.loss == Loss::mse) {
       d = s_out;
     } else {
       const auto W = readout_weights(net, field.theta());
       logits.noalias() = W * s_out;  // real weights on (Re, Im) columns alike
       const auto b = readout_bias(net, field.theta());
-      for (Index j = 0; j < cols; ++j) {
+      for (Index j = 0; j < active; ++j) {
         if constexpr (kComplex) {
           const Index re = 2 * j, im = re + 1;
           float m = -std::numeric_limits<float>::infinity();
@@ -390,17 +401,18 @@ struct FusedMap<S>::Impl {
         }
       }
     }
-    // d ← (d − y) β per sample (complex multiplication for complex β).
-    for (Index j = 0; j < cols; ++j) {
+    // d ← (d − y) β per sample (complex multiplication for complex β); slot j holds sample col_at[j].
+    for (Index j = 0; j < active; ++j) {
+      const Index sample = col_at[static_cast<std::size_t>(j)];
       if constexpr (kComplex) {
-        const std::complex<float> bj = beta[j];
+        const std::complex<float> bj = beta[sample];
         for (Index c = 0; c < d.rows(); ++c) {
-          const std::complex<float> v = std::complex<float>(d(c, 2 * j) - y(c, j), d(c, 2 * j + 1)) * bj;
+          const std::complex<float> v = std::complex<float>(d(c, 2 * j) - y(c, sample), d(c, 2 * j + 1)) * bj;
           d(c, 2 * j) = v.real();
           d(c, 2 * j + 1) = v.imag();
         }
       } else {
-        d.col(j) = (d.col(j) - y.col(j)) * beta[j];
+        d.col(j) = (d.col(j) - y.col(sample)) * beta[sample];
       }
     }
     if (model.loss == Loss::mse) {
@@ -413,6 +425,7 @@ struct FusedMap<S>::Impl {
 
   void step(double* r_out, double* a_out) {
     if (field.nudged()) nudge();
+    const Index nca = active * w;
     std::fill(r.begin(), r.end(), 0.f);
     std::fill(a.begin(), a.end(), 0.f);
     const Out o{D.data(), U.data(), Un.data(), Sn.data(), n, r.data(), a.data()};
@@ -420,7 +433,7 @@ struct FusedMap<S>::Impl {
       const float* b = Sc.data() + (g.pre.empty() ? 0 : g.pre[0].first);
       Index ldb = n;
       if (!g.contiguous) {
-        for (Index c = 0; c < nc; ++c) {
+        for (Index c = 0; c < nca; ++c) {
           Index k0 = 0;
           for (const auto& [off, size] : g.pre) {
             std::copy_n(Sc.data() + idx(off, c), size, G.data() + c * g.k + k0);
@@ -434,41 +447,46 @@ struct FusedMap<S>::Impl {
         const Index row = g.post_begin + p * kPanel, valid = std::min<Index>(kPanel, g.rows - p * kPanel);
         const __mmask16 m0 = mask_for(valid), m1 = mask_for(valid - 16);
         const float* a_panel = g.packed.data() + static_cast<std::size_t>(p) * static_cast<std::size_t>(g.k) * kPanel;
-        for (Index c = 0; c < nc; c += kBlock) {
-          const Index w = std::min<Index>(kBlock, nc - c);
+        for (Index c = 0; c < nca; c += kBlock) {
+          const Index width = std::min<Index>(kBlock, nca - c);
           switch (epilogue) {
             case Epilogue::sigmoid:
-              run_block<Epilogue::sigmoid>(a_panel, b + c * ldb, ldb, g.k, o, row, c, w, m0, m1);
+              run_block<Epilogue::sigmoid>(a_panel, b + c * ldb, ldb, g.k, o, row, c, width, m0, m1);
               break;
             case Epilogue::dsilu:
-              run_block<Epilogue::dsilu>(a_panel, b + c * ldb, ldb, g.k, o, row, c, w, m0, m1);
+              run_block<Epilogue::dsilu>(a_panel, b + c * ldb, ldb, g.k, o, row, c, width, m0, m1);
               break;
             case Epilogue::complex_sigmoid:
-              run_block<Epilogue::complex_sigmoid>(a_panel, b + c * ldb, ldb, g.k, o, row, c, w, m0, m1);
+              run_block<Epilogue::complex_sigmoid>(a_panel, b + c * ldb, ldb, g.k, o, row, c, width, m0, m1);
               break;
           }
         }
       }
     }
-    if (any_frozen)
-      for (Index j = 0; j < cols; ++j)
-        if (frozen[static_cast<std::size_t>(j)]) zero_column(j, Un, Sn);
+    // Only the active slots were computed; U and U' trade places (settled samples live in F).
     U.swap(Un);
     Sc.swap(Sn);
-    for (Index j = 0; j < cols; ++j) {
-      const Index c = kComplex ? 2 * j : j;
-      r_out[j] = frozen.empty() || !frozen[static_cast<std::size_t>(j)] ? r[static_cast<std::size_t>(c)] : 0.0;
-      a_out[j] = frozen.empty() || !frozen[static_cast<std::size_t>(j)] ? a[static_cast<std::size_t>(c)] : 0.0;
+    for (Index slot = 0; slot < active; ++slot) {
+      const Index j = col_at[static_cast<std::size_t>(slot)];
+      r_out[j] = r[static_cast<std::size_t>(slot * w)];
+      a_out[j] = a[static_cast<std::size_t>(slot * w)];
     }
   }
 
-  void zero_column(Index j, Floats& u, Floats& s) {
-    const float s0 = activate<float>(field.model().activation, 0.0f);
-    for (Index c = kComplex ? 2 * j : j; c <= (kComplex ? 2 * j + 1 : j); ++c) {
-      const bool imag = kComplex && c == 2 * j + 1;
-      std::fill_n(u.data() + c * n, n, 0.f);
-      std::fill_n(s.data() + c * n, n, imag ? 0.f : s0);
+  // Keeps sample j's current state as its final one and stops computing it: the last active slot
+  // moves into its place.
+  void settle(Index j) {
+    if (settled[static_cast<std::size_t>(j)]) return;
+    const Index s = slot_of[static_cast<std::size_t>(j)], last = active - 1;
+    std::copy_n(U.data() + s * w * n, w * n, F.data() + j * w * n);
+    if (s != last) {
+      for (Floats* buf : {&U, &Sc, &D, &D0}) std::copy_n(buf->data() + last * w * n, w * n, buf->data() + s * w * n);
+      const Index moved = col_at[static_cast<std::size_t>(last)];
+      col_at[static_cast<std::size_t>(s)] = moved;
+      slot_of[static_cast<std::size_t>(moved)] = s;
     }
+    settled[static_cast<std::size_t>(j)] = 1;
+    --active;
   }
 };
 
@@ -504,24 +522,33 @@ void FusedMap<S>::step(double* r, double* a) {
 template <class S>
 void FusedMap<S>::freeze(Index col) {
   Impl& m = *impl_;
-  if (m.frozen.empty()) m.frozen.assign(static_cast<std::size_t>(m.cols), 0);
-  m.frozen[static_cast<std::size_t>(col)] = 1;
-  m.any_frozen = true;
-  m.zero_column(col, m.U, m.Sc);
+  if (m.settled[static_cast<std::size_t>(col)]) return;
+  std::fill_n(m.U.data() + m.slot_of[static_cast<std::size_t>(col)] * Impl::w * m.n, Impl::w * m.n, 0.f);
+  m.settle(col);
+}
+
+template <class S>
+void FusedMap<S>::settle(Index col) {
+  impl_->settle(col);
 }
 
 template <class S>
 void FusedMap<S>::store(Mat<S>& u) const {
   const Impl& m = *impl_;
-  for (std::size_t l = 0; l < m.net.layers.size(); ++l) {
-    const Layer& L = m.net.layers[l];
-    for (Index j = 0; j < m.cols; ++j)
+  for (Index j = 0; j < m.cols; ++j) {
+    // A settled sample's state is in F at its own index, an active one's in U at its slot.
+    const bool done = m.settled[static_cast<std::size_t>(j)] != 0;
+    const float* src = done ? m.F.data() + j * Impl::w * m.n : m.U.data() + m.slot_of[static_cast<std::size_t>(j)] * Impl::w * m.n;
+    for (std::size_t l = 0; l < m.net.layers.size(); ++l) {
+      const Layer& L = m.net.layers[l];
       for (Index i = 0; i < L.size; ++i) {
+        const Index row = m.layer_offset[l] + i;
         if constexpr (Impl::kComplex)
-          u(L.offset + i, j) = S(m.U[m.idx(m.layer_offset[l] + i, 2 * j)], m.U[m.idx(m.layer_offset[l] + i, 2 * j + 1)]);
+          u(L.offset + i, j) = S(src[row], src[m.n + row]);
         else
-          u(L.offset + i, j) = m.U[m.idx(m.layer_offset[l] + i, j)];
+          u(L.offset + i, j) = src[row];
       }
+    }
   }
 }
 
@@ -551,6 +578,8 @@ template <class S>
 void FusedMap<S>::step(double*, double*) {}
 template <class S>
 void FusedMap<S>::freeze(Index) {}
+template <class S>
+void FusedMap<S>::settle(Index) {}
 template <class S>
 void FusedMap<S>::store(Mat<S>&) const {}
 template <class S>

@@ -51,6 +51,9 @@ class FusedMap {
   void step(double* r, double* a);
   // Sets a column to zero and keeps it there (a diverged sample).
   void freeze(Index col);
+  // Keeps a column's current state as final and stops computing it (a converged sample): the
+  // active columns are compacted, so later steps cost only what is still relaxing.
+  void settle(Index col);
   void store(Mat<S>& u) const;
 
  private:

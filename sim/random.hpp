@@ -49,6 +49,19 @@ class Rng {
     const double u2 = uniform();
     return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
   }
+  // n standard normals, both values of each Box–Muller pair used (half the draws of normal()).
+  template <class T>
+  void fill_normal(T* out, std::size_t n) {
+    std::size_t i = 0;
+    for (; i + 1 < n; i += 2) {
+      double u1;
+      do u1 = uniform(); while (u1 <= 0.0);
+      const double rad = std::sqrt(-2.0 * std::log(u1)), ang = 6.283185307179586 * uniform();
+      out[i] = static_cast<T>(rad * std::cos(ang));
+      out[i + 1] = static_cast<T>(rad * std::sin(ang));
+    }
+    if (i < n) out[i] = static_cast<T>(normal());
+  }
   // Standard normal truncated to [-2, 2] (rejection; acceptance 95.4%).
   double truncated_normal() {
     for (;;) {

@@ -83,17 +83,19 @@ class ColumnMonitor {
     res_.col_steps.assign(static_cast<std::size_t>(field.cols()), -1);
     thr_ = cfg.tol > 0 ? cfg.tol : cfg.report_tol;
     first_residual_.assign(static_cast<std::size_t>(field.cols()), -1.0);
+    settled_.assign(static_cast<std::size_t>(field.cols()), 0);
   }
 
   // Updates the residual r[j] and ‖u‖∞ a[j] of each live column, detects divergence (then calls
-  // diverge(j) to zero the column wherever the state lives, and freezes it). Returns true when
-  // every live column is at or below tol (tol > 0).
-  template <class F>
-  bool update_norms(const double* r_in, const double* a_in, F&& diverge) {
+  // diverge(j) to zero the column wherever the state lives, and freezes it) and, with tol > 0,
+  // settles each column whose residual reached tol (settle(j) holds its state from then on).
+  // Returns true when no column is still relaxing (tol > 0).
+  template <class F, class G>
+  bool update_norms(const double* r_in, const double* a_in, F&& diverge, G&& settle) {
     bool all_done = true;
     for (Index j = 0; j < static_cast<Index>(res_.status.size()); ++j) {
       auto& st = res_.status[static_cast<std::size_t>(j)];
-      if (st == RelaxStatus::diverged) continue;
+      if (st == RelaxStatus::diverged || settled_[static_cast<std::size_t>(j)]) continue;
       const double r = r_in[j], a = a_in[j];
       // NaN fails every comparison: `!(r <= thr)` catches it as well as overflow.
       if (!(r <= cfg_.diverge_threshold) || !(a <= cfg_.diverge_threshold)) {
@@ -107,7 +109,13 @@ class ColumnMonitor {
       if (first_residual_[static_cast<std::size_t>(j)] < 0) first_residual_[static_cast<std::size_t>(j)] = r;
       auto& first = res_.col_steps[static_cast<std::size_t>(j)];
       if (first < 0 && r <= thr_) first = res_.steps;
-      if (!(r <= cfg_.tol)) all_done = false;
+      if (cfg_.tol > 0 && r <= cfg_.tol) {
+        settled_[static_cast<std::size_t>(j)] = 1;
+        settle(j);
+        field_.freeze(j);
+      } else {
+        all_done = false;
+      }
     }
     return cfg_.tol > 0 && all_done;
   }
@@ -128,10 +136,15 @@ class ColumnMonitor {
       r_[static_cast<std::size_t>(j)] = r;
       a_[static_cast<std::size_t>(j)] = a;
     }
-    return update_norms(r_.data(), a_.data(), [&](Index j) {
-      u.col(j).setZero();
-      if (delta_to_zero) delta_to_zero->col(j).setZero();
-    });
+    return update_norms(
+        r_.data(), a_.data(),
+        [&](Index j) {
+          u.col(j).setZero();
+          if (delta_to_zero) delta_to_zero->col(j).setZero();
+        },
+        [&](Index j) {
+          if (delta_to_zero) delta_to_zero->col(j).setZero();  // a held ODE column: du/dt = 0
+        });
   }
 
   void finish(Mat<S>& u) {
@@ -157,6 +170,7 @@ class ColumnMonitor {
   double thr_ = 0;
   std::vector<double> first_residual_;  // the residual at the first check (-1: none yet)
   std::vector<double> r_, a_;           // per-column scratch of update()
+  std::vector<char> settled_;           // columns held at tol (tol > 0)
 };
 
 template <class S>
@@ -169,7 +183,9 @@ void relax_map(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& 
       for (long k = 0; k < cfg.max_steps; ++k) {
         fused.step(r.data(), a.data());
         ++res.steps;
-        if (mon.update_norms(r.data(), a.data(), [&](Index j) { fused.freeze(j); })) break;
+        if (mon.update_norms(r.data(), a.data(), [&](Index j) { fused.freeze(j); },
+                             [&](Index j) { fused.settle(j); }))
+          break;
       }
       fused.store(u);
       field.count_evaluations(res.steps);

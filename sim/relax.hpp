@@ -3,8 +3,10 @@
 //   map:    u ← M(u)                              (the paper's discrete dynamics)
 //   rk4:    du/dt = M(u) − u, fixed-step classical Runge–Kutta (Boost.Odeint), step dt
 //   dopri5: the same ODE, adaptive Dormand–Prince 5(4) with error control (rtol, atol)
-// Stops after `max_steps` steps, or earlier when every column's residual ‖F(u)‖∞ ≤ tol
-// (F(u) = M(u) − u). Per column it reports the final residual and a status:
+// Runs `max_steps` steps; with tol > 0 each column stops (its state is held) as soon as its
+// residual ‖F(u)‖∞ ≤ tol (F(u) = M(u) − u), and the phase ends when every column has stopped —
+// with the fused engine, stopped columns cost nothing. Per column it reports the final
+// residual and a status:
 //   converged — residual ≤ tol (or ≤ report_tol when running a fixed budget, tol = 0);
 //   max_steps — the budget ran out first;
 //   diverged  — a non-finite value, or |u| or the residual above diverge_threshold, or a final
@@ -31,7 +33,7 @@ enum class RelaxStatus : unsigned char { converged, max_steps, diverged };
 struct RelaxConfig {
   Solver solver = Solver::map;
   long max_steps = 150;             // map iterations / ODE steps (accepted steps for dopri5); ≥ 1
-  double tol = 0;                   // stop when every column has ‖F(u)‖∞ ≤ tol; 0 = run the whole budget
+  double tol = 0;                   // stop each column at ‖F(u)‖∞ ≤ tol; 0 = run the whole budget
   double report_tol = 1e-3;         // with tol = 0: a column counts as converged below this residual
   double dt = 0.5;                  // rk4 step, and dopri5's first trial step (time units, τ = 1)
   double rtol = 1e-6, atol = 1e-8;  // dopri5 local error control (relative, absolute)
