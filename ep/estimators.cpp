@@ -3,6 +3,8 @@
 #include "ep/estimators.hpp"
 
 #include <Eigen/LU>
+
+#include "jacobian/jacobian.hpp"
 #include <stdexcept>
 
 namespace hepsim {
@@ -25,13 +27,21 @@ double inf_norm(const M& m) {
   return m.size() == 0 ? 0.0 : static_cast<double>(m.cwiseAbs().maxCoeff());
 }
 
-// The state Jacobian J_G (neurons x neurons) of a dense network, column by column: J_G I.
+// Per column b: solves (I − D_b M) v_b = D_b g_b, with M = J_G or J_Gᵀ (dense; small networks).
 template <class R>
-Mat<R> state_jacobian(const Network& net, const Vec<R>& theta) {
-  const Mat<R> I = Mat<R>::Identity(net.neurons, net.neurons);
-  Mat<R> JG = Mat<R>::Zero(net.neurons, net.neurons);
-  add_recurrent<R>(net, theta, I, JG);
-  return JG;
+Mat<R> dense_solve(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y,
+                   bool transposed) {
+  const Mat<R> H = dense_jacobian<R>(model.net, theta);  // J_G of a dense network
+  Mat<R> D(u_star.rows(), u_star.cols());
+  activate_deriv<R>(model.activation, u_star, D);
+  const Mat<R> g = loss_gradient_s<R>(model, theta, u_star, y);
+  Mat<R> v(u_star.rows(), u_star.cols());
+  const Mat<R> I = Mat<R>::Identity(H.rows(), H.cols());
+  for (Index b = 0; b < u_star.cols(); ++b) {
+    const Mat<R> A = transposed ? Mat<R>(I - D.col(b).asDiagonal() * H.transpose()) : Mat<R>(I - D.col(b).asDiagonal() * H);
+    v.col(b) = A.partialPivLu().solve(D.col(b).cwiseProduct(g.col(b)));
+  }
+  return v;
 }
 
 }  // namespace
@@ -119,32 +129,12 @@ IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const
 
 template <class R>
 Mat<R> rbp_dense(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y) {
-  const Mat<R> JGt = state_jacobian<R>(model.net, theta).transpose();
-  Mat<R> D(u_star.rows(), u_star.cols());
-  activate_deriv<R>(model.activation, u_star, D);
-  const Mat<R> g = loss_gradient_s<R>(model, theta, u_star, y);
-  Mat<R> delta(u_star.rows(), u_star.cols());
-  const Mat<R> I = Mat<R>::Identity(JGt.rows(), JGt.cols());
-  for (Index b = 0; b < u_star.cols(); ++b) {
-    const Mat<R> A = I - D.col(b).asDiagonal() * JGt;
-    delta.col(b) = A.partialPivLu().solve(D.col(b).cwiseProduct(g.col(b)));
-  }
-  return delta;
+  return dense_solve<R>(model, theta, u_star, y, true);
 }
 
 template <class R>
 Mat<R> exact_response_dense(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y) {
-  const Mat<R> JG = state_jacobian<R>(model.net, theta);
-  Mat<R> D(u_star.rows(), u_star.cols());
-  activate_deriv<R>(model.activation, u_star, D);
-  const Mat<R> g = loss_gradient_s<R>(model, theta, u_star, y);
-  Mat<R> v(u_star.rows(), u_star.cols());
-  const Mat<R> I = Mat<R>::Identity(JG.rows(), JG.cols());
-  for (Index b = 0; b < u_star.cols(); ++b) {
-    const Mat<R> A = I - D.col(b).asDiagonal() * JG;
-    v.col(b) = A.partialPivLu().solve(D.col(b).cwiseProduct(g.col(b)));
-  }
-  return v;
+  return dense_solve<R>(model, theta, u_star, y, false);
 }
 
 template <class R>

@@ -14,13 +14,14 @@ int set_threads(int threads) {
   return n;
 }
 
-TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples) {
+TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples,
+                              const std::string& count_flag) {
   const DatasetKind kind = parse_dataset_kind(dataset);
   const std::string dir = data_dir.empty() ? default_data_dir(kind) : data_dir;
   if (dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(kind));
   TestSamples t{kind, load_test_split(kind, dir, samples)};
   if (t.test.n < samples)
-    throw InputError("--samples", "the test set has only " + std::to_string(t.test.n) + " samples");
+    throw InputError(count_flag, "the test set has only " + std::to_string(t.test.n) + " samples");
   return t;
 }
 

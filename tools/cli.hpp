@@ -41,12 +41,14 @@ inline long require_positive(long v, const std::string& flag) {
 }
 
 // The first `samples` test images of dataset `dataset` (a --dataset name) from `data_dir`
-// (--data-dir; empty: the dataset's standard place). InputError naming the flag or the file.
+// (--data-dir; empty: the dataset's standard place). InputError naming the flag (`count_flag`
+// when the test set is smaller than `samples`) or the file.
 struct TestSamples {
   DatasetKind kind;
   Dataset test;
 };
-TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples);
+TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples,
+                              const std::string& count_flag = "--samples");
 
 // Prints one JSON object on stdout.
 void print_json(const nlohmann::json& j);

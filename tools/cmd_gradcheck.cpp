@@ -82,16 +82,13 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o) {
     for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.uniform();
     for (Index j = 0; j < o.batch; ++j) y(static_cast<Index>(rng.below(static_cast<std::uint64_t>(o.classes))), j) = 1;
   } else {
-    const DatasetKind kind = parse_dataset_kind(o.dataset);
-    const std::string dir = o.data_dir.empty() ? default_data_dir(kind) : o.data_dir;
-    if (dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(kind));
-    const Dataset test = load_test_split(kind, dir, o.batch);
-    if (test.n < o.batch) throw InputError("--batch", "the test set has only " + std::to_string(test.n) + " samples");
+    const TestSamples loaded = load_test_samples(o.dataset, o.data_dir, o.batch, "--batch");
     std::vector<Index> idx(static_cast<std::size_t>(o.batch));
     for (Index j = 0; j < o.batch; ++j) idx[static_cast<std::size_t>(j)] = j;
-    x.resize(test.dim(), o.batch);
-    y.resize(test.classes, o.batch);
-    make_batch<double>(test, idx.data(), o.batch, default_normalization(kind), Augmentation{}, nullptr, x, y);
+    x.resize(loaded.test.dim(), o.batch);
+    y.resize(loaded.test.classes, o.batch);
+    make_batch<double>(loaded.test, idx.data(), o.batch, default_normalization(loaded.kind), Augmentation{}, nullptr, x,
+                       y);
   }
   Model model;
   model.net = compile(load_architecture(o.arch, x.rows(), y.rows()));

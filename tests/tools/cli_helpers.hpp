@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "../datasets/helpers.hpp"
 #include "sim/random.hpp"
@@ -62,6 +63,22 @@ inline RunResult run_hepsim(const std::string& args, const TempDir& tmp) {
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+// A command that must fail as bad input: exit code 2, exactly one line on stderr containing
+// `needle` (the offending file or flag), nothing on stdout.
+struct BadInput {
+  std::string args, needle;
+};
+inline void check_bad_input(const std::vector<BadInput>& cases, const TempDir& tmp) {
+  for (const BadInput& c : cases) {
+    CAPTURE(c.args);
+    const RunResult r = run_hepsim(c.args, tmp);
+    CHECK(r.code == 2);
+    CHECK(r.err_lines() == 1);
+    CHECK(r.err.find(c.needle) != std::string::npos);
+    CHECK(r.out.empty());
+  }
 }
 
 }  // namespace hepsim::test

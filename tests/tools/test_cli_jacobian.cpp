@@ -77,10 +77,7 @@ TEST_CASE("hepsim jacobian: dynamics at generated images, and loop_mnist has no 
 
 TEST_CASE("hepsim jacobian: bad input gives one line naming the flag or file, exit code 2") {
   TempDir tmp;
-  struct Case {
-    std::string args, needle;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<BadInput> cases = {
       {"jacobian --probes 1", "--probes"},
       {"jacobian --angle nan", "--angle"},
       {"jacobian --samples 0", "--samples"},
@@ -90,12 +87,5 @@ TEST_CASE("hepsim jacobian: bad input gives one line naming the flag or file, ex
       {"jacobian --tol -1", "--tol"},
       {"jacobian --bogus 1", "--bogus"},
   };
-  for (const Case& c : cases) {
-    CAPTURE(c.args);
-    const RunResult r = run_hepsim(c.args, tmp);
-    CHECK(r.code == 2);
-    CHECK(r.err_lines() == 1);
-    CHECK(r.err.find(c.needle) != std::string::npos);
-    CHECK(r.out.empty());
-  }
+  check_bad_input(cases, tmp);
 }

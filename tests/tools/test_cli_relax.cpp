@@ -39,10 +39,7 @@ TEST_CASE("hepsim relax: dopri5 and rk4 reach the map's fixed points on a genera
 TEST_CASE("hepsim relax: bad input gives one line naming the file or flag, exit code 2") {
   TempDir tmp;
   write_tiny_fmnist(tmp.str(), 5, 5, 2);
-  struct Case {
-    std::string args, needle;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<BadInput> cases = {
       {"relax --dataset fmnist --data-dir " + tmp.file("missing") + " --samples 3", tmp.file("missing")},
       {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --beta nan", "--beta"},
       {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --solver euler", "--solver"},
@@ -55,14 +52,7 @@ TEST_CASE("hepsim relax: bad input gives one line naming the file or flag, exit 
        tmp.file("none.json")},
       {"frobnicate", "frobnicate"},
   };
-  for (const Case& c : cases) {
-    CAPTURE(c.args);
-    const RunResult r = run_hepsim(c.args, tmp);
-    CHECK(r.code == 2);
-    CHECK(r.err_lines() == 1);
-    CHECK(r.err.find(c.needle) != std::string::npos);
-    CHECK(r.out.empty());
-  }
+  check_bad_input(cases, tmp);
   // A corrupt data file is named.
   write_file(tmp.file("t10k-labels-idx1-ubyte.gz"), Bytes{1, 2, 3});
   std::filesystem::remove(tmp.file("t10k-labels-idx1-ubyte.gz"));

@@ -144,10 +144,7 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
   write_file(runs.file("typo.json"), Bytes{'{', '"', 'l', 'r', 'r', '"', ':', '1', '}'});
   write_file(runs.file("nan.json"), Bytes{'{', '"', 'l', 'r', '"', ':', '"', 'n', 'a', 'n', '"', '}'});
   REQUIRE(run_hepsim(base + " --out " + runs.file("done"), runs).code == 0);
-  struct Case {
-    std::string args, needle;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<BadInput> cases = {
       {base + " --config " + runs.file("typo.json") + " --out " + runs.file("a"), "typo.json"},
       {base + " --config " + runs.file("nan.json") + " --out " + runs.file("a"), "nan.json"},
       {base + " --config " + runs.file("missing.json") + " --out " + runs.file("a"), "missing.json"},
@@ -165,11 +162,5 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
       {"eval --checkpoint " + runs.file("done") + "/checkpoint.h5 --dataset cifar10 --data-dir " + data.str(),
        data.str()},
   };
-  for (const Case& c : cases) {
-    CAPTURE(c.args);
-    const RunResult r = run_hepsim(c.args, runs);
-    CHECK(r.code == 2);
-    CHECK(r.err_lines() == 1);
-    CHECK(r.err.find(c.needle) != std::string::npos);
-  }
+  check_bad_input(cases, runs);
 }
