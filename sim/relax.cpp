@@ -3,8 +3,11 @@
 #include <boost/numeric/odeint.hpp>
 #include <boost/numeric/odeint/external/eigen/eigen.hpp>
 #include <cmath>
+#include <Eigen/Cholesky>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <numeric>
 
 #include "sim/error.hpp"
 #include "sim/fused_map.hpp"
@@ -38,7 +41,8 @@ Solver parse_solver(const std::string& name, const std::string& where) {
   if (name == "map") return Solver::map;
   if (name == "rk4") return Solver::rk4;
   if (name == "dopri5") return Solver::dopri5;
-  throw InputError(where, "unknown solver '" + name + "' (expected map, rk4 or dopri5)");
+  if (name == "anderson") return Solver::anderson;
+  throw InputError(where, "unknown solver '" + name + "' (expected map, rk4, dopri5 or anderson)");
 }
 
 const char* to_string(Solver s) {
@@ -46,6 +50,7 @@ const char* to_string(Solver s) {
     case Solver::map: return "map";
     case Solver::rk4: return "rk4";
     case Solver::dopri5: return "dopri5";
+    case Solver::anderson: return "anderson";
   }
   return "?";
 }
@@ -145,6 +150,11 @@ class ColumnMonitor {
         [&](Index j) {
           if (delta_to_zero) delta_to_zero->col(j).setZero();  // a held ODE column: du/dt = 0
         });
+  }
+
+  // Neither diverged nor held at tol.
+  bool live(Index j) const {
+    return res_.status[static_cast<std::size_t>(j)] != RelaxStatus::diverged && !settled_[static_cast<std::size_t>(j)];
   }
 
   void finish(Mat<S>& u) {
@@ -250,6 +260,176 @@ void relax_dopri5(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResul
   res.t = static_cast<double>(t);
 }
 
+// Anderson acceleration of the map (type II, "AA(m)"; Walker & Ni 2011), per column. The last m
+// differences live in circular buffers shared by all columns; each column keeps the Gram matrix
+// ⟨ΔG_a, ΔG_b⟩ of the buffer slots, updated by one row when a slot is rewritten (m dot products
+// per column and step, plus m for the right-hand side). The least squares min ‖g − ΔG γ‖₂ is
+// solved by its normal equations in double precision with a small Tikhonov term (the products of
+// float states carry relative noise ~1e-7). A column whose residual jumps 100x above its best
+// restarts its history; a column whose solve fails takes the plain map step.
+// Conjugate in the wider accumulation type (the identity for real scalars).
+template <class C, class S>
+C conj_wide(S x) {
+  if constexpr (is_complex_v<S>) return std::conj(static_cast<C>(x));
+  else return static_cast<C>(x);
+}
+
+template <class S>
+void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res,
+                    ColumnMonitor<S>& mon) {
+  using R = RealOf<S>;
+  using C = std::conditional_t<is_complex_v<S>, std::complex<double>, double>;
+  constexpr int kMaxM = 16;
+  using Small = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, 0, kMaxM, kMaxM>;
+  using SmallVec = Eigen::Matrix<C, Eigen::Dynamic, 1, 0, kMaxM, 1>;
+  using SlotGram = Eigen::Matrix<C, kMaxM, kMaxM>;
+  const int m = cfg.anderson_m;
+  if (m < 1 || m > kMaxM) throw InputError("anderson", "memory must be between 1 and 16");
+  const Index n = u.rows(), cols = u.cols();
+  // The working set: columns still relaxing, compacted (with their own Field on gathered
+  // drive/targets/nudges) whenever half of them have stopped, so that stopped columns cost nothing.
+  std::vector<Index> idx(static_cast<std::size_t>(cols));  // working position -> column of u
+  std::iota(idx.begin(), idx.end(), Index{0});
+  std::vector<Index> pos(idx);                             // column of u -> working position
+  Field<S>* f = &field;
+  std::unique_ptr<Field<S>> compact_field;
+  Mat<R> drive_c, y_c;
+  Vec<S> beta_c;
+  Mat<S> uw = u, fu(n, cols), g(n, cols), u_prev(n, cols), g_prev(n, cols);
+  std::vector<Mat<S>> dU(static_cast<std::size_t>(m), Mat<S>(n, cols)), dG(dU);
+  std::vector<SlotGram> gram(static_cast<std::size_t>(cols), SlotGram::Zero());
+  std::vector<int> hist(static_cast<std::size_t>(cols), 0);  // usable history per working column
+  std::vector<double> best(static_cast<std::size_t>(cols), std::numeric_limits<double>::infinity());
+  std::vector<double> r_all(static_cast<std::size_t>(cols), 0.0), a_all(r_all);
+  std::vector<char> held(static_cast<std::size_t>(cols), 0);  // final state written to u
+  int head = 0, filled = 0;  // next slot of the circular buffers; slots written so far (≤ m)
+  auto slot = [&](int a) { return ((head - 1 - a) % m + m) % m; };  // a-th most recent slot
+  Small G(m, m);
+  SmallVec rhs(m), gamma(m);
+  Eigen::LDLT<Small> ldlt(m);
+  const double rel_reg = 10 * static_cast<double>(std::numeric_limits<R>::epsilon());
+  for (long k = 0; k < cfg.max_steps; ++k) {
+    const Index w = uw.cols();
+    f->map(uw, fu);
+    g = fu - uw;
+    ++res.steps;
+    for (Index p = 0; p < w; ++p) {
+      const auto j = static_cast<std::size_t>(idx[static_cast<std::size_t>(p)]);
+      r_all[j] = static_cast<double>(g.col(p).cwiseAbs().maxCoeff());
+      a_all[j] = static_cast<double>(fu.col(p).cwiseAbs().maxCoeff());
+      if (!g.col(p).allFinite()) r_all[j] = std::numeric_limits<double>::quiet_NaN();
+    }
+    const bool done = mon.update_norms(
+        r_all.data(), a_all.data(), [&](Index j) { fu.col(pos[static_cast<std::size_t>(j)]).setZero(); },
+        [](Index) {});
+    if (k > 0) {
+      dU[static_cast<std::size_t>(head)] = uw - u_prev;
+      dG[static_cast<std::size_t>(head)] = g - g_prev;
+      head = (head + 1) % m;
+      filled = std::min(filled + 1, m);
+    }
+    u_prev = uw;
+    g_prev = g;
+    Index live = 0;
+    for (Index p = 0; p < w; ++p) {
+      const Index j = idx[static_cast<std::size_t>(p)];
+      uw.col(p) = fu.col(p);  // the plain map step; Anderson corrects it below
+      if (!mon.live(j)) {      // stopped at tol, or diverged (then fu was zeroed): held from now on
+        if (!held[static_cast<std::size_t>(j)]) u.col(j) = fu.col(p);
+        held[static_cast<std::size_t>(j)] = 1;
+        continue;
+      }
+      ++live;
+      SlotGram& gs = gram[static_cast<std::size_t>(p)];
+      if (k > 0) {  // the row of the slot just written
+        const int s0 = slot(0);
+        const auto d0 = dG[static_cast<std::size_t>(s0)].col(p);
+        for (int a = 0; a < filled; ++a) {
+          const int sa = slot(a);
+          const C v = static_cast<C>(dG[static_cast<std::size_t>(sa)].col(p).dot(d0));  // conj(first)·second
+          gs(sa, s0) = v;
+          gs(s0, sa) = conj_wide<C>(v);
+        }
+      }
+      auto& h = hist[static_cast<std::size_t>(p)];
+      const double r = res.residual[j];
+      auto& b = best[static_cast<std::size_t>(p)];
+      if (r > 100 * b) h = -1;  // restart: the stored differences no longer describe the map here
+      b = std::min(b, r);
+      const int used = std::max(0, std::min(h, filled));
+      h = std::min(h + 1, m);
+      if (used == 0) continue;
+      for (int a = 0; a < used; ++a) {
+        rhs[a] = static_cast<C>(dG[static_cast<std::size_t>(slot(a))].col(p).dot(g.col(p)));
+        for (int c = 0; c < used; ++c) G(a, c) = gs(slot(a), slot(c));
+      }
+      auto Gu = G.topLeftCorner(used, used);
+      double diag = 0;
+      for (int a = 0; a < used; ++a) diag = std::max(diag, std::real(Gu(a, a)));
+      if (!(diag > 0)) continue;
+      for (int a = 0; a < used; ++a) Gu(a, a) += rel_reg * diag;
+      ldlt.compute(Gu);
+      if (ldlt.info() != Eigen::Success) continue;
+      gamma.head(used) = ldlt.solve(rhs.head(used));
+      if (!gamma.head(used).allFinite()) continue;
+      for (int a = 0; a < used; ++a) {
+        const S ga = static_cast<S>(gamma[a]);
+        const auto sa = static_cast<std::size_t>(slot(a));
+        uw.col(p).noalias() -= ga * (dU[sa].col(p) + dG[sa].col(p));
+      }
+    }
+    if (done || live == 0) break;
+    if (2 * live <= w && w >= 8) {  // compact the working set to its live columns
+      Index q = 0;
+      for (Index p = 0; p < w; ++p) {
+        const Index j = idx[static_cast<std::size_t>(p)];
+        if (!mon.live(j)) continue;
+        idx[static_cast<std::size_t>(q)] = j;
+        pos[static_cast<std::size_t>(j)] = q;
+        if (q != p) {
+          uw.col(q) = uw.col(p);
+          u_prev.col(q) = u_prev.col(p);
+          g_prev.col(q) = g_prev.col(p);
+          for (int a = 0; a < m; ++a) {
+            dU[static_cast<std::size_t>(a)].col(q) = dU[static_cast<std::size_t>(a)].col(p);
+            dG[static_cast<std::size_t>(a)].col(q) = dG[static_cast<std::size_t>(a)].col(p);
+          }
+          gram[static_cast<std::size_t>(q)] = gram[static_cast<std::size_t>(p)];
+          hist[static_cast<std::size_t>(q)] = hist[static_cast<std::size_t>(p)];
+          best[static_cast<std::size_t>(q)] = best[static_cast<std::size_t>(p)];
+        }
+        ++q;
+      }
+      idx.resize(static_cast<std::size_t>(q));
+      Mat<R> dc(n, q), yc(field.y().rows(), q);
+      Vec<S> bc(q);
+      for (Index p = 0; p < q; ++p) {
+        dc.col(p) = field.drive().col(idx[static_cast<std::size_t>(p)]);
+        yc.col(p) = field.y().col(idx[static_cast<std::size_t>(p)]);
+        bc[p] = field.beta()[idx[static_cast<std::size_t>(p)]];
+      }
+      drive_c.swap(dc);
+      y_c.swap(yc);
+      beta_c.swap(bc);
+      compact_field = std::make_unique<Field<S>>(field.model(), field.theta(), drive_c, y_c, beta_c);
+      f = compact_field.get();
+      for (Mat<S>* x : {&uw, &u_prev, &g_prev}) x->conservativeResize(n, q);
+      for (int a = 0; a < m; ++a) {
+        dU[static_cast<std::size_t>(a)].conservativeResize(n, q);
+        dG[static_cast<std::size_t>(a)].conservativeResize(n, q);
+      }
+      fu.resize(n, q);
+      g.resize(n, q);
+    }
+  }
+  for (Index p = 0; p < uw.cols(); ++p) {
+    const Index j = idx[static_cast<std::size_t>(p)];
+    if (mon.live(j)) u.col(j) = uw.col(p);
+  }
+  field.count_evaluations(f == &field ? 0 : f->evaluations());
+  res.t = static_cast<double>(res.steps);
+}
+
 }  // namespace
 
 template <class S>
@@ -263,6 +443,7 @@ RelaxResult relax(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg) {
     case Solver::map: relax_map(field, u, cfg, res, mon); break;
     case Solver::rk4: relax_rk4(field, u, cfg, res, mon); break;
     case Solver::dopri5: relax_dopri5(field, u, cfg, res, mon); break;
+    case Solver::anderson: relax_anderson(field, u, cfg, res, mon); break;
   }
   mon.finish(u);
   res.field_evals = field.evaluations() - evals0;

@@ -3,6 +3,11 @@
 //   map:    u ← M(u)                              (the paper's discrete dynamics)
 //   rk4:    du/dt = M(u) − u, fixed-step classical Runge–Kutta (Boost.Odeint), step dt
 //   dopri5: the same ODE, adaptive Dormand–Prince 5(4) with error control (rtol, atol)
+//   anderson: the map accelerated by Anderson mixing (type II, memory m, per column): with
+//           g_k = M(u_k) − u_k and the last m differences ΔU, ΔG of states and residuals,
+//           γ = argmin ‖g_k − ΔG γ‖₂ and u_{k+1} = u_k + g_k − (ΔU + ΔG) γ. Same fixed points as
+//           the map, reached in far fewer steps; with a fixed budget the state after T steps is
+//           not the map's.
 // Runs `max_steps` steps; with tol > 0 each column stops (its state is held) as soon as its
 // residual ‖F(u)‖∞ ≤ tol (F(u) = M(u) − u), and the phase ends when every column has stopped —
 // with the fused engine, stopped columns cost nothing. Per column it reports the final
@@ -24,7 +29,7 @@
 
 namespace hepsim {
 
-enum class Solver { map, rk4, dopri5 };
+enum class Solver { map, rk4, dopri5, anderson };
 Solver parse_solver(const std::string& name, const std::string& where = "--solver");
 const char* to_string(Solver s);
 
@@ -39,6 +44,7 @@ struct RelaxConfig {
   double rtol = 1e-6, atol = 1e-8;  // dopri5 local error control (relative, absolute)
   double diverge_threshold = 1e6;   // |u| or residual above this, or non-finite: diverged
   bool fused = true;                // map solver in float: the fused engine (sim/fused_map.hpp) when it applies
+  int anderson_m = 5;               // anderson: memory (number of past differences, 1..16)
   double growth_factor = 100;       // final residual > this × max(initial, report_tol): diverged (0: off).
                                     // A phase started away from equilibrium (a truncated free
                                     // phase) may end above its initial residual without diverging;

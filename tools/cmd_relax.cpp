@@ -24,6 +24,7 @@ struct RelaxOptions {
   double tol = 1e-8;            // residual tolerance ‖M(u) − u‖∞ of every phase
   long max_steps = 100000;      // step budget per phase
   double dt = 0.5;              // rk4 step / dopri5 first step
+  int anderson_m = 5;           // anderson memory
   std::string activation = "sigmoid";
   std::string precision = "double";
   long batch_size = 100;        // columns relaxed together (independent of --threads)
@@ -81,6 +82,7 @@ nlohmann::json run_relax(const RelaxOptions& o) {
   cfg.tol = o.tol;
   cfg.max_steps = o.max_steps;
   cfg.dt = o.dt;
+  cfg.anderson_m = o.anderson_m;
   RelaxConfig map_cfg = cfg;
   map_cfg.solver = Solver::map;
   const bool nudge = o.beta != 0;
@@ -164,7 +166,8 @@ void register_relax(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--data-dir", opt->data_dir, "Dataset directory (default: the dataset's standard place)");
   cmd->add_option("--samples", opt->samples, "Number of test samples to relax")->capture_default_str();
-  cmd->add_option("--solver", opt->solver, "map, rk4 or dopri5")->capture_default_str();
+  cmd->add_option("--solver", opt->solver, "map, rk4, dopri5 or anderson")->capture_default_str();
+  cmd->add_option("--anderson-m", opt->anderson_m, "Anderson memory (1..16)")->capture_default_str();
   cmd->add_option("--beta", opt->beta, "Nudge of a second phase from the free fixed point (0: none)")
       ->capture_default_str();
   cmd->add_option("--seed", opt->seed, "Seed of the weight initialisation")->capture_default_str();

@@ -20,7 +20,8 @@ const nlohmann::json& train_defaults() {
       {"beta", 0.05},             // |β|
       {"T1", 150},                // free-phase steps
       {"T2", 20},                 // nudged-phase steps (rbp / bp / N = 0: iterations)
-      {"solver", "map"},          // map, rk4, dopri5
+      {"solver", "map"},          // map, rk4, dopri5, anderson
+      {"anderson-m", 5},          // anderson: memory (1..16)
       {"tol", 0.0},               // stop a phase early at this residual (0: fixed steps)
       {"report-tol", 1e-4},       // a free phase above this residual counts as not converged
       {"dt", 0.5},                // rk4 step / dopri5 first step
@@ -201,6 +202,9 @@ RunSetup make_setup(const ConfigBuilder& b) {
   t.free.tol = nonneg("tol");
   t.free.report_tol = positive("report-tol");
   t.free.dt = positive("dt");
+  if (integer("anderson-m") < 1 || integer("anderson-m") > 16)
+    throw InputError(where("anderson-m"), "must be between 1 and 16");
+  t.free.anderson_m = static_cast<int>(integer("anderson-m"));
   t.nudged = t.free;
   t.nudged.max_steps = pos_int("T2");
   t.homeostasis = nonneg("homeostasis");

@@ -3,6 +3,7 @@
 // RK4 has order 4; divergence is detected, contained and counted.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <complex>
 
 #include "../common.hpp"
@@ -62,14 +63,25 @@ TEST_CASE("map, RK4 and Dormand-Prince reach the same fixed point (real and comp
       const Mat<double> u_map = relax_with<double>(s, free_beta, Solver::map, zero);
       const Mat<double> u_rk4 = relax_with<double>(s, free_beta, Solver::rk4, zero);
       const Mat<double> u_dp = relax_with<double>(s, free_beta, Solver::dopri5, zero);
+      RelaxResult r_map, r_aa;
+      (void)relax_with<double>(s, free_beta, Solver::map, zero, &r_map);
+      const Mat<double> u_aa = relax_with<double>(s, free_beta, Solver::anderson, zero, &r_aa);
       CHECK((u_rk4 - u_map).cwiseAbs().maxCoeff() < 2e-9);
       CHECK((u_dp - u_map).cwiseAbs().maxCoeff() < 2e-9);
+      CHECK((u_aa - u_map).cwiseAbs().maxCoeff() < 2e-9);
+      // Anderson's point: where the map contracts slowly (the symmetric start needs over a
+      // thousand map steps to 1e-11) it needs a small fraction of the field evaluations.
+      CAPTURE(r_map.field_evals);
+      CAPTURE(r_aa.field_evals);
+      if (r_map.field_evals > 500) CHECK(r_aa.field_evals * 4 < r_map.field_evals);
+      CHECK(r_aa.field_evals <= r_map.field_evals + 5);
 
       // Real nudge from the free fixed point.
       const Vec<double> rb = Vec<double>::Constant(B, 0.5);
       const Mat<double> n_map = relax_with<double>(s, rb, Solver::map, u_map);
       CHECK((relax_with<double>(s, rb, Solver::dopri5, u_map) - n_map).cwiseAbs().maxCoeff() < 2e-9);
       CHECK((relax_with<double>(s, rb, Solver::rk4, u_map) - n_map).cwiseAbs().maxCoeff() < 2e-9);
+      CHECK((relax_with<double>(s, rb, Solver::anderson, u_map) - n_map).cwiseAbs().maxCoeff() < 2e-9);
       CHECK((n_map - u_map).cwiseAbs().maxCoeff() > 1e-3);  // the nudge moved the state
 
       // Complex nudges on a circle (the hEP contour points), stacked per column.
@@ -79,6 +91,7 @@ TEST_CASE("map, RK4 and Dormand-Prince reach the same fixed point (real and comp
       const Mat<C> c_map = relax_with<C>(s, cb, Solver::map, start);
       CHECK((relax_with<C>(s, cb, Solver::rk4, start) - c_map).cwiseAbs().maxCoeff() < 2e-9);
       CHECK((relax_with<C>(s, cb, Solver::dopri5, start) - c_map).cwiseAbs().maxCoeff() < 2e-9);
+      CHECK((relax_with<C>(s, cb, Solver::anderson, start) - c_map).cwiseAbs().maxCoeff() < 2e-9);
       CHECK(c_map.imag().cwiseAbs().maxCoeff() > 1e-3);  // genuinely complex
     }
   }
@@ -87,7 +100,7 @@ TEST_CASE("map, RK4 and Dormand-Prince reach the same fixed point (real and comp
 TEST_CASE("complex states with real beta reproduce the real computation") {
   const Setup s = setup("mlp_2-256", 90.0, 4, 5);
   const Index n = s.model.net.neurons, B = 4;
-  for (Solver solver : {Solver::map, Solver::rk4, Solver::dopri5}) {
+  for (Solver solver : {Solver::map, Solver::rk4, Solver::dopri5, Solver::anderson}) {
     CAPTURE(std::string(to_string(solver)));
     RelaxConfig cfg;
     cfg.solver = solver;
@@ -210,5 +223,29 @@ TEST_CASE("diverging complex relaxations are detected, zeroed, frozen and counte
 
 TEST_CASE("parse_solver names the flag on bad input") {
   CHECK(parse_solver("dopri5") == Solver::dopri5);
+  CHECK(parse_solver("anderson") == Solver::anderson);
   CHECK_THROWS_WITH(parse_solver("euler"), doctest::Contains("--solver"));
+}
+
+TEST_CASE("Anderson: columns stop at their own step; compacting the working set keeps every column's fixed point") {
+  // 16 columns (the working set is compacted when half of them have stopped, from 8 columns up):
+  // each column must end at the map's fixed point (within 2e-9, as above) with its own residual
+  // ≤ tol, and columns must stop at different steps (else compaction was not exercised).
+  for (double angle : {0.0, 90.0}) {
+    CAPTURE(angle);
+    const Setup s = setup("mlp_2-256", angle, 16, 23);
+    const Index n = s.model.net.neurons, B = 16;
+    const Vec<double> beta = Vec<double>::Constant(B, 0.2);
+    const Mat<double> zero = Mat<double>::Zero(n, B);
+    RelaxResult r;
+    const Mat<double> u_map = relax_with<double>(s, beta, Solver::map, zero);
+    const Mat<double> u_aa = relax_with<double>(s, beta, Solver::anderson, zero, &r);
+    CHECK((u_aa - u_map).cwiseAbs().maxCoeff() < 2e-9);
+    CHECK(r.max_residual() <= 1e-11);
+    const auto [lo, hi] = std::minmax_element(r.col_steps.begin(), r.col_steps.end());
+    CHECK(*lo < *hi);
+    CHECK(*hi == r.steps);
+    Field<double> f(s.model, s.theta, s.drive, s.batch.y, beta);
+    CHECK(residual(f, u_aa).maxCoeff() < 1e-10);  // the held states are equilibria, not transients
+  }
 }
