@@ -13,7 +13,13 @@ hepsim="$root/build/tools/hepsim"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 bench() { "$hepsim" bench --threads "$threads" --batches "$batches" --repeats 3 --warmup 3 "$@"; }
-row() { /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"| {sys.argv[1]} | {d[\"train_median\"]:.0f} | {d[\"train_gflops\"]:.1f} | {d[\"relax_gflops\"]:.1f} | {d[\"gemm_peak_gflops\"]:.1f} |")' "$1"; }
+row() {
+  /usr/bin/python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print("| %s | %.0f | %.1f | %.1f | %.1f |" % (sys.argv[1], d["train_median"], d["train_gflops"], d["relax_gflops"], d["gemm_peak_gflops"]))
+' "$1"
+}
 header() { echo; echo "| $1 | examples/s | training GFLOP/s | relaxation GFLOP/s | Eigen GEMM GFLOP/s (same shapes) |"; echo "|---|---|---|---|---|"; }
 
 header "batch size (N = 2)"
