@@ -156,15 +156,20 @@ void add_param_gradient(const Network& net, const CMatRef<R>& x, const CMatRef<R
 }
 
 template <class R>
-Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v) {
+void add_parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v,
+                            R weight, Vec<R>& grad) {
   const Network& net = model.net;
-  Vec<R> grad = Vec<R>::Zero(net.n_params);
   Mat<R> s(fs.u.rows(), fs.u.cols());
   activate<R>(model.activation, fs.u, s);
-  const R w = R(1) / static_cast<R>(fs.u.cols());
-  add_param_gradient<R>(net, fs.x, s, v, w, grad);
+  add_param_gradient<R>(net, fs.x, s, v, weight, grad);
   const Layer& o = out_layer<R>(net);
-  add_readout_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), fs.y, w, grad);
+  add_readout_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), fs.y, weight, grad);
+}
+
+template <class R>
+Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v) {
+  Vec<R> grad = Vec<R>::Zero(model.net.n_params);
+  add_parameter_gradient<R>(model, theta, fs, v, R(1) / static_cast<R>(fs.u.cols()), grad);
   return grad;
 }
 
@@ -296,6 +301,8 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
   template void add_param_gradient<R>(const Network&, const CMatRef<R>&, const CMatRef<R>&, const CMatRef<R>&, R, \
                                       Vec<R>&);                                                                  \
   template Vec<R> parameter_gradient<R>(const Model&, const Vec<R>&, const FreeState<R>&, const CMatRef<R>&);     \
+  template void add_parameter_gradient<R>(const Model&, const Vec<R>&, const FreeState<R>&, const CMatRef<R>&, R,  \
+                                          Vec<R>&);                                                              \
   template EstimateResult<R> ep_estimate<R>(const Model&, const Vec<R>&, const FreeState<R>&,                     \
                                             const EstimatorConfig&);
 HEPSIM_INSTANTIATE(float)

@@ -100,6 +100,10 @@ void add_param_gradient(const Network& net, const CMatRef<R>& x, const CMatRef<R
 // The full gradient of SPEC 3.1 from an error vector: (∂G/∂θ)ᵀ v / B + ∂ℓ/∂θ_r / B.
 template <class R>
 Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v);
+// The same, times `weight` (B·weight replaces the 1/B), added to `grad` (no allocation of θ's size).
+template <class R>
+void add_parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v,
+                            R weight, Vec<R>& grad);
 
 // ---- EP estimators -----------------------------------------------------------------------------
 

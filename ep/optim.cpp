@@ -1,5 +1,6 @@
 #include "ep/optim.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "sim/error.hpp"
@@ -59,23 +60,37 @@ double Optimizer<R>::lr_at(long k, long K) const {
 }
 
 template <class R>
-void Optimizer<R>::step(Vec<R>& theta, const Vec<R>& g, long k, long K) {
+void Optimizer<R>::step(Vec<R>& theta, const Vec<R>& g, long k, long K, int threads) {
   const R lr = static_cast<R>(lr_at(k, K));
   const R wd = static_cast<R>(cfg_.wd);
+  const R mu = static_cast<R>(cfg_.momentum);
   ++steps_;
-  if (cfg_.kind == OptimizerKind::sgd) {
-    m_.array() = static_cast<R>(cfg_.momentum) * m_.array() + g.array() + wd * wd_factor_.array() * theta.array();
-    theta.array() -= lr * lr_factor_.array() * m_.array();
-    return;
-  }
   const R b1 = static_cast<R>(cfg_.beta1), b2 = static_cast<R>(cfg_.beta2);
-  m_.array() = b1 * m_.array() + (R(1) - b1) * g.array();
-  v_.array() = b2 * v_.array() + (R(1) - b2) * g.array().square();
   const R c1 = R(1) / (R(1) - std::pow(b1, static_cast<R>(steps_)));
   const R c2 = R(1) / (R(1) - std::pow(b2, static_cast<R>(steps_)));
-  theta.array() -= lr * lr_factor_.array() *
-                   ((m_.array() * c1) / ((v_.array() * c2).sqrt() + static_cast<R>(cfg_.eps)) +
-                    wd * wd_factor_.array() * theta.array());
+  const R eps = static_cast<R>(cfg_.eps);
+  const bool sgd = cfg_.kind == OptimizerKind::sgd;
+  // Element-wise updates: any split over threads gives bit-identical results.
+  auto update = [&](Index first, Index count) {
+    auto th = theta.segment(first, count).array();
+    auto m = m_.segment(first, count).array();
+    const auto gr = g.segment(first, count).array();
+    const auto lf = lr_factor_.segment(first, count).array();
+    const auto wf = wd_factor_.segment(first, count).array();
+    if (sgd) {
+      m = mu * m + gr + wd * wf * th;
+      th -= lr * lf * m;
+      return;
+    }
+    auto v = v_.segment(first, count).array();
+    m = b1 * m + (R(1) - b1) * gr;
+    v = b2 * v + (R(1) - b2) * gr.square();
+    th -= lr * lf * ((m * c1) / ((v * c2).sqrt() + eps) + wd * wf * th);
+  };
+  const Index n = theta.size();
+  const int chunks = static_cast<int>(std::clamp<Index>(n / 65536, 1, std::max(1, threads)));
+#pragma omp parallel for schedule(static, 1) num_threads(chunks) if (chunks > 1)
+  for (int c = 0; c < chunks; ++c) update(n * c / chunks, n * (c + 1) / chunks - n * c / chunks);
 }
 
 template class Optimizer<float>;

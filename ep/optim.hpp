@@ -39,8 +39,9 @@ template <class R>
 class Optimizer {
  public:
   Optimizer(const Network& net, const OptimizerConfig& cfg);
-  // One step with gradient g at step index k of K total steps (for the schedule).
-  void step(Vec<R>& theta, const Vec<R>& g, long k, long K);
+  // One step with gradient g at step index k of K total steps (for the schedule), the element-wise
+  // update split over `threads` threads (bit-identical for any split).
+  void step(Vec<R>& theta, const Vec<R>& g, long k, long K, int threads = 1);
   double lr_at(long k, long K) const;
 
   // State for checkpoints: the moments and the step counter.

@@ -135,13 +135,12 @@ Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
 
 template <class R>
 typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total) {
-  grad_.setZero();
   const StepStats st = gradient(x, y, grad_);
   if (homeo_) (void)homeo_->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(index), grad_);
   if (st.diverged > 0 && cfg_.on_diverge == DivergencePolicy::abort)
     throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged at step " +
                                          std::to_string(index + 1) + " (policy abort; lower --beta or use skip)");
-  opt_.step(theta_, grad_, index, total);
+  opt_.step(theta_, grad_, index, total, cfg_.threads);
   if (!theta_.allFinite())
     throw InputError("--lr", "the parameters became non-finite at step " + std::to_string(index + 1) +
                                  "; lower the learning rate");
@@ -152,20 +151,25 @@ template <class R>
 typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const {
   const Index B = x.cols();
   const int chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(cfg_.threads, B)));
-  std::vector<Vec<R>> grads(static_cast<std::size_t>(chunks));
+  // One gradient buffer per chunk, allocated once: a fresh θ-sized vector per step costs page
+  // faults and zeroing on every step. Chunk gradients carry the weight 1/B (a chunk's share).
+  chunk_grads_.resize(static_cast<std::size_t>(chunks));
+  for (Vec<R>& g : chunk_grads_)
+    if (g.size() != grad.size()) g.resize(grad.size());
   std::vector<StepStats> stats(static_cast<std::size_t>(chunks));
   for_chunks(B, chunks, [&](int c, Index first, Index count) {
     const FreeState<R> fs =
         free_phase<R>(model_, theta_, x.middleCols(first, count), y.middleCols(first, count), cfg_.free);
-    const R share = static_cast<R>(count) / static_cast<R>(B);  // chunk gradients are chunk means
     StepStats& st = stats[static_cast<std::size_t>(c)];
     Index est_diverged = 0;
+    Vec<R>& g = chunk_grads_[static_cast<std::size_t>(c)];
     if (cfg_.algo == Algo::bp) {
-      grads[static_cast<std::size_t>(c)] =
-          truncated_bptt<R>(model_, theta_, fs.x, fs.drive, fs.u, fs.y, cfg_.nudged.max_steps).grad * share;
+      const R share = static_cast<R>(count) / static_cast<R>(B);  // truncated_bptt's gradient is a chunk mean
+      g = truncated_bptt<R>(model_, theta_, fs.x, fs.drive, fs.u, fs.y, cfg_.nudged.max_steps).grad * share;
     } else {
       const Mat<R> v = algorithm_error_vector<R>(model_, theta_, fs, cfg_, &est_diverged);
-      grads[static_cast<std::size_t>(c)] = parameter_gradient<R>(model_, theta_, fs, v) * share;
+      g.setZero();
+      add_parameter_gradient<R>(model_, theta_, fs, v, R(1) / static_cast<R>(B), g);
     }
     const Scored sc = score<R>(model_, theta_, fs.u, fs.y);
     st.loss = sc.loss;
@@ -178,10 +182,13 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     }
     st.diverged += est_diverged;
   });
+  // grad = the sum of the chunk gradients, split over the same threads by parameter range.
+  for_chunks(grad.size(), chunks, [&](int, Index first, Index count) {
+    grad.segment(first, count) = chunk_grads_[0].segment(first, count);
+    for (std::size_t c = 1; c < chunk_grads_.size(); ++c) grad.segment(first, count) += chunk_grads_[c].segment(first, count);
+  });
   StepStats total;
   for (int c = 0; c < chunks; ++c) {
-    if (grads[static_cast<std::size_t>(c)].size() == 0) continue;
-    grad += grads[static_cast<std::size_t>(c)];
     const StepStats& st = stats[static_cast<std::size_t>(c)];
     total.loss += st.loss;
     total.correct += st.correct;

@@ -119,6 +119,7 @@ class Trainer {
   const TrainConfig& config() const { return cfg_; }
 
  private:
+  // grad = the algorithm's gradient of the batch (assigned, not accumulated).
   StepStats gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const;
   void epoch_metrics(const Dataset& test, EpochRecord& rec) const;
 
@@ -128,6 +129,7 @@ class Trainer {
   Optimizer<R> opt_;
   std::unique_ptr<Homeostasis<R>> homeo_;  // when cfg.homeostasis > 0
   Vec<R> grad_;
+  mutable std::vector<Vec<R>> chunk_grads_;  // per-thread gradient buffers of `gradient`, kept between steps
 };
 
 // Floating-point operations of one training step on a batch of B samples (GEMMs only, 2mkn each;

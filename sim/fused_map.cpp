@@ -74,7 +74,11 @@ namespace hepsim::detail {
 namespace {
 
 constexpr int kPanel = 32;  // rows of a packed panel: two zmm registers
-constexpr int kBlock = 12;  // columns of a register block: 2 x 12 accumulators of the 32 zmm
+constexpr int kBlock = 13;  // widest register block: 2 x 13 accumulators + 2 panel rows + 1 broadcast of the 32 zmm
+// Columns are cut into blocks of nearly equal width (25 = 13 + 12, 50 = 13 + 13 + 12 + 12), never
+// a narrow remainder: a block streams the whole panel whatever its width, so a 1-column block
+// costs about as much panel traffic as a 13-column one.
+// Complex states use even widths (Re, Im pairs), at most 12.
 
 using Floats = std::vector<float, Eigen::aligned_allocator<float>>;
 
@@ -156,7 +160,7 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
   for (Index kk = 0; kk < k; ++kk) {
     const __m512 a0 = _mm512_load_ps(a_panel + kk * kPanel);
     const __m512 a1 = _mm512_load_ps(a_panel + kk * kPanel + 16);
-#pragma GCC unroll 12
+#pragma GCC unroll 13
     for (int j = 0; j < NC; ++j) {
       const __m512 bv = _mm512_set1_ps(bj[j][kk]);
       acc0[j] = _mm512_fmadd_ps(a0, bv, acc0[j]);
@@ -221,11 +225,15 @@ template <Epilogue E, int NC = kBlock>
 void run_block(const float* a_panel, const float* b, Index ldb, Index k, const Out& o, Index row, Index col, Index n,
                __mmask16 m0, __mmask16 m1) {
   if constexpr (NC > 0) {
-    if (n == NC) return kernel<NC, E>(a_panel, b, ldb, k, o, row, col, m0, m1);
-    if constexpr (E == Epilogue::complex_sigmoid) {
-      if constexpr (NC > 2) return run_block<E, NC - 2>(a_panel, b, ldb, k, o, row, col, n, m0, m1);
-    } else {
+    if constexpr (E == Epilogue::complex_sigmoid && NC % 2 == 1) {
       return run_block<E, NC - 1>(a_panel, b, ldb, k, o, row, col, n, m0, m1);
+    } else {
+      if (n == NC) return kernel<NC, E>(a_panel, b, ldb, k, o, row, col, m0, m1);
+      if constexpr (E == Epilogue::complex_sigmoid) {
+        if constexpr (NC > 2) return run_block<E, NC - 2>(a_panel, b, ldb, k, o, row, col, n, m0, m1);
+      } else {
+        return run_block<E, NC - 1>(a_panel, b, ldb, k, o, row, col, n, m0, m1);
+      }
     }
   }
 }
@@ -429,6 +437,10 @@ struct FusedMap<S>::Impl {
     std::fill(r.begin(), r.end(), 0.f);
     std::fill(a.begin(), a.end(), 0.f);
     const Out o{D.data(), U.data(), Un.data(), Sn.data(), n, r.data(), a.data()};
+    // Balanced register blocks over the active samples (units of w internal columns).
+    const Index max_units = kBlock / w;
+    const Index nblocks = (active + max_units - 1) / max_units;
+    const Index unit_base = nblocks > 0 ? active / nblocks : 0, unit_extra = nblocks > 0 ? active % nblocks : 0;
     for (const Group& g : groups) {
       const float* b = Sc.data() + (g.pre.empty() ? 0 : g.pre[0].first);
       Index ldb = n;
@@ -447,8 +459,8 @@ struct FusedMap<S>::Impl {
         const Index row = g.post_begin + p * kPanel, valid = std::min<Index>(kPanel, g.rows - p * kPanel);
         const __mmask16 m0 = mask_for(valid), m1 = mask_for(valid - 16);
         const float* a_panel = g.packed.data() + static_cast<std::size_t>(p) * static_cast<std::size_t>(g.k) * kPanel;
-        for (Index c = 0; c < nca; c += kBlock) {
-          const Index width = std::min<Index>(kBlock, nca - c);
+        for (Index blk = 0, c = 0; blk < nblocks; ++blk) {
+          const Index width = w * (unit_base + (blk < unit_extra ? 1 : 0));
           switch (epilogue) {
             case Epilogue::sigmoid:
               run_block<Epilogue::sigmoid>(a_panel, b + c * ldb, ldb, g.k, o, row, c, width, m0, m1);
@@ -460,6 +472,7 @@ struct FusedMap<S>::Impl {
               run_block<Epilogue::complex_sigmoid>(a_panel, b + c * ldb, ldb, g.k, o, row, c, width, m0, m1);
               break;
           }
+          c += width;
         }
       }
     }
