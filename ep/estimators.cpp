@@ -48,13 +48,18 @@ Mat<R> dense_solve(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_
 
 template <class R>
 FreeState<R> free_phase(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& y,
-                        const RelaxConfig& cfg) {
+                        const RelaxConfig& cfg, const Mat<R>* start) {
   FreeState<R> fs;
   fs.x = x;
   fs.y = y;
   fs.drive.resize(model.net.neurons, x.cols());
   input_drive<R>(model.net, theta, fs.x, fs.drive);
-  fs.u = Mat<R>::Zero(model.net.neurons, x.cols());
+  if (start) {
+    eigen_assert(start->rows() == model.net.neurons && start->cols() == x.cols());
+    fs.u = *start;
+  } else {
+    fs.u = Mat<R>::Zero(model.net.neurons, x.cols());
+  }
   const Vec<R> zero = Vec<R>::Zero(x.cols());
   Field<R> field(model, theta, fs.drive, fs.y, zero);
   fs.relax = relax(field, fs.u, cfg);
@@ -288,7 +293,7 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
 
 #define HEPSIM_INSTANTIATE(R)                                                                                    \
   template FreeState<R> free_phase<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,          \
-                                      const RelaxConfig&);                                                       \
+                                      const RelaxConfig&, const Mat<R>*);                                                       \
   template Mat<R> loss_gradient_s<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);          \
   template IterationResult<R> rbp_adjoint<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,   \
                                              const IterationConfig&);                                            \

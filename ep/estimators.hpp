@@ -37,10 +37,10 @@ struct FreeState {
   RelaxResult relax;  // statistics of the free phase
 };
 
-// Computes the drive and relaxes the free phase from u = 0.
+// Computes the drive and relaxes the free phase from u = 0, or from `start` (neurons x B) when given.
 template <class R>
 FreeState<R> free_phase(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& y,
-                        const RelaxConfig& cfg);
+                        const RelaxConfig& cfg, const Mat<R>* start = nullptr);
 
 // g_s = ∂ℓ/∂s at the state u (zero outside `out`), neurons x B.
 template <class R>

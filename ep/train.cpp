@@ -134,8 +134,9 @@ Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
 }
 
 template <class R>
-typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total) {
-  const StepStats st = gradient(x, y, grad_);
+typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total,
+                                                const Index* samples) {
+  const StepStats st = gradient(x, y, grad_, samples);
   if (homeo_) (void)homeo_->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(index), grad_);
   if (st.diverged > 0 && cfg_.on_diverge == DivergencePolicy::abort)
     throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged at step " +
@@ -148,7 +149,9 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
 }
 
 template <class R>
-typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const {
+typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad,
+                                                    const Index* samples) const {
+  const bool warm = cfg_.warm_start && samples != nullptr && warm_.size() > 0;
   const Index B = x.cols();
   const int chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(cfg_.threads, B)));
   // One gradient buffer per chunk, allocated once: a fresh θ-sized vector per step costs page
@@ -158,8 +161,15 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     if (g.size() != grad.size()) g.resize(grad.size());
   std::vector<StepStats> stats(static_cast<std::size_t>(chunks));
   for_chunks(B, chunks, [&](int c, Index first, Index count) {
-    const FreeState<R> fs =
-        free_phase<R>(model_, theta_, x.middleCols(first, count), y.middleCols(first, count), cfg_.free);
+    Mat<R> start;
+    if (warm) {  // the samples of a batch are distinct: chunks touch disjoint columns of warm_
+      start.resize(warm_.rows(), count);
+      for (Index j = 0; j < count; ++j) start.col(j) = warm_.col(samples[first + j]);
+    }
+    const FreeState<R> fs = free_phase<R>(model_, theta_, x.middleCols(first, count), y.middleCols(first, count),
+                                          cfg_.free, warm ? &start : nullptr);
+    if (warm)
+      for (Index j = 0; j < count; ++j) warm_.col(samples[first + j]) = fs.u.col(j);
     StepStats& st = stats[static_cast<std::size_t>(c)];
     Index est_diverged = 0;
     Vec<R>& g = chunk_grads_[static_cast<std::size_t>(c)];
@@ -177,6 +187,9 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     for (Index j = 0; j < count; ++j) {
       const auto status = fs.relax.status[static_cast<std::size_t>(j)];
       st.log_residual += std::log10(std::max(fs.relax.residual[j], 1e-30));
+      // Steps this sample was computed: up to its stop at tol, or the whole budget with tol = 0.
+      st.free_steps += static_cast<double>(cfg_.free.tol > 0 ? fs.relax.col_steps[static_cast<std::size_t>(j)]
+                                                              : fs.relax.steps);
       st.not_converged += status != RelaxStatus::converged;
       st.diverged += status == RelaxStatus::diverged;
     }
@@ -193,6 +206,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     total.loss += st.loss;
     total.correct += st.correct;
     total.log_residual += st.log_residual;
+    total.free_steps += st.free_steps;
     total.not_converged += st.not_converged;
     total.diverged += st.diverged;
   }
@@ -295,6 +309,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
   const long batches = static_cast<long>((train.n + B - 1) / B);
   const long total_steps = cfg_.epochs * batches;
   Mat<R> x(train.dim(), B), y(train.classes, B);
+  if (cfg_.warm_start && warm_.cols() != train.n) warm_ = Mat<R>::Zero(model_.net.neurons, train.n);
   for (long epoch = start_epoch + 1; epoch <= cfg_.epochs; ++epoch) {
     const auto t0 = Clock::now();
     const std::vector<Index> perm = shuffled_indices(train.n, cfg_.seed, static_cast<std::uint64_t>(epoch));
@@ -303,20 +318,21 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     BatchProgress prog;
     prog.epoch = epoch;
     prog.batches = batches;
-    double log_res = 0;
+    double log_res = 0, free_steps = 0;
     for (long b = 0; b < batches; ++b) {
       const Index first = b * B, count = std::min<Index>(B, train.n - first);
       Rng aug_rng(cfg_.seed, Stream::augment, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(b));
       auto xb = x.leftCols(count);
       auto yb = y.leftCols(count);
       make_batch<R>(train, perm.data() + first, count, cfg_.norm, cfg_.augment, &aug_rng, xb, yb);
-      const StepStats st = step(xb, yb, (epoch - 1) * batches + b, total_steps);
+      const StepStats st = step(xb, yb, (epoch - 1) * batches + b, total_steps, perm.data() + first);
       prog.batch = b + 1;
       prog.seen += count;
       prog.loss_sum += st.loss;
       prog.correct += st.correct;
       prog.examples_per_s = static_cast<double>(prog.seen) / std::chrono::duration<double>(Clock::now() - t0).count();
       log_res += st.log_residual;
+      free_steps += st.free_steps;
       rec.not_converged += st.not_converged;
       rec.diverged += st.diverged;
       if (on_batch) on_batch(prog);
@@ -326,6 +342,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     rec.train_loss = prog.loss_sum / static_cast<double>(train.n);
     rec.train_acc = static_cast<double>(prog.correct) / static_cast<double>(train.n);
     rec.residual_log10 = log_res / static_cast<double>(train.n);
+    rec.free_steps = free_steps / static_cast<double>(train.n);
     rec.lr = opt_.lr_at(epoch * batches, total_steps);
     const EvalResult ev = evaluate(test);
     rec.test_loss = ev.loss;

@@ -49,6 +49,7 @@ struct TrainConfig {
   Index eval_chunk = 500;     // test samples relaxed together during evaluation
   DivergencePolicy on_diverge = DivergencePolicy::skip;
   int threads = 1;            // chunks per batch (≥ 1)
+  bool warm_start = false;    // free phases start from the sample's previous free state (needs free.tol > 0)
   Normalization norm;         // input normalisation
   Augmentation augment;       // train-time augmentation
 };
@@ -64,6 +65,7 @@ struct EpochRecord {
   double jac_sym = 0;
   double weight_angle_deg = 0;
   double residual_log10 = 0;              // mean log10 of the free-phase residuals over the epoch
+  double free_steps = 0;                  // mean free-phase steps per training sample (< T1 with --tol)
   long not_converged = 0;                 // training free phases above the report tolerance
   long diverged = 0;                      // samples with a diverged relaxation (free or nudged)
   double lr = 0;                          // learning rate at the end of the epoch
@@ -104,13 +106,16 @@ class Trainer {
     double loss = 0;
     long correct = 0;
     double log_residual = 0;
+    double free_steps = 0;  // sum over samples of the step at which each free phase stopped
     long not_converged = 0, diverged = 0;
   };
   // One training step on a batch (x: input_size x B, y: classes x B): gradient, homeostasis,
   // optimizer update. `index` / `total` are the global step and the run's step count (the
   // probes' key and the schedule). Throws InputError on divergence with policy abort or on
   // non-finite parameters.
-  StepStats step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total);
+  // With cfg.warm_start and `samples` (the training-set index of each column), each free phase
+  // starts from that sample's free state of its previous visit (zero on the first).
+  StepStats step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total, const Index* samples = nullptr);
 
   Vec<R>& theta() { return theta_; }
   const Vec<R>& theta() const { return theta_; }
@@ -120,7 +125,7 @@ class Trainer {
 
  private:
   // grad = the algorithm's gradient of the batch (assigned, not accumulated).
-  StepStats gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad) const;
+  StepStats gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad, const Index* samples) const;
   void epoch_metrics(const Dataset& test, EpochRecord& rec) const;
 
   const Model& model_;
@@ -129,7 +134,8 @@ class Trainer {
   Optimizer<R> opt_;
   std::unique_ptr<Homeostasis<R>> homeo_;  // when cfg.homeostasis > 0
   Vec<R> grad_;
-  mutable std::vector<Vec<R>> chunk_grads_;  // per-thread gradient buffers of `gradient`, kept between steps
+  mutable std::vector<Vec<R>> chunk_grads_;
+  mutable Mat<R> warm_;  // with cfg.warm_start: the last free state of every training sample (neurons x n)  // per-thread gradient buffers of `gradient`, kept between steps
 };
 
 // Floating-point operations of one training step on a batch of B samples (GEMMs only, 2mkn each;

@@ -22,6 +22,7 @@ const nlohmann::json& train_defaults() {
       {"T2", 20},                 // nudged-phase steps (rbp / bp / N = 0: iterations)
       {"solver", "map"},          // map, rk4, dopri5, anderson
       {"anderson-m", 5},          // anderson: memory (1..16)
+      {"warm-start", "off"},      // on: free phases start from the sample's previous free state (needs tol > 0)
       {"tol", 0.0},               // stop a phase early at this residual (0: fixed steps)
       {"report-tol", 1e-4},       // a free phase above this residual counts as not converged
       {"dt", 0.5},                // rk4 step / dopri5 first step
@@ -205,6 +206,13 @@ RunSetup make_setup(const ConfigBuilder& b) {
   if (integer("anderson-m") < 1 || integer("anderson-m") > 16)
     throw InputError(where("anderson-m"), "must be between 1 and 16");
   t.free.anderson_m = static_cast<int>(integer("anderson-m"));
+  const std::string warm = str("warm-start");
+  if (warm != "on" && warm != "off") throw InputError(where("warm-start"), "must be on or off");
+  t.warm_start = warm == "on";
+  if (t.warm_start && !(t.free.tol > 0))
+    throw InputError(where("warm-start"),
+                     "needs a residual tolerance (--tol > 0): with a fixed T1 the state after T1 steps depends "
+                     "on where it started, so a warm start would change the model, not only its cost");
   t.nudged = t.free;
   t.nudged.max_steps = pos_int("T2");
   t.homeostasis = nonneg("homeostasis");

@@ -1,5 +1,7 @@
 #include "tools/run_files.hpp"
 
+#include <limits>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -39,6 +41,7 @@ void require(bool ok, const std::string& path, const std::string& what) {
 struct Column {
   const char* name;
   double EpochRecord::*field;
+  bool required = true;  // false: added after logs were first written; NaN when an older log lacks it
 };
 constexpr Column kColumns[] = {
     {"train_loss", &EpochRecord::train_loss},   {"train_acc", &EpochRecord::train_acc},
@@ -48,6 +51,7 @@ constexpr Column kColumns[] = {
     {"weight_angle_deg", &EpochRecord::weight_angle_deg}, {"residual_log10", &EpochRecord::residual_log10},
     {"lr", &EpochRecord::lr},                   {"examples_per_s", &EpochRecord::examples_per_s},
     {"train_seconds", &EpochRecord::train_seconds},
+    {"free_steps", &EpochRecord::free_steps, false},
 };
 struct IntColumn {
   const char* name;
@@ -139,7 +143,10 @@ std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long ke
     for (std::size_t i = 0; i < recs.size(); ++i) recs[i].*(c.field) = static_cast<long>(v[i]);
   }
   for (const Column& c : kColumns) {
-    column(std::string("epochs/") + c.name, v);
+    if (!c.required && !h5::read_vector(file.get(), (std::string("epochs/") + c.name).c_str(), v))
+      v.assign(recs.size(), std::numeric_limits<double>::quiet_NaN());
+    else
+      column(std::string("epochs/") + c.name, v);
     for (std::size_t i = 0; i < recs.size(); ++i) recs[i].*(c.field) = v[i];
   }
   column("alignment/cos_grad_total", v);
