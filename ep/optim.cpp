@@ -87,10 +87,13 @@ void Optimizer<R>::step(Vec<R>& theta, const Vec<R>& g, long k, long K, int thre
     v = b2 * v + (R(1) - b2) * gr.square();
     th -= lr * lf * ((m * c1) / ((v * c2).sqrt() + eps) + wd * wf * th);
   };
+  // Chunk boundaries on multiples of 64 elements, so that every element takes the same
+  // (vectorised or scalar) code path whatever the thread count.
   const Index n = theta.size();
   const int chunks = static_cast<int>(std::clamp<Index>(n / 65536, 1, std::max(1, threads)));
+  auto bound = [&](int c) { return c == chunks ? n : std::min(n, (n * c / chunks) / 64 * 64); };
 #pragma omp parallel for schedule(static, 1) num_threads(chunks) if (chunks > 1)
-  for (int c = 0; c < chunks; ++c) update(n * c / chunks, n * (c + 1) / chunks - n * c / chunks);
+  for (int c = 0; c < chunks; ++c) update(bound(c), bound(c + 1) - bound(c));
 }
 
 template class Optimizer<float>;

@@ -156,9 +156,9 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
   const int chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(cfg_.threads, B)));
   // One gradient buffer per chunk, allocated once: a fresh θ-sized vector per step costs page
   // faults and zeroing on every step. Chunk gradients carry the weight 1/B (a chunk's share).
-  chunk_grads_.resize(static_cast<std::size_t>(chunks));
-  for (Vec<R>& g : chunk_grads_)
-    if (g.size() != grad.size()) g.resize(grad.size());
+  if (chunk_grads_.size() < static_cast<std::size_t>(chunks)) chunk_grads_.resize(static_cast<std::size_t>(chunks));
+  for (int c = 0; c < chunks; ++c)
+    if (chunk_grads_[static_cast<std::size_t>(c)].size() != grad.size()) chunk_grads_[static_cast<std::size_t>(c)].resize(grad.size());
   std::vector<StepStats> stats(static_cast<std::size_t>(chunks));
   for_chunks(B, chunks, [&](int c, Index first, Index count) {
     Mat<R> start;
@@ -198,7 +198,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
   // grad = the sum of the chunk gradients, split over the same threads by parameter range.
   for_chunks(grad.size(), chunks, [&](int, Index first, Index count) {
     grad.segment(first, count) = chunk_grads_[0].segment(first, count);
-    for (std::size_t c = 1; c < chunk_grads_.size(); ++c) grad.segment(first, count) += chunk_grads_[c].segment(first, count);
+    for (int c = 1; c < chunks; ++c) grad.segment(first, count) += chunk_grads_[static_cast<std::size_t>(c)].segment(first, count);
   });
   StepStats total;
   for (int c = 0; c < chunks; ++c) {

@@ -134,8 +134,8 @@ class Trainer {
   Optimizer<R> opt_;
   std::unique_ptr<Homeostasis<R>> homeo_;  // when cfg.homeostasis > 0
   Vec<R> grad_;
-  mutable std::vector<Vec<R>> chunk_grads_;
-  mutable Mat<R> warm_;  // with cfg.warm_start: the last free state of every training sample (neurons x n)  // per-thread gradient buffers of `gradient`, kept between steps
+  mutable std::vector<Vec<R>> chunk_grads_;  // per-thread gradient buffers of `gradient`, kept between steps
+  mutable Mat<R> warm_;  // with cfg.warm_start: the last free state of every training sample (neurons x n)
 };
 
 // Floating-point operations of one training step on a batch of B samples (GEMMs only, 2mkn each;

@@ -3,7 +3,7 @@
 #include <boost/numeric/odeint.hpp>
 #include <boost/numeric/odeint/external/eigen/eigen.hpp>
 #include <cmath>
-#include <Eigen/Cholesky>
+#include <Eigen/LU>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -262,18 +262,16 @@ void relax_dopri5(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResul
 
 // Anderson acceleration of the map (type II, "AA(m)"; Walker & Ni 2011), per column. The last m
 // differences live in circular buffers shared by all columns; each column keeps the Gram matrix
-// ⟨ΔG_a, ΔG_b⟩ of the buffer slots, updated by one row when a slot is rewritten (m dot products
-// per column and step, plus m for the right-hand side). The least squares min ‖g − ΔG γ‖₂ is
-// solved by its normal equations in double precision with a small Tikhonov term (the products of
-// float states carry relative noise ~1e-7). A column whose residual jumps 100x above its best
-// restarts its history; a column whose solve fails takes the plain map step.
-// Conjugate in the wider accumulation type (the identity for real scalars).
-template <class C, class S>
-C conj_wide(S x) {
-  if constexpr (is_complex_v<S>) return std::conj(static_cast<C>(x));
-  else return static_cast<C>(x);
-}
-
+// ΔGᵀΔG of the buffer slots, updated by one row when a slot is rewritten (m dot products per
+// column and step, plus m for the right-hand side ΔGᵀg). For complex states the products are
+// bilinear (not conjugated) and the small system is solved by LU: each step is then the analytic
+// continuation of the real iteration, so the state after T steps stays holomorphic in β, as
+// holomorphic EP's contour integral requires (the Hermitian least squares would not be). The
+// normal equations are formed in double precision with a Tikhonov term of relative size 10ε of
+// the state's precision (the products of float states carry relative noise ~1e-7; its scale |G_aa|
+// is the only non-holomorphic ingredient, at that level). A column whose residual jumps 100x above
+// its best restarts its history; a column whose solve fails takes the plain map step, and so does
+// every column on the last step (whose residual is the one reported).
 template <class S>
 void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res,
                     ColumnMonitor<S>& mon) {
@@ -306,7 +304,8 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
   auto slot = [&](int a) { return ((head - 1 - a) % m + m) % m; };  // a-th most recent slot
   Small G(m, m);
   SmallVec rhs(m), gamma(m);
-  Eigen::LDLT<Small> ldlt(m);
+  Eigen::PartialPivLU<Small> lu(m);
+  long compact_evals = 0;  // evaluations of compact fields already replaced
   const double rel_reg = 10 * static_cast<double>(std::numeric_limits<R>::epsilon());
   for (long k = 0; k < cfg.max_steps; ++k) {
     const Index w = uw.cols();
@@ -346,31 +345,34 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
         const auto d0 = dG[static_cast<std::size_t>(s0)].col(p);
         for (int a = 0; a < filled; ++a) {
           const int sa = slot(a);
-          const C v = static_cast<C>(dG[static_cast<std::size_t>(sa)].col(p).dot(d0));  // conj(first)·second
+          const C v = static_cast<C>(dG[static_cast<std::size_t>(sa)].col(p).cwiseProduct(d0).sum());  // bilinear
           gs(sa, s0) = v;
-          gs(s0, sa) = conj_wide<C>(v);
+          gs(s0, sa) = v;
         }
       }
       auto& h = hist[static_cast<std::size_t>(p)];
       const double r = res.residual[j];
       auto& b = best[static_cast<std::size_t>(p)];
-      if (r > 100 * b) h = -1;  // restart: the stored differences no longer describe the map here
-      b = std::min(b, r);
-      const int used = std::max(0, std::min(h, filled));
+      if (r > 100 * b) {  // restart: the stored differences no longer describe the map here
+        h = 0;
+        b = r;
+      } else {
+        b = std::min(b, r);
+      }
+      const int used = std::min(h, filled);
       h = std::min(h + 1, m);
-      if (used == 0) continue;
+      if (used == 0 || k + 1 == cfg.max_steps) continue;
       for (int a = 0; a < used; ++a) {
-        rhs[a] = static_cast<C>(dG[static_cast<std::size_t>(slot(a))].col(p).dot(g.col(p)));
+        rhs[a] = static_cast<C>(dG[static_cast<std::size_t>(slot(a))].col(p).cwiseProduct(g.col(p)).sum());
         for (int c = 0; c < used; ++c) G(a, c) = gs(slot(a), slot(c));
       }
       auto Gu = G.topLeftCorner(used, used);
       double diag = 0;
-      for (int a = 0; a < used; ++a) diag = std::max(diag, std::real(Gu(a, a)));
+      for (int a = 0; a < used; ++a) diag = std::max(diag, std::abs(Gu(a, a)));
       if (!(diag > 0)) continue;
       for (int a = 0; a < used; ++a) Gu(a, a) += rel_reg * diag;
-      ldlt.compute(Gu);
-      if (ldlt.info() != Eigen::Success) continue;
-      gamma.head(used) = ldlt.solve(rhs.head(used));
+      lu.compute(Gu);
+      gamma.head(used) = lu.solve(rhs.head(used));
       if (!gamma.head(used).allFinite()) continue;
       for (int a = 0; a < used; ++a) {
         const S ga = static_cast<S>(gamma[a]);
@@ -411,6 +413,7 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
       drive_c.swap(dc);
       y_c.swap(yc);
       beta_c.swap(bc);
+      if (compact_field) compact_evals += compact_field->evaluations();
       compact_field = std::make_unique<Field<S>>(field.model(), field.theta(), drive_c, y_c, beta_c);
       f = compact_field.get();
       for (Mat<S>* x : {&uw, &u_prev, &g_prev}) x->conservativeResize(n, q);
@@ -426,7 +429,7 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
     const Index j = idx[static_cast<std::size_t>(p)];
     if (mon.live(j)) u.col(j) = uw.col(p);
   }
-  field.count_evaluations(f == &field ? 0 : f->evaluations());
+  field.count_evaluations(compact_evals + (compact_field ? compact_field->evaluations() : 0));
   res.t = static_cast<double>(res.steps);
 }
 

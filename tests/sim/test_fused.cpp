@@ -56,14 +56,19 @@ TEST_CASE("fused map = per-edge map, float and complex<float>, real and complex 
   cases.push_back({make_model("mlp_2-256"), "mlp_2-256"});
   cases.push_back({make_model("loop_mnist"), "loop_mnist"});
   cases.push_back({gather_model(), "gather"});
+  // Batch sizes around the register blocks (at most 13 real / 12 complex columns, split into
+  // blocks of nearly equal width): one column, one full block, just above (two blocks), the
+  // training chunk (25 = 13 + 12), 27 = 3 x 9, and 50 = 13 + 13 + 12 + 12.
   for (Case& c : cases) {
-    for (Activation act : {Activation::sigmoid, Activation::dsilu}) {
+    for (Activation act : {Activation::sigmoid, Activation::dsilu})
+    for (Index B : {1, 12, 13, 14, 25, 27, 50}) {
+      if (c.name != std::string("mlp_2-256") && B != 13) continue;  // widths once, on the big network
       CAPTURE(c.name);
       CAPTURE(std::string(to_string(act)));
+      CAPTURE(B);
       c.model.activation = act;
       const Network& net = c.model.net;
       const Vec<float> theta = init_params<float>(net, 4, 60.0);
-      const Index B = 13;  // not a multiple of the 12-column register block
       const RandomBatch batch = random_batch(net, B, 21);
       Mat<float> drive(net.neurons, B);
       const Mat<float> x = batch.x.cast<float>(), y = batch.y.cast<float>();
