@@ -171,6 +171,7 @@ struct AnalysisConfig {
   Index max_dense = kMaxDenseNeurons;  // spectra only up to this many neurons
   long max_steps = 100000;     // map budget of the free phase (dynamics)
   double tol = 1e-9;           // residual ‖M(u) − u‖∞ of the free phase (dynamics)
+  Solver solver = Solver::map; // how the free fixed points are found (anderson may find unstable ones)
 };
 
 struct JacobianAnalysis {
@@ -183,6 +184,7 @@ struct JacobianAnalysis {
   std::optional<std::complex<double>> max_real_eig_dynamics;  // max over converged samples of
                                        // the rightmost eigenvalue of J_G D − I (n ≤ max_dense)
   Index samples = 0, converged = 0;    // free phases relaxed / converged to tol
+  Index unstable = 0;                  // converged fixed points whose rightmost eigenvalue has Re > 0
   double weight_angle_deg = 0;         // SPEC 5; NaN without reciprocal pairs
 };
 

@@ -63,7 +63,7 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
   Field<double> field(model, theta, drive, y, beta);
   Mat<double> u = Mat<double>::Zero(n, B);
   RelaxConfig rc;
-  rc.solver = Solver::map;
+  rc.solver = cfg.solver;
   rc.tol = cfg.tol;
   rc.max_steps = cfg.max_steps;
   const RelaxResult rr = relax(field, u, rc);
@@ -89,6 +89,7 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
     if (!ok[static_cast<std::size_t>(j)]) continue;
     ++r.converged;
     const auto& z = rightmost[static_cast<std::size_t>(j)];
+    r.unstable += z.real() > 0;
     if (!r.max_real_eig_dynamics || z.real() > r.max_real_eig_dynamics->real()) r.max_real_eig_dynamics = z;
   }
   return r;

@@ -21,7 +21,8 @@ struct JacobianOptions {
   long samples = 8;             // samples whose free fixed point is linearised
   std::string activation = "sigmoid";
   long max_dense = kMaxDenseNeurons;  // spectra only up to this many neurons
-  double tol = 1e-9;            // free-phase residual ‖M(u) − u‖∞ (map)
+  double tol = 1e-9;            // free-phase residual ‖M(u) − u‖∞
+  std::string solver = "map";   // map or anderson (the fixed-point solvers; rk4/dopri5 too)
   long max_steps = 100000;      // free-phase step budget
   int threads = 0;
 };
@@ -60,6 +61,7 @@ nlohmann::json run_jacobian(const JacobianOptions& o) {
   cfg.max_dense = o.max_dense;
   cfg.tol = o.tol;
   cfg.max_steps = o.max_steps;
+  cfg.solver = parse_solver(o.solver);
   const JacobianAnalysis a = analyse_jacobian(model, theta, x, cfg);
 
   nlohmann::json j;
@@ -77,6 +79,7 @@ nlohmann::json run_jacobian(const JacobianOptions& o) {
       a.max_real_eig_dynamics ? nlohmann::json(a.max_real_eig_dynamics->real()) : nlohmann::json(nullptr);
   j["dynamics_samples"] = a.samples;
   j["dynamics_converged"] = a.converged;
+  j["dynamics_unstable"] = a.unstable;
   j["weight_angle_deg"] = number_or_null(a.weight_angle_deg);
   j["arch"] = o.arch;
   j["angle"] = o.angle;
@@ -107,6 +110,7 @@ void register_jacobian(CLI::App& app) {
   cmd->add_option("--max-dense", opt->max_dense, "Largest neuron count for which spectra are computed")
       ->capture_default_str();
   cmd->add_option("--tol", opt->tol, "Free-phase residual tolerance")->capture_default_str();
+  cmd->add_option("--solver", opt->solver, "Free-phase solver: map, rk4, dopri5 or anderson")->capture_default_str();
   cmd->add_option("--max-steps", opt->max_steps, "Free-phase step budget")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->callback([opt] {
