@@ -51,6 +51,15 @@ TEST_CASE("hepsim jacobian: symmetric start (angle 0)") {
   CHECK(j["weight_angle_deg"].get<double>() < 1e-6);
   CHECK(j["max_real_eig_imag"].get<double>() == 0.0);  // symmetric J: real spectrum
   CHECK(j["henrici"].get<double>() < 1e-6);            // normal: ≲ sqrt(nε) = 3e-7
+  // A fixed point the map converged to has a map Jacobian of spectral radius ≤ 1, hence no
+  // eigenvalue of the linearised dynamics J_G D − I with positive real part: none is unstable.
+  CHECK(j["dynamics_converged"].get<long>() > 0);
+  CHECK(j["dynamics_unstable"] == 0);
+  CHECK(j["max_real_eig_dynamics"].get<double>() <= 0.0);
+  // The same analysis at Anderson's fixed points runs and counts (it may find saddles: README).
+  const RunResult a = run_hepsim("jacobian --arch mlp_2-256 --angle 0 --probes 100 --solver anderson", tmp);
+  REQUIRE_MESSAGE(a.code == 0, a.err);
+  CHECK(a.json()["dynamics_unstable"].get<long>() <= a.json()["dynamics_converged"].get<long>());
 }
 
 TEST_CASE("hepsim jacobian: dynamics at generated images, and loop_mnist has no weight angle") {
@@ -85,6 +94,7 @@ TEST_CASE("hepsim jacobian: bad input gives one line naming the flag or file, ex
       {"jacobian --dataset fmnits", "--dataset"},
       {"jacobian --dataset fmnist --data-dir " + tmp.file("missing"), tmp.file("missing")},
       {"jacobian --tol -1", "--tol"},
+      {"jacobian --solver euler", "--solver"},
       {"jacobian --bogus 1", "--bogus"},
   };
   check_bad_input(cases, tmp);
