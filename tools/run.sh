@@ -10,6 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/tools/deps.sh" --plots
 "$root/tools/build.sh"
 out="$root/runs/demo"
+mkdir -p "$root/runs"  # not in git: a fresh checkout has no runs/
 if [[ -e "$out" ]]; then
   mv "$out" "$out.$(date +%Y%m%d-%H%M%S)"
 fi
