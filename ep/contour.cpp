@@ -29,6 +29,8 @@ struct Fftw<double> {
   static void execute(Plan p, std::complex<double>* in, double* out) {
     fftw_execute_dft_c2r(p, reinterpret_cast<Complex*>(in), out);
   }
+  static void destroy(Plan p) { fftw_destroy_plan(p); }
+  static void cleanup() { fftw_cleanup(); }
 };
 template <>
 struct Fftw<float> {
@@ -42,13 +44,26 @@ struct Fftw<float> {
   static void execute(Plan p, std::complex<float>* in, float* out) {
     fftwf_execute_dft_c2r(p, reinterpret_cast<Complex*>(in), out);
   }
+  static void destroy(Plan p) { fftwf_destroy_plan(p); }
+  static void cleanup() { fftwf_cleanup(); }
+};
+
+// The plans of one precision, released (with FFTW's own accumulated state) at exit.
+template <class R>
+struct PlanCache {
+  std::mutex mutex;
+  std::map<std::pair<int, Index>, typename Fftw<R>::Plan> plans;
+  ~PlanCache() {
+    for (auto& [key, p] : plans) Fftw<R>::destroy(p);
+    Fftw<R>::cleanup();
+  }
 };
 
 template <class R>
 typename Fftw<R>::Plan cached_plan(int N, Index E) {
-  static std::mutex mutex;
-  static std::map<std::pair<int, Index>, typename Fftw<R>::Plan> plans;
-  std::lock_guard<std::mutex> lock(mutex);
+  static PlanCache<R> cache;
+  auto& plans = cache.plans;
+  std::lock_guard<std::mutex> lock(cache.mutex);
   auto it = plans.find({N, E});
   if (it != plans.end()) return it->second;
   if (E > std::numeric_limits<int>::max()) throw std::length_error("contour transform too large for FFTW");
