@@ -26,6 +26,22 @@ Model gather_model() {
   return m;
 }
 
+// Float parameters (seed, angle), a random batch of B samples and its input drive.
+struct Problem {
+  Vec<float> theta;
+  Mat<float> x, y, drive;
+};
+Problem problem(const Network& net, std::uint64_t seed, double angle, Index B, std::uint64_t batch_seed) {
+  Problem p;
+  p.theta = init_params<float>(net, seed, angle);
+  const RandomBatch batch = random_batch(net, B, batch_seed);
+  p.x = batch.x.cast<float>();
+  p.y = batch.y.cast<float>();
+  p.drive.resize(net.neurons, B);
+  input_drive<float>(net, p.theta, p.x, p.drive);
+  return p;
+}
+
 template <class S>
 struct Run {
   Mat<S> u;
@@ -68,11 +84,10 @@ TEST_CASE("fused map = per-edge map, float and complex<float>, real and complex 
       CAPTURE(B);
       c.model.activation = act;
       const Network& net = c.model.net;
-      const Vec<float> theta = init_params<float>(net, 4, 60.0);
-      const RandomBatch batch = random_batch(net, B, 21);
-      Mat<float> drive(net.neurons, B);
-      const Mat<float> x = batch.x.cast<float>(), y = batch.y.cast<float>();
-      input_drive<float>(net, theta, x, drive);
+      const Problem pr = problem(net, 4, 60.0, B, 21);
+      const Vec<float>& theta = pr.theta;
+      const Mat<float>& drive = pr.drive;
+      const Mat<float>& y = pr.y;
       // Free phase, then a real nudge from its end state.
       const Vec<float> zero = Vec<float>::Zero(B);
       const Mat<float> u0 = Mat<float>::Zero(net.neurons, B);
@@ -106,12 +121,11 @@ TEST_CASE("fused map = per-edge map, float and complex<float>, real and complex 
 
 TEST_CASE("fused map: diverging complex columns are zeroed, frozen and counted as in the per-edge path") {
   const Model m = make_model("mlp_2-256");
-  const Vec<float> theta = init_params<float>(m.net, 2, 90.0);
   const Index B = 4;
-  const RandomBatch batch = random_batch(m.net, B, 3);
-  Mat<float> drive(m.net.neurons, B);
-  const Mat<float> x = batch.x.cast<float>(), y = batch.y.cast<float>();
-  input_drive<float>(m.net, theta, x, drive);
+  const Problem pr = problem(m.net, 2, 90.0, B, 3);
+  const Vec<float>& theta = pr.theta;
+  const Mat<float>& drive = pr.drive;
+  const Mat<float>& y = pr.y;
   Vec<CF> beta(B);
   beta << CF(0.05f, 0.02f), CF(0, 1e4f), CF(-0.05f, 0.02f), CF(-1e4f, 1e4f);
   const Mat<CF> start = Mat<CF>::Zero(m.net.neurons, B);
@@ -126,12 +140,11 @@ TEST_CASE("fused map: diverging complex columns are zeroed, frozen and counted a
 
 TEST_CASE("per-sample tolerance: each column stops at its own step, held at the state it had then") {
   const Model m = make_model("mlp_2-256");
-  const Vec<float> theta = init_params<float>(m.net, 6, 90.0);
   const Index B = 30;
-  const RandomBatch batch = random_batch(m.net, B, 8);
-  Mat<float> drive(m.net.neurons, B);
-  const Mat<float> x = batch.x.cast<float>(), y = batch.y.cast<float>();
-  input_drive<float>(m.net, theta, x, drive);
+  const Problem pr = problem(m.net, 6, 90.0, B, 8);
+  const Vec<float>& theta = pr.theta;
+  const Mat<float>& drive = pr.drive;
+  const Mat<float>& y = pr.y;
   const Vec<float> zero = Vec<float>::Zero(B);
   for (bool fused : {true, false}) {
     CAPTURE(fused);

@@ -4,11 +4,9 @@
 # with one thread each. Prints the final metrics and draws the comparison figure.
 # Usage: tools/experiments/homeostasis.sh [EPOCHS] [OUT_DIR]
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 epochs="${1:-5}"
 out="${2:-$root/runs/homeostasis}"
-hepsim="$root/build/tools/hepsim"
-[[ -x "$hepsim" ]] || { "$root/tools/deps.sh" && "$root/tools/build.sh"; }
 mkdir -p "$out"
 printf '%s\n' 1 0 | xargs -P 2 -L 1 bash -c '
   lam=$0; dir="'"$out"'/lambda${lam}"

@@ -2,14 +2,12 @@
 # How the cost of a training step grows with the batch size, the number of contour points N and
 # the network width (mlp with two hidden layers of W neurons and independent feedback, the
 # mlp_2-256 pattern), measured with `hepsim bench` on real Fashion-MNIST (T1 = 150, T2 = 20,
-# angle 0). Prints markdown tables of examples/s and GFLOP/s.
+# angle 90, the default). Prints markdown tables of examples/s and GFLOP/s.
 # Usage: tools/experiments/scaling.sh [THREADS (2)] [BATCHES per round (60)]
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 threads="${1:-2}"
 batches="${2:-60}"
-hepsim="$root/build/tools/hepsim"
-[[ -x "$hepsim" ]] || { "$root/tools/deps.sh" && "$root/tools/build.sh"; }
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 bench() { "$hepsim" bench --threads "$threads" --batches "$batches" --repeats 3 --warmup 3 "$@"; }

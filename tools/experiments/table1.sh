@@ -4,11 +4,9 @@
 # 5), two runs at a time with one thread each. Prints a markdown table of the final test accuracy.
 # Usage: tools/experiments/table1.sh [EPOCHS] [OUT_DIR]
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 epochs="${1:-5}"
 out="${2:-$root/runs/table1}"
-hepsim="$root/build/tools/hepsim"
-[[ -x "$hepsim" ]] || { "$root/tools/deps.sh" && "$root/tools/build.sh"; }
 mkdir -p "$out"
 jobs=()
 for N in 1 2 4 6; do

@@ -7,12 +7,10 @@
 # test accuracy per epoch and the wall time of each run.
 # Usage: tools/experiments/tolerance.sh [EPOCHS] [TOL] [OUT_DIR]
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 epochs="${1:-5}"
 tol="${2:-1e-4}"
 out="${3:-$root/runs/tolerance}"
-hepsim="$root/build/tools/hepsim"
-[[ -x "$hepsim" ]] || { "$root/tools/deps.sh" && "$root/tools/build.sh"; }
 mkdir -p "$out"
 # Three runs: fixed steps; per-sample stop at TOL; the same with warm-started free phases.
 run() {
