@@ -48,8 +48,8 @@ Vec<R> factors(const Network& net, const std::map<std::string, double>& mult, co
 template <class R>
 Optimizer<R>::Optimizer(const Network& net, const OptimizerConfig& cfg)
     : cfg_(cfg),
-      lr_factor_(factors<R>(net, cfg.lr_mult, "lr-mult")),
-      wd_factor_(factors<R>(net, cfg.wd_mult, "wd-mult")),
+      lr_factor_(factors<R>(net, cfg.lr_mult, cfg.lr_mult_source)),
+      wd_factor_(factors<R>(net, cfg.wd_mult, cfg.wd_mult_source)),
       m_(Vec<R>::Zero(net.n_params)),
       v_(cfg.kind == OptimizerKind::adamw ? Vec<R>::Zero(net.n_params) : Vec<R>()) {}
 

@@ -32,6 +32,8 @@ struct OptimizerConfig {
   Schedule schedule = Schedule::constant;
   std::map<std::string, double> lr_mult;  // per block / edge / "readout" learning-rate factor
   std::map<std::string, double> wd_mult;  // per block / edge / "readout" weight-decay factor
+  // Where the multipliers came from, for error messages ("--lr-mult", "run.json: lr-mult").
+  std::string lr_mult_source = "lr-mult", wd_mult_source = "wd-mult";
 };
 
 // Optimizer state, sized like θ. Keys of lr_mult/wd_mult that match no block are InputErrors.

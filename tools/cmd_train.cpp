@@ -88,8 +88,11 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
 }
 
 // Keys that define the model or the data: a resumed run may not change them.
-constexpr const char* kFixedOnResume[] = {"dataset", "arch", "activation", "loss", "precision", "seed", "angle",
-                                          "batch-size", "train-limit"};
+// What defines the model, its data and what the log's columns measure: changing any of these
+// mid-run would make the log's epochs incomparable (training hyper-parameters may change).
+constexpr const char* kFixedOnResume[] = {"dataset",    "arch",       "activation", "loss",       "precision",
+                                          "seed",       "angle",      "batch-size", "train-limit", "test-limit",
+                                          "probe-size", "report-tol"};
 
 }  // namespace
 

@@ -67,7 +67,7 @@ void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
                     (def.is_number_float() && value.is_number());
     if (!ok) throw InputError(where, "key '" + key + "' must be " + std::string(def.type_name()));
     cfg_[key] = def.is_number_float() ? nlohmann::json(value.get<double>()) : value;
-    source_[key] = where;
+    source_[key] = where + ": " + key;  // "run.json: lr"
   }
 }
 
@@ -228,6 +228,8 @@ RunSetup make_setup(const ConfigBuilder& b) {
   if (o.momentum >= 1) throw InputError(where("momentum"), "must be < 1");
   o.wd = nonneg("wd");
   o.schedule = parse_schedule(str("schedule"), where("schedule"));
+  o.lr_mult_source = where("lr-mult");
+  o.wd_mult_source = where("wd-mult");
   for (const auto& [k, v] : c.at("lr-mult").items()) {
     if (!v.is_number()) throw InputError(where("lr-mult"), "'" + k + "' must map to a number");
     o.lr_mult[k] = v.get<double>();

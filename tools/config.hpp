@@ -32,7 +32,7 @@ class ConfigBuilder {
   // Sets one key from a flag's text, converted to the key's type ("--lr", "0.01").
   void set_flag(const std::string& key, const std::string& text);
   const nlohmann::json& json() const { return cfg_; }
-  // Where a key's value came from ("--lr", "run/config.json", "default").
+  // Where a key's value came from, for messages: "--lr" (a flag or the default), "run.json: lr".
   std::string where(const std::string& key) const;
 
  private:

@@ -144,6 +144,8 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
   const std::string base = "train --dataset fmnist --data-dir " + data.str() + " --arch loop_mnist --epochs 1 --quiet";
   write_file(runs.file("typo.json"), Bytes{'{', '"', 'l', 'r', 'r', '"', ':', '1', '}'});
   write_file(runs.file("nan.json"), Bytes{'{', '"', 'l', 'r', '"', ':', '"', 'n', 'a', 'n', '"', '}'});
+  const std::string mult = R"({"lr-mult": {"nope": 2}})";
+  write_file(runs.file("mult.json"), Bytes(mult.begin(), mult.end()));
   REQUIRE(run_hepsim(base + " --out " + runs.file("done"), runs).code == 0);
   const std::vector<BadInput> cases = {
       {base + " --config " + runs.file("typo.json") + " --out " + runs.file("a"), "typo.json"},
@@ -154,7 +156,8 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
       {base + " --N 2.5 --out " + runs.file("a"), "--N"},
       {base + " --algo online --out " + runs.file("a"), "--algo"},
       {base + " --optimizer rmsprop --out " + runs.file("a"), "--optimizer"},
-      {base + " --lr-mult nope=2 --out " + runs.file("a"), "lr-mult"},
+      {base + " --lr-mult nope=2 --out " + runs.file("a"), "--lr-mult"},
+      {base + " --config " + runs.file("mult.json") + " --out " + runs.file("a"), "mult.json: lr-mult"},
       {base + " --warm-start on --out " + runs.file("a"), "--warm-start"},  // needs --tol > 0
       {base + " --warm-start maybe --tol 1e-4 --out " + runs.file("a"), "--warm-start"},
       {base + " --solver anderson --anderson-m 0 --out " + runs.file("a"), "--anderson-m"},
@@ -162,6 +165,8 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
       {base + " --out " + runs.file("done"), "--out"},  // would overwrite a run
       {"train --resume " + runs.file("nowhere") + " --quiet", "nowhere"},
       {"train --resume " + runs.file("done") + " --arch mlp_2-256 --quiet", "--arch"},
+      {"train --resume " + runs.file("done") + " --test-limit 10 --quiet", "--test-limit"},
+      {"train --resume " + runs.file("done") + " --probe-size 5 --quiet", "--probe-size"},
       {"eval --checkpoint " + runs.file("nowhere.h5"), "nowhere.h5"},
       {"eval --checkpoint " + runs.file("typo.json"), "typo.json"},
       {"eval --checkpoint " + runs.file("done") + "/checkpoint.h5 --dataset cifar10 --data-dir " + data.str(),
