@@ -1,5 +1,5 @@
-// IDX files (MNIST, Fashion-MNIST; SPEC 8), gzip-compressed or not: zlib's gzread passes plain
-// files through unchanged, so one code path reads both.
+// IDX files (MNIST, Fashion-MNIST; SPEC 8), gzip-compressed or not: InputFile inflates gzip
+// content and passes plain files through unchanged, so one code path reads both.
 //   header: 0x00 0x00, type byte (0x08 = uint8), rank byte, then one big-endian uint32 per dim
 //   images: magic 0x00000803, N x H x W bytes        labels: magic 0x00000801, N bytes
 #include <algorithm>

@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <memory>
+#include <new>
 #include <system_error>
 
 namespace hepsim::detail {
@@ -21,6 +23,33 @@ std::uint64_t checked_product(const std::vector<std::uint64_t>& factors, const s
   return p;
 }
 
+// gzip (RFC 1952) goes through zlib's inflate directly, not its gz* file API, for two reasons.
+// gzread cannot tell a complete stream from one cut inside its 8-byte trailer (CRC-32, length):
+// when one large read fills the caller's buffer, inflate has already swallowed the partial trailer
+// waiting for the rest, and the next gzread sees end of file and returns 0 with no error, so the
+// CRC-32 is never checked. And gzread silently ignores non-gzip bytes after a member. Here the
+// content may end only right after inflate returned Z_STREAM_END, which it does after verifying
+// the trailer, and whatever follows a member must be another member.
+struct InputFile::Gzip {
+  z_stream z{};
+  // 256 KiB: few read() calls on the 26 MB training file; inflate writes straight into the
+  // caller's buffer, so the content is never copied twice.
+  std::vector<unsigned char> in = std::vector<unsigned char>(std::size_t{1} << 18);
+  std::uint64_t file_read = 0;  // compressed bytes read from the file so far
+  bool eof = false;             // the file has no byte left to read into `in`
+  bool member_end = false;      // inflate reached a member's end and verified its trailer
+  bool truncated = false;       // the file ended inside a member (its data or its trailer)
+
+  Gzip() {
+    // 15 + 16: a 32 KiB window (deflate's maximum) inside a gzip wrapper; a zlib or raw deflate
+    // stream is a corrupt header here, not something to guess at.
+    if (inflateInit2(&z, 15 + 16) != Z_OK) throw std::bad_alloc();
+  }
+  ~Gzip() { inflateEnd(&z); }
+  Gzip(const Gzip&) = delete;
+  Gzip& operator=(const Gzip&) = delete;
+};
+
 InputFile::InputFile(std::string path, Mode mode) : path_(std::move(path)) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -30,22 +59,21 @@ InputFile::InputFile(std::string path, Mode mode) : path_(std::move(path)) {
   size_ = fs::file_size(path_, ec);
   if (ec) fail("cannot determine the file size: " + ec.message());
 
-  if (mode == Mode::raw) {
-    raw_ = std::fopen(path_.c_str(), "rb");
-  } else {
-    gz_ = gzopen(path_.c_str(), "rb");
-    // A larger buffer than zlib's 8 KiB default: fewer read() calls on the 26 MB training files.
-    if (gz_ != nullptr) gzbuffer(gz_, 1u << 18);
+  // Owned here until the constructor cannot throw any more (the destructor would not run).
+  const auto close = [](std::FILE* f) { std::fclose(f); };
+  std::unique_ptr<std::FILE, decltype(close)> file(std::fopen(path_.c_str(), "rb"), close);
+  if (file == nullptr) fail(std::string("cannot open: ") + std::strerror(errno));
+  if (mode == Mode::maybe_gzip) {
+    // The gzip magic decides, as in gzip(1) and zlib's gzopen: an IDX file starts with 00 00.
+    unsigned char magic[2] = {0, 0};
+    if (std::fread(magic, 1, 2, file.get()) == 2 && magic[0] == 0x1f && magic[1] == 0x8b)
+      gz_ = std::make_unique<Gzip>();
+    if (std::fseek(file.get(), 0, SEEK_SET) != 0) fail(std::string("cannot read: ") + std::strerror(errno));
   }
-  if (raw_ == nullptr && gz_ == nullptr) fail(std::string("cannot open: ") + std::strerror(errno));
+  file_ = file.release();
 }
 
-InputFile::~InputFile() {
-  if (raw_ != nullptr) std::fclose(raw_);
-  if (gz_ != nullptr) gzclose(gz_);
-}
-
-bool InputFile::compressed() const { return gz_ != nullptr && gzdirect(gz_) == 0; }
+InputFile::~InputFile() { std::fclose(file_); }
 
 std::uint64_t InputFile::max_content_size() const {
   // 1032:1 is deflate's maximum ratio (258-byte matches coded in 2 bits); the gzip header and
@@ -56,28 +84,75 @@ std::uint64_t InputFile::max_content_size() const {
 std::size_t InputFile::read_some(void* dst, std::size_t n) {
   auto* out = static_cast<unsigned char*>(dst);
   std::size_t got = 0;
-  while (got < n) {
-    std::size_t r = 0;
-    if (raw_ != nullptr) {
-      r = std::fread(out + got, 1, n - got, raw_);
-      if (r == 0 && std::ferror(raw_)) fail(std::string("read error: ") + std::strerror(errno));
-    } else {
-      // gzread takes an unsigned length and returns an int: read in chunks below INT_MAX.
-      const auto chunk = static_cast<unsigned>(std::min<std::size_t>(n - got, 1u << 30));
-      const int k = gzread(gz_, out + got, chunk);
-      if (k < 0) {
-        int errnum = 0;
-        // zlib formats its message as "<path>: <what>"; the path is already in ours.
-        std::string msg = gzerror(gz_, &errnum);
-        if (msg.rfind(path_ + ": ", 0) == 0) msg.erase(0, path_.size() + 2);
-        fail("corrupt gzip stream: " + msg);
+  if (gz_ != nullptr) {
+    got = inflate_some(out, n);
+  } else {
+    while (got < n) {
+      const std::size_t r = std::fread(out + got, 1, n - got, file_);
+      if (r == 0) {
+        if (std::ferror(file_)) fail(std::string("read error: ") + std::strerror(errno));
+        break;
       }
-      r = static_cast<std::size_t>(k);
+      got += r;
     }
-    if (r == 0) break;
-    got += r;
   }
   pos_ += got;
+  return got;
+}
+
+void InputFile::refill() {
+  Gzip& g = *gz_;
+  // Unconsumed bytes move to the front: the check for a following member needs two at once.
+  if (g.z.avail_in > 0) std::memmove(g.in.data(), g.z.next_in, g.z.avail_in);
+  const std::size_t want = g.in.size() - g.z.avail_in;
+  const std::size_t r = std::fread(g.in.data() + g.z.avail_in, 1, want, file_);
+  if (r < want) {
+    if (std::ferror(file_)) fail(std::string("read error: ") + std::strerror(errno));
+    g.eof = true;
+  }
+  g.file_read += r;
+  g.z.next_in = g.in.data();
+  g.z.avail_in += static_cast<uInt>(r);
+}
+
+std::size_t InputFile::inflate_some(unsigned char* out, std::size_t n) {
+  Gzip& g = *gz_;
+  std::size_t got = 0;
+  while (got < n) {
+    if (g.member_end) {
+      while (g.z.avail_in < 2 && !g.eof) refill();
+      if (g.z.avail_in == 0) break;  // the file ends right after a verified trailer: the clean end
+      // Members back to back are legal gzip (RFC 1952 2.2; `cat a.gz b.gz`, read by gzip -d as
+      // one content). Any other bytes are not gzip data: rejected, as after a plain file, not
+      // skipped as gzread and gzip -d (with a warning) do; that includes zero padding.
+      if (g.z.avail_in < 2 || g.z.next_in[0] != 0x1f || g.z.next_in[1] != 0x8b)
+        fail(std::to_string(size_ - (g.file_read - g.z.avail_in)) +
+             " bytes of unexpected data after the end of the gzip stream");
+      if (inflateReset(&g.z) != Z_OK) fail("corrupt gzip stream: cannot restart inflate");
+      g.member_end = false;
+    }
+    if (g.z.avail_in == 0 && !g.eof) refill();
+    // avail_out is 32 bits: inflate in chunks below 2^32.
+    const auto chunk = static_cast<uInt>(std::min<std::size_t>(n - got, std::size_t{1} << 30));
+    g.z.next_out = out + got;
+    g.z.avail_out = chunk;
+    const int r = inflate(&g.z, Z_NO_FLUSH);
+    got += chunk - g.z.avail_out;
+    if (r == Z_STREAM_END) {
+      g.member_end = true;
+      continue;
+    }
+    if (r == Z_MEM_ERROR) throw std::bad_alloc();
+    if (r != Z_OK && r != Z_BUF_ERROR)
+      fail(std::string("corrupt gzip stream: ") + (g.z.msg != nullptr ? g.z.msg : "inflate error " + std::to_string(r)));
+    // inflate stopped for want of output room or of input. With room left, no input left and the
+    // file at its end, the member can never end: the file was cut inside it. (With no room left,
+    // the caller got all it asked for; the next call decides.)
+    if (g.z.avail_out != 0 && g.z.avail_in == 0 && g.eof) {
+      g.truncated = true;
+      break;
+    }
+  }
   return got;
 }
 
@@ -85,27 +160,23 @@ void InputFile::read_exact(void* dst, std::size_t n, std::string_view what, std:
                            std::int64_t first_record) {
   const std::size_t got = read_some(dst, n);
   if (got == n) return;
-  int errnum = Z_OK;
-  if (gz_ != nullptr) gzerror(gz_, &errnum);
-  // zlib reports a gzip stream that stops before its end as Z_BUF_ERROR ("unexpected end of file").
-  const char* kind = errnum == Z_BUF_ERROR ? "truncated gzip stream" : "truncated";
+  // A complete gzip stream that holds too few bytes is plainly "truncated", like a plain file.
+  const char* kind = gz_ != nullptr && gz_->truncated ? "truncated gzip stream" : "truncated";
   fail(std::string(kind) + ": file ends inside " + std::string(what) + " (" + std::to_string(got) + " of " +
            std::to_string(n) + " bytes)",
        record_size > 0 ? first_record + static_cast<std::int64_t>(got / record_size) : -1);
 }
 
 bool InputFile::at_end() {
-  if (raw_ != nullptr) return pos_ >= size_;
+  if (gz_ == nullptr) return pos_ >= size_;
   unsigned char byte = 0;
   if (read_some(&byte, 1) == 1) return false;
-  int errnum = Z_OK;
-  gzerror(gz_, &errnum);
-  if (errnum == Z_BUF_ERROR) fail("truncated gzip stream: unexpected end of file");
+  if (gz_->truncated) fail("truncated gzip stream: the file ends before the gzip trailer (CRC-32, length) is complete");
   return true;
 }
 
 void InputFile::seek(std::uint64_t offset) {
-  if (raw_ == nullptr || offset > size_ || fseeko(raw_, static_cast<off_t>(offset), SEEK_SET) != 0)
+  if (gz_ != nullptr || offset > size_ || fseeko(file_, static_cast<off_t>(offset), SEEK_SET) != 0)
     fail("cannot seek to byte " + std::to_string(offset));
   pos_ = offset;
 }

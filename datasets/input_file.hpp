@@ -2,17 +2,17 @@
 // Internal to datasets/: reading bytes from input files, with every failure turned into an
 // InputError naming the file. The one place for "read exactly n bytes or report truncation",
 // for byte-order decoding and for overflow-checked size arithmetic, so that every loader reports
-// the same problem in the same words. zlib stays in input_file.cpp (gzFile is an opaque pointer).
+// the same problem in the same words. zlib stays in input_file.cpp (its inflate state hides
+// behind a pointer to a type defined there).
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "sim/error.hpp"
-
-struct gzFile_s;
 
 namespace hepsim::detail {
 
@@ -44,8 +44,8 @@ std::uint64_t checked_product(const std::vector<std::uint64_t>& factors, const s
 
 class InputFile {
  public:
-  // raw: plain bytes, random access (seek). maybe_gzip: gzip-compressed or plain, detected from
-  // the content by zlib; sequential only.
+  // raw: plain bytes, random access (seek). maybe_gzip: gzip-compressed when the file starts
+  // with the gzip magic bytes 1F 8B, else plain; gzip content is sequential only.
   enum class Mode { raw, maybe_gzip };
 
   // Throws InputError "file not found" / "is a directory" / "cannot open: <reason>".
@@ -56,7 +56,7 @@ class InputFile {
 
   const std::string& path() const { return path_; }
   std::uint64_t size() const { return size_; }  // bytes on disk
-  bool compressed() const;                      // a gzip stream (maybe_gzip mode only)
+  bool compressed() const { return gz_ != nullptr; }  // a gzip stream (maybe_gzip mode only)
   std::uint64_t position() const { return pos_; }  // content bytes consumed so far
   // Largest number of content bytes the file can deliver: its size, or for gzip the deflate
   // bound (deflate never compresses better than 1032:1), so a header claiming more is corrupt
@@ -70,10 +70,11 @@ class InputFile {
   // record in which the file ends.
   void read_exact(void* dst, std::size_t n, std::string_view what, std::size_t record_size = 0,
                   std::int64_t first_record = 0);
-  // True when no content byte is left. For gzip this reads to the end of the stream, which is
-  // where zlib verifies the CRC-32 and length in the gzip trailer.
+  // True when no content byte is left. For gzip this reads to the end of the file, and throws
+  // unless the gzip member ended with its trailer (CRC-32 and length, both verified) and only
+  // further complete gzip members (legal, as from `cat a.gz b.gz`) follow it.
   bool at_end();
-  // Raw mode only: moves to a byte offset in the file.
+  // Not for gzip content: moves to a byte offset in the file.
   void seek(std::uint64_t offset);
 
   [[noreturn]] void fail(const std::string& message, std::int64_t record = -1) const {
@@ -84,8 +85,12 @@ class InputFile {
   std::string path_;
   std::uint64_t size_ = 0;
   std::uint64_t pos_ = 0;
-  std::FILE* raw_ = nullptr;
-  gzFile_s* gz_ = nullptr;
+  std::FILE* file_ = nullptr;
+  struct Gzip;  // zlib's inflate state and the compressed input buffer (input_file.cpp)
+  std::unique_ptr<Gzip> gz_;
+
+  std::size_t inflate_some(unsigned char* dst, std::size_t n);
+  void refill();
 };
 
 }  // namespace hepsim::detail

@@ -69,11 +69,16 @@ Scored score(const Model& model, const Vec<R>& theta, const Mat<R>& u, const Mat
   for (Index j = 0; j < u.cols(); ++j) {
     Index label = 0;
     y.col(j).maxCoeff(&label);
+    // The true class's rank under argmax's order: classes scoring higher, and ties broken
+    // towards the lower index (as argmax does), rank before it. Counting only strictly higher
+    // scores would let a constant output (all scores tied, e.g. zero weights) score 100 %.
+    // A NaN score anywhere in the column is a miss.
     const R target = scores(label, j);
-    Index above = 0;  // classes scoring strictly higher than the true one
-    for (Index c = 0; c < scores.rows(); ++c) above += scores(c, j) > target;
-    sc.top1 += above == 0;
-    sc.top5 += above < 5;
+    if (!scores.col(j).allFinite()) continue;
+    Index rank = 0;
+    for (Index c = 0; c < scores.rows(); ++c) rank += scores(c, j) > target || (scores(c, j) == target && c < label);
+    sc.top1 += rank == 0;
+    sc.top5 += rank < 5;
   }
   return sc;
 }
@@ -308,7 +313,8 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
   const Index B = cfg_.batch_size;
   const long batches = static_cast<long>((train.n + B - 1) / B);
   const long total_steps = cfg_.epochs * batches;
-  Mat<R> x(train.dim(), B), y(train.classes, B);
+  const Index cols = std::min<Index>(B, train.n);  // a batch larger than the set is the whole set
+  Mat<R> x(train.dim(), cols), y(train.classes, cols);
   if (cfg_.warm_start && warm_.cols() != train.n) warm_ = Mat<R>::Zero(model_.net.neurons, train.n);
   for (long epoch = start_epoch + 1; epoch <= cfg_.epochs; ++epoch) {
     const auto t0 = Clock::now();
@@ -351,6 +357,11 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     epoch_metrics(test, rec);
     rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     on_epoch(rec);
+    // Under the skip policy a diverged sample contributes nothing; when all of them diverge the
+    // parameters no longer change and every further epoch would repeat this one.
+    if (rec.diverged >= train.n)
+      throw InputError("training", "every sample diverged in epoch " + std::to_string(epoch) +
+                                       ": lower --lr or --beta (the epochs so far are logged and checkpointed)");
   }
 }
 

@@ -53,15 +53,19 @@ void check_keys(const nlohmann::json& j, std::initializer_list<const char*> allo
 
 std::vector<std::string> builtin_architecture_names() { return {"mlp_2-256", "loop_mnist"}; }
 
+// 16.7 million neurons in one layer: far beyond any dense layer that fits in memory with its edges.
+constexpr long long kMaxLayerSize = 1LL << 24;
+
 Architecture parse_architecture(const std::string& json_text, const std::string& where, Index input_size,
                                 Index classes) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // syntax, or a number out of range (1e999)
     throw InputError(where, std::string("invalid JSON: ") + e.what());
   }
   if (!j.is_object()) throw InputError(where, "an architecture must be a JSON object");
+  if (j.contains("name") && !j["name"].is_string()) throw InputError(where, "'name' must be a string");
   check_keys(j, {"name", "layers", "edges"}, where, "architecture");
   Architecture a;
   a.input_size = input_size;
@@ -79,10 +83,11 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
     const auto& sz = l["size"];
     if (sz.is_string() && sz.get<std::string>() == "classes") {
       ls.size = classes;
-    } else if (sz.is_number_integer() && sz.get<long long>() > 0) {
+    } else if (sz.is_number_integer() && sz.get<long long>() > 0 && sz.get<long long>() <= kMaxLayerSize) {
       ls.size = static_cast<Index>(sz.get<long long>());
     } else {
-      throw InputError(where, "layer '" + ls.name + "': 'size' must be a positive integer or \"classes\"");
+      throw InputError(where, "layer '" + ls.name + "': 'size' must be an integer from 1 to " +
+                                  std::to_string(kMaxLayerSize) + " or \"classes\"");
     }
     a.layers.push_back(ls);
   }
@@ -94,6 +99,7 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
     EdgeSpec es;
     es.pre = e["pre"].get<std::string>();
     es.post = e["post"].get<std::string>();
+    if (e.contains("type") && !e["type"].is_string()) throw InputError(where, "edge 'type' must be a string");
     const std::string type = e.value("type", std::string("dense"));
     if (type == "dense") {
       es.kind = EdgeKind::dense;

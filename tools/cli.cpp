@@ -2,12 +2,18 @@
 
 #include <Eigen/Core>
 #include <iostream>
+#include <new>
+#include <string>
 #include <omp.h>
 
 namespace hepsim::tools {
 
 int set_threads(int threads) {
-  if (threads < 0) throw InputError("--threads", "must be ≥ 0 (0 = all cores)");
+  // libgomp cannot create tens of thousands of threads (it crashes above ~65,000); no machine
+  // this runs on has more than 1024 cores.
+  constexpr int kMaxThreads = 1024;
+  if (threads < 0 || threads > kMaxThreads)
+    throw InputError("--threads", "must be between 0 (all cores) and " + std::to_string(kMaxThreads));
   const int n = threads == 0 ? omp_get_num_procs() : threads;
   omp_set_num_threads(n);
   Eigen::setNbThreads(n);
@@ -63,6 +69,11 @@ int run(int argc, char** argv) {
     return 2;
   } catch (const InputError& e) {
     std::cerr << e.what() << "\n";
+    return 2;
+  } catch (const std::bad_alloc&) {
+    // The sizes that scale memory are bounded where they are read, so this is a request that is
+    // plausible but too big for this machine: still the input's fault, not a defect.
+    std::cerr << "hepsim: out of memory: the requested sizes (batch, layers, probes, samples) do not fit\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "hepsim: error: " << e.what() << "\n";

@@ -1,5 +1,7 @@
 // `hepsim train` and `hepsim eval` (SPEC 9): flags -> config -> Trainer -> log, checkpoint, JSON.
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <memory>
 
 #include "tools/cli.hpp"
@@ -43,25 +45,73 @@ nlohmann::json summary(const RunSetup& s, const Network& net, const std::vector<
   return j;
 }
 
+// What defines the model, its data and what the log's columns measure: a resumed run may not
+// change these, or the log's epochs would be incomparable (training hyper-parameters may change).
+constexpr const char* kFixedOnResume[] = {"dataset",    "arch",       "activation", "loss",       "precision",
+                                          "seed",       "angle",      "batch-size", "train-limit", "test-limit",
+                                          "probe-size", "report-tol"};
+
+// The checkpoint's parameters must be those of `net` and representable in the training precision
+// (θ = 1e300 is finite in double but infinite in float).
+void check_parameters(const Checkpoint& ck, const Network& net, const std::string& where, bool single) {
+  if (ck.input_size != net.input_size || ck.classes != net.classes)
+    throw InputError(where, "its network has " + std::to_string(ck.input_size) + " inputs and " +
+                                std::to_string(ck.classes) + " classes; the run's has " +
+                                std::to_string(net.input_size) + " and " + std::to_string(net.classes));
+  if (ck.theta.size() != net.n_params) throw InputError(where, "its parameters do not fit its architecture");
+  const double limit = single ? static_cast<double>(std::numeric_limits<float>::max()) : HUGE_VAL;
+  for (const Vec<double>* v : {&ck.theta, &ck.m, &ck.v})
+    if (v->size() > 0 && v->cwiseAbs().maxCoeff() > limit)
+      throw InputError(where, "its parameters or optimizer state overflow float precision");
+}
+
+// A resumed run must continue the run its log records: the same run (the keys a resume may not
+// change agree), the same network, and a log that reaches the checkpoint's epoch (it may be one
+// epoch ahead after a kill between the two writes: that epoch is dropped and trained again).
+std::vector<EpochRecord> resumed_history(const RunSetup& s, const Network& net, const Checkpoint& ck) {
+  const std::string log_path = s.out + "/log.h5", ckpt_path = s.out + "/checkpoint.h5";
+  nlohmann::json saved_arch;
+  try {
+    saved_arch = nlohmann::json::parse(ck.architecture);
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(ckpt_path, "its architecture attribute is not valid JSON");
+  }
+  if (saved_arch != nlohmann::json::parse(to_json(net)))
+    throw InputError(ckpt_path, "its architecture is not the network of the run's configuration");
+  check_parameters(ck, net, ckpt_path, s.precision == "float");
+  if (ck.m.size() != net.n_params || (s.train.optimizer.kind == OptimizerKind::adamw && ck.v.size() != net.n_params))
+    throw InputError(ckpt_path, "its optimizer state does not fit the optimizer");
+  if (!fs::exists(log_path)) throw InputError(log_path, "missing: a resumed run appends to its run's log");
+  const nlohmann::json log_config = TrainLog::read_config(log_path);
+  for (const char* key : kFixedOnResume)
+    if (!log_config.contains(key) || log_config.at(key) != s.config.at(key))
+      throw InputError(log_path, std::string("it belongs to another run than checkpoint.h5 (they differ in '") +
+                                     key + "')");
+  std::vector<EpochRecord> history = TrainLog::read_records(log_path, ck.epoch);
+  for (std::size_t i = 0; i < history.size(); ++i)
+    if (history[i].epoch != static_cast<long>(i) + 1)
+      throw InputError(log_path, "its epochs are not 1, 2, … (epoch " + std::to_string(history[i].epoch) +
+                                     " at position " + std::to_string(i + 1) + ")");
+  if (static_cast<long>(history.size()) != ck.epoch)
+    throw InputError(log_path, "it ends at epoch " + std::to_string(history.size()) +
+                                   " but checkpoint.h5 is at epoch " + std::to_string(ck.epoch));
+  return history;
+}
+
 template <class R>
 nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model, const Checkpoint* resume, bool quiet) {
   const Network& net = model.net;
+  std::vector<EpochRecord> history;
+  if (resume) history = resumed_history(s, net, *resume);
   Vec<R> theta = resume ? Vec<R>(resume->theta.cast<R>()) : init_params<R>(net, s.train.seed, s.angle);
   Trainer<R> trainer(model, s.train, theta);
   long start = 0;
-  std::vector<EpochRecord> history;
   const std::string log_path = s.out + "/log.h5", ckpt_path = s.out + "/checkpoint.h5";
   if (resume) {
-    const std::string where = ckpt_path;
-    if (resume->theta.size() != net.n_params) throw InputError(where, "its parameters do not fit the architecture");
-    if (resume->m.size() != net.n_params ||
-        (s.train.optimizer.kind == OptimizerKind::adamw && resume->v.size() != net.n_params))
-      throw InputError(where, "its optimizer state does not fit the optimizer");
     trainer.optimizer().m() = resume->m.cast<R>();
     if (resume->v.size()) trainer.optimizer().v() = resume->v.cast<R>();
     trainer.optimizer().steps() = resume->optimizer_steps;
     start = resume->epoch;
-    if (fs::exists(log_path)) history = TrainLog::read_records(log_path, start);
   }
   TrainLog log(log_path, s.config, layer_names(net));
   for (const EpochRecord& r : history) log.append(r);
@@ -87,13 +137,6 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
   return summary(s, net, log.records());
 }
 
-// Keys that define the model or the data: a resumed run may not change them.
-// What defines the model, its data and what the log's columns measure: changing any of these
-// mid-run would make the log's epochs incomparable (training hyper-parameters may change).
-constexpr const char* kFixedOnResume[] = {"dataset",    "arch",       "activation", "loss",       "precision",
-                                          "seed",       "angle",      "batch-size", "train-limit", "test-limit",
-                                          "probe-size", "report-tol"};
-
 }  // namespace
 
 void register_train(CLI::App& app) {
@@ -109,6 +152,8 @@ void register_train(CLI::App& app) {
   cmd->callback([cmd, flags, config_path, resume_dir, quiet] {
     ConfigBuilder b;
     std::unique_ptr<Checkpoint> ck;
+    if (cmd->count("--resume") > 0 && resume_dir->empty()) throw InputError("--resume", "must name a run directory");
+    if (cmd->count("--config") > 0 && config_path->empty()) throw InputError("--config", "must name a file");
     if (!resume_dir->empty()) {
       if (!config_path->empty()) throw InputError("--config", "cannot be combined with --resume (the run's config is used)");
       ck = std::make_unique<Checkpoint>(read_checkpoint(*resume_dir + "/checkpoint.h5"));
@@ -155,6 +200,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--test-limit", *test_limit, "Evaluate the first n test samples (0 = all)");
   cmd->add_option("--threads", *threads, "Threads (0 = all cores)");
   cmd->callback([cmd, checkpoint, dataset, data_dir, test_limit, threads] {
+    if (checkpoint->empty()) throw InputError("--checkpoint", "must name a checkpoint file");
     const Checkpoint ck = read_checkpoint(*checkpoint);
     ConfigBuilder b;
     b.merge(ck.config, *checkpoint);
@@ -176,7 +222,7 @@ void register_eval(CLI::App& app) {
       throw InputError("--dataset", "its images have " + std::to_string(test.dim()) + " inputs and " +
                                         std::to_string(test.classes) + " classes; the checkpoint's network expects " +
                                         std::to_string(ck.input_size) + " and " + std::to_string(ck.classes));
-    if (ck.theta.size() != model.net.n_params) throw InputError(*checkpoint, "its parameters do not fit its architecture");
+    check_parameters(ck, model.net, *checkpoint, s.precision == "float");
     const EvalResult r = s.precision == "double"
                              ? Trainer<double>(model, s.train, ck.theta).evaluate(test)
                              : Trainer<float>(model, s.train, ck.theta.cast<float>()).evaluate(test);

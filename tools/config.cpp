@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -72,6 +73,7 @@ void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
 }
 
 void ConfigBuilder::merge_file(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path)) throw InputError(path, "no such configuration file");
   std::ifstream f(path);
   if (!f) throw InputError(path, "cannot open the configuration file");
   nlohmann::json j;
@@ -113,7 +115,9 @@ nlohmann::json parse_multipliers(const std::string& text, const std::string& fla
   while (std::getline(ss, item, ',')) {
     const auto eq = item.find('=');
     if (eq == std::string::npos) throw InputError(flag, "expected name=value pairs, got '" + item + "'");
-    j[item.substr(0, eq)] = parse_number(item.substr(eq + 1), flag);
+    const std::string name = item.substr(0, eq);
+    if (j.contains(name)) throw InputError(flag, "'" + name + "' is given twice");
+    j[name] = parse_number(item.substr(eq + 1), flag);
   }
   return j;
 }
@@ -186,6 +190,7 @@ RunSetup make_setup(const ConfigBuilder& b) {
   s.test_limit = nonneg_int("test-limit");
   s.arch = str("arch");
   s.angle = num("angle");
+  if (!(s.angle >= 0 && s.angle <= 180)) throw InputError(where("angle"), "must be between 0 and 180 degrees");
   s.activation = parse_activation(str("activation"), where("activation"));
   s.loss = parse_loss(str("loss"), where("loss"));
   s.precision = str("precision");
@@ -217,6 +222,8 @@ RunSetup make_setup(const ConfigBuilder& b) {
   t.nudged.max_steps = pos_int("T2");
   t.homeostasis = nonneg("homeostasis");
   t.homeo.draws = pos_int("homeo-draws");
+  // The Hutchinson probes of one step are draws × batch columns of the state's size.
+  if (t.homeo.draws > 1024) throw InputError(where("homeo-draws"), "must be at most 1024");
   const std::string hm = str("homeo-mode");
   if (hm == "hutchinson") t.homeo.mode = HomeoMode::hutchinson;
   else if (hm == "exact") t.homeo.mode = HomeoMode::exact;
@@ -240,6 +247,7 @@ RunSetup make_setup(const ConfigBuilder& b) {
   }
   t.epochs = pos_int("epochs");
   t.batch_size = pos_int("batch-size");
+  if (t.batch_size > 1'000'000) throw InputError(where("batch-size"), "must be at most 1,000,000");
   if (integer("seed") < 0) throw InputError(where("seed"), "must be ≥ 0");
   t.seed = static_cast<std::uint64_t>(integer("seed"));
   t.probe_size = nonneg_int("probe-size");

@@ -17,6 +17,16 @@
 namespace hepsim::tools {
 namespace {
 
+// An existing HDF5 file opened read-only; what = "log" or "checkpoint" for the messages.
+h5::Id open_for_reading(const std::string& path, const std::string& what) {
+  h5::silence_errors();
+  if (!std::filesystem::exists(path)) throw InputError(path, "no such " + what + " file");
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw InputError(path, "not an HDF5 file");
+  h5::Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!file.valid()) throw InputError(path, "cannot open the " + what);
+  return file;
+}
+
 void fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd >= 0) {
@@ -117,12 +127,17 @@ void TrainLog::write() const {
   commit(tmp, path_);
 }
 
+nlohmann::json TrainLog::read_config(const std::string& path) {
+  const h5::Id file = open_for_reading(path, "log");
+  try {
+    return nlohmann::json::parse(h5::read_string_attribute(file.get(), "config"));
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(path, "the log has no valid config attribute");
+  }
+}
+
 std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long keep_epochs) {
-  h5::silence_errors();
-  if (!std::filesystem::exists(path)) throw InputError(path, "no such log file");
-  if (H5Fis_hdf5(path.c_str()) <= 0) throw InputError(path, "not an HDF5 file");
-  h5::Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  if (!file.valid()) throw InputError(path, "cannot open the log");
+  const h5::Id file = open_for_reading(path, "log");
   std::vector<std::string> layers;
   try {
     layers = nlohmann::json::parse(h5::read_string_attribute(file.get(), "layers")).get<std::vector<std::string>>();
@@ -198,11 +213,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& c, const Networ
 }
 
 Checkpoint read_checkpoint(const std::string& path) {
-  h5::silence_errors();
-  if (!std::filesystem::exists(path)) throw InputError(path, "no such checkpoint file");
-  if (H5Fis_hdf5(path.c_str()) <= 0) throw InputError(path, "not an HDF5 file");
-  h5::Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  if (!file.valid()) throw InputError(path, "cannot open the checkpoint");
+  const h5::Id file = open_for_reading(path, "checkpoint");
   Checkpoint c;
   try {
     c.config = nlohmann::json::parse(h5::read_string_attribute(file.get(), "config"));
@@ -218,14 +229,21 @@ Checkpoint read_checkpoint(const std::string& path) {
   if (c.input_size <= 0 || c.classes <= 0 || c.epoch < 0 || c.optimizer_steps < 0)
     throw InputError(path, "the checkpoint lacks input_size / classes / epoch / optimizer_steps");
   auto load = [&](const char* name, Vec<double>& out) {
+    // HDF5 converts integer data to double silently: parameters stored as integers are not ours.
+    if (H5Lexists(file.get(), name, H5P_DEFAULT) > 0) {
+      h5::Id set(H5Dopen2(file.get(), name, H5P_DEFAULT), H5Dclose);
+      h5::Id type(set.valid() ? H5Dget_type(set.get()) : H5I_INVALID_HID, H5Tclose);
+      if (!type.valid() || H5Tget_class(type.get()) != H5T_FLOAT)
+        throw InputError(path, std::string("/") + name + " is not a floating-point dataset");
+    }
     std::vector<double> v;
     if (!h5::read_vector(file.get(), name, v)) throw InputError(path, std::string("no dataset /") + name);
     out = Eigen::Map<const Vec<double>>(v.data(), static_cast<Index>(v.size()));
+    if (!out.allFinite()) throw InputError(path, std::string("/") + name + " holds non-finite values");
   };
   load("theta", c.theta);
   load("optimizer/m", c.m);
   load("optimizer/v", c.v);
-  if (!c.theta.allFinite()) throw InputError(path, "/theta holds non-finite values");
   return c;
 }
 

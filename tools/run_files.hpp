@@ -32,6 +32,8 @@ class TrainLog {
   TrainLog(std::string path, nlohmann::json config, std::vector<std::string> layers);
   // The records of an existing log with epoch ≤ keep_epochs (resume). InputError if unreadable.
   static std::vector<EpochRecord> read_records(const std::string& path, long keep_epochs);
+  // The configuration the log was written with (its attribute `config`). InputError if unreadable.
+  static nlohmann::json read_config(const std::string& path);
 
   void append(const EpochRecord& r) { records_.push_back(r); }
   const std::vector<EpochRecord>& records() const { return records_; }

@@ -1,5 +1,6 @@
 // IDX loader (MNIST / Fashion-MNIST): round trips on generated files, every validation error,
 // and the real Fashion-MNIST files when the Debian package is installed.
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <numeric>
@@ -156,6 +157,108 @@ TEST_CASE("read_idx: every malformed file gives an InputError naming it") {
     check_input_error([&] { load_test_split(DatasetKind::fmnist, empty.str()); },
                       empty.file("t10k-images-idx3-ubyte.gz"), "file not found (nor ");
   }
+}
+
+// The gzip trailer (CRC-32, then the length mod 2^32, 8 bytes) is the only integrity check a
+// .gz file has; a file read to its end must have had it checked. Two sizes, because zlib's gzread
+// took two paths: the small file is inflated through its internal buffer, which noticed a cut
+// trailer; the large one (content > 2 x its 256 KiB buffer after the header) is inflated straight
+// into the caller's buffer, which swallowed a partial trailer and then reported a clean end.
+TEST_CASE("read_idx: a gzip file read to its end must end with its verified trailer") {
+  TempDir dir;
+  const std::string images = dir.file("images.gz"), labels = dir.file("labels.gz");
+  const auto load = [&] { return read_idx(images, labels); };
+  struct Size {
+    const char* name;
+    std::uint32_t n, side;
+  };
+  for (const Size size : {Size{"small", 3, 2}, Size{"large: 2000 x 28x28, 1.5 MB", 2000, 28}}) {
+    const std::string name = size.name;
+    CAPTURE(name);
+    const std::size_t dim = std::size_t{size.side} * size.side;
+    const Bytes image_file = idx_file({size.n, size.side, size.side}, pixels(size.n, dim));
+    write_gz(images, image_file);
+    write_gz(labels, idx_file({size.n}, Bytes(size.n, 3)));
+    const Bytes gz = read_file(images);
+    REQUIRE(gz.size() > 9);
+    const auto check_loads = [&] {
+      const Dataset d = load();
+      REQUIRE(d.n == static_cast<Index>(size.n));
+      CHECK(std::equal(d.images.begin(), d.images.end(), image_file.begin() + 16));
+    };
+
+    check_loads();
+    // 1..8 bytes cut: inside the trailer; 9: also the last byte of the deflate data.
+    for (const std::size_t cut : {1, 4, 8, 9}) {
+      CAPTURE(cut);
+      write_file(images, Bytes(gz.begin(), gz.end() - static_cast<std::ptrdiff_t>(cut)));
+      check_input_error(load, images, "truncated gzip stream");
+    }
+    {
+      Bytes b = gz;
+      b[b.size() - 8] ^= 0x01;  // first byte of the stored CRC-32
+      write_file(images, b);
+      check_input_error(load, images, "corrupt gzip stream: incorrect data check");
+      b = gz;
+      b[b.size() - 1] ^= 0x01;  // last byte of the stored length
+      write_file(images, b);
+      check_input_error(load, images, "corrupt gzip stream: incorrect length check");
+    }
+
+    // Decision: members back to back are legal gzip (RFC 1952 2.2, what `cat a.gz b.gz` gives;
+    // gzip -d reads them as one content), so the content may be split across members. Any other
+    // bytes after a member are not gzip data and are rejected, like bytes after a plain file's
+    // content (gzread ignored them silently); zero padding is no exception.
+    {
+      const std::string part = dir.file("part.gz");
+      const auto middle = image_file.begin() + static_cast<std::ptrdiff_t>(image_file.size() / 2);
+      write_gz(part, Bytes(image_file.begin(), middle));
+      Bytes both = read_file(part);
+      write_gz(part, Bytes(middle, image_file.end()));
+      const Bytes second = read_file(part);
+      both.insert(both.end(), second.begin(), second.end());
+      write_file(images, both);
+      check_loads();
+      both.resize(both.size() - 4);  // the second member's trailer is checked as well
+      write_file(images, both);
+      check_input_error(load, images, "truncated gzip stream");
+    }
+    write_file(images, gz);
+    const Bytes label_gz = read_file(labels);
+    const std::string garbage = "garbage!";
+    Bytes b = label_gz;
+    b.insert(b.end(), garbage.begin(), garbage.end());
+    write_file(labels, b);
+    check_input_error(load, labels, "8 bytes of unexpected data after the end of the gzip stream");
+    b = label_gz;
+    b.push_back(0x1f);  // a lone first magic byte is no member either
+    write_file(labels, b);
+    check_input_error(load, labels, "1 bytes of unexpected data after the end of the gzip stream");
+    b = label_gz;
+    b.resize(b.size() + 512, 0);
+    write_file(labels, b);
+    check_input_error(load, labels, "512 bytes of unexpected data after the end of the gzip stream");
+    b = label_gz;
+    b.insert(b.end(), {0x1f, 0x8b, 0x08, 0x00});  // the start of a member, cut: truncated
+    write_file(labels, b);
+    check_input_error(load, labels, "truncated gzip stream");
+  }
+}
+
+// The audit's reproduction on the real file: the 10000 test images with the last 4 bytes cut.
+TEST_CASE("read_idx: the real Fashion-MNIST test images cut inside the gzip trailer") {
+  const std::string dir = default_data_dir(DatasetKind::fmnist);
+  if (!std::filesystem::exists(dir + "/t10k-images-idx3-ubyte.gz")) {
+    MESSAGE("Fashion-MNIST not installed in " << dir << " (Debian package dataset-fashion-mnist): skipped");
+    return;
+  }
+  TempDir cut;
+  const std::string images = cut.file("t10k-images-idx3-ubyte.gz");
+  Bytes gz = read_file(dir + "/t10k-images-idx3-ubyte.gz");
+  gz.resize(gz.size() - 4);
+  write_file(images, gz);
+  std::filesystem::copy_file(dir + "/t10k-labels-idx1-ubyte.gz", cut.file("t10k-labels-idx1-ubyte.gz"));
+  check_input_error([&] { load_test_split(DatasetKind::fmnist, cut.str()); }, images, "truncated gzip stream");
 }
 
 TEST_CASE("read_idx: the real Fashion-MNIST files") {

@@ -229,7 +229,7 @@ TEST_CASE("parse_solver names the flag on bad input") {
   CHECK_THROWS_WITH(parse_solver("euler"), doctest::Contains("--solver"));
 }
 
-TEST_CASE("Anderson: columns stop at their own step; compacting the working set keeps every column's fixed point") {
+TEST_CASE("Anderson: columns stop at their own step, and compacting the working set keeps every column's fixed point") {
   // 16 columns (the working set is compacted when half of them have stopped, from 8 columns up):
   // each column must end at the map's fixed point (within 2e-9, as above) with its own residual
   // ≤ tol, and columns must stop at different steps (else compaction was not exercised).

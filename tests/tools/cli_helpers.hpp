@@ -74,6 +74,7 @@ inline void check_bad_input(const std::vector<BadInput>& cases, const TempDir& t
   for (const BadInput& c : cases) {
     CAPTURE(c.args);
     const RunResult r = run_hepsim(c.args, tmp);
+    CAPTURE(r.err);
     CHECK(r.code == 2);
     CHECK(r.err_lines() == 1);
     CHECK(r.err.find(c.needle) != std::string::npos);

@@ -32,11 +32,19 @@ std::vector<double> read_vec(hid_t file, const std::string& name) {
 }
 
 struct H5File {
-  explicit H5File(const std::string& path) : id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose) {
+  explicit H5File(const std::string& path, unsigned flags = H5F_ACC_RDONLY)
+      : id(H5Fopen(path.c_str(), flags, H5P_DEFAULT), H5Fclose) {
     REQUIRE_MESSAGE(id.valid(), path);
   }
   h5::Id id;
 };
+
+// Replaces a checkpoint's /theta by `theta` (same length or not).
+void replace_theta(const std::string& checkpoint, const std::vector<double>& theta) {
+  H5File f(checkpoint, H5F_ACC_RDWR);
+  REQUIRE(H5Ldelete(f.id.get(), "theta", H5P_DEFAULT) >= 0);
+  REQUIRE(h5::write_vector(f.id.get(), "theta", theta));
+}
 
 }  // namespace
 
@@ -157,6 +165,15 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
       {base + " --algo online --out " + runs.file("a"), "--algo"},
       {base + " --optimizer rmsprop --out " + runs.file("a"), "--optimizer"},
       {base + " --lr-mult nope=2 --out " + runs.file("a"), "--lr-mult"},
+      {base + " --lr-mult in-l1=2,in-l1=3 --out " + runs.file("a"), "--lr-mult"},
+      {base + " --threads 70000 --out " + runs.file("a"), "--threads"},
+      {base + " --angle -720 --out " + runs.file("a"), "--angle"},
+      {base + " --homeostasis 0.1 --homeo-draws 1000000 --out " + runs.file("a"), "--homeo-draws"},
+      {base + " --batch-size 1000000000 --out " + runs.file("a"), "--batch-size"},
+      {base + " --config " + runs.str() + " --out " + runs.file("a"), runs.str()},  // a directory
+      {base + " --beta 1e300 --out " + runs.file("diverged"), "lower --lr or --beta"},  // every sample diverges
+      {"train --resume '' --quiet", "--resume"},
+      {"eval --checkpoint ''", "--checkpoint"},
       {base + " --config " + runs.file("mult.json") + " --out " + runs.file("a"), "mult.json: lr-mult"},
       {base + " --warm-start on --out " + runs.file("a"), "--warm-start"},  // needs --tol > 0
       {base + " --warm-start maybe --tol 1e-4 --out " + runs.file("a"), "--warm-start"},
@@ -173,6 +190,50 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
        data.str()},
   };
   check_bad_input(cases, runs);
+}
+
+TEST_CASE("resume and eval check that checkpoint, log and run belong together, and ties rank like argmax") {
+  TempDir data, runs;
+  write_tiny_fmnist(data.str(), 40, 20, 1);
+  const std::string base = "train --dataset fmnist --data-dir " + data.str() + " --arch loop_mnist --quiet";
+  const std::string one = runs.file("one"), two = runs.file("two"), other = runs.file("other");
+  REQUIRE(run_hepsim(base + " --epochs 1 --out " + one, runs).code == 0);
+  REQUIRE(run_hepsim(base + " --epochs 2 --out " + two, runs).code == 0);
+  REQUIRE(run_hepsim(base + " --epochs 1 --seed 1 --out " + other, runs).code == 0);
+  namespace fs = std::filesystem;
+  auto copy_run = [&](const std::string& from, const std::string& name) {
+    fs::copy(from, runs.file(name), fs::copy_options::recursive);
+    return runs.file(name);
+  };
+  const std::string no_log = copy_run(one, "no_log");
+  fs::remove(no_log + "/log.h5");
+  const std::string foreign = copy_run(one, "foreign");  // another run's checkpoint in this directory
+  fs::copy_file(other + "/checkpoint.h5", foreign + "/checkpoint.h5", fs::copy_options::overwrite_existing);
+  const std::string behind = copy_run(two, "behind");  // the log ends before the checkpoint's epoch
+  fs::copy_file(one + "/log.h5", behind + "/log.h5", fs::copy_options::overwrite_existing);
+  const std::string overflow = copy_run(one, "overflow");  // finite in double, infinite in float
+  H5File ck(one + "/checkpoint.h5");
+  const std::vector<double> theta = read_vec(ck.id.get(), "theta");
+  replace_theta(overflow + "/checkpoint.h5", std::vector<double>(theta.size(), 1e300));
+  const std::string short_theta = copy_run(one, "short");
+  replace_theta(short_theta + "/checkpoint.h5", std::vector<double>(theta.begin(), theta.end() - 1));
+  check_bad_input({{"train --resume " + no_log + " --epochs 2 --quiet", "log.h5"},
+                   {"train --resume " + foreign + " --epochs 2 --quiet", "another run"},
+                   {"train --resume " + behind + " --epochs 3 --quiet", "ends at epoch 1"},
+                   {"train --resume " + overflow + " --epochs 2 --quiet", "overflow float"},
+                   {"eval --checkpoint " + overflow + "/checkpoint.h5", "overflow float"},
+                   {"train --resume " + short_theta + " --epochs 2 --quiet", "do not fit"}},
+                  runs);
+
+  // All-zero parameters: every class scores the same. argmax takes the first class, so top-1
+  // counts the class-0 images (2 of the 20: labels are i mod 10) and top-5 classes 0-4 (10 of
+  // 20). Counting only strictly higher scores would report 100 %.
+  const std::string zero = copy_run(one, "zero");
+  replace_theta(zero + "/checkpoint.h5", std::vector<double>(theta.size(), 0.0));
+  const RunResult e = run_hepsim("eval --checkpoint " + zero + "/checkpoint.h5", runs);
+  REQUIRE_MESSAGE(e.code == 0, e.err);
+  CHECK(e.json()["test_acc"].get<double>() == 0.1);
+  CHECK(e.json()["test_top5"].get<double>() == 0.5);
 }
 
 TEST_CASE("warm-started free phases start from each sample's previous free state") {
