@@ -1,6 +1,8 @@
 #include "tools/cli.hpp"
 
 #include <Eigen/Core>
+#include <charconv>
+#include <limits>
 #include <iostream>
 #include <new>
 #include <string>
@@ -18,6 +20,21 @@ int set_threads(int threads) {
   omp_set_num_threads(n);
   Eigen::setNbThreads(n);
   return n;
+}
+
+std::uint64_t parse_seed(const std::string& text, const std::string& flag) {
+  std::uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || p != end)
+    throw InputError(flag, "must be an integer between 0 and " +
+                               std::to_string(std::numeric_limits<std::uint64_t>::max()) + " (got '" + text + "')");
+  return v;
+}
+
+double require_angle(double degrees, const std::string& flag) {
+  if (!(degrees >= 0 && degrees <= 180)) throw InputError(flag, "must be between 0 and 180 degrees");
+  return degrees;
 }
 
 TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples,

@@ -4,6 +4,7 @@
 // naming the offending file or flag, exit code 2 for bad input, 1 for any other failure.
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -31,6 +32,14 @@ int run(int argc, char** argv);
 int set_threads(int threads);
 
 // Validation helpers that throw InputError naming the flag.
+// A seed given as text: a plain decimal integer from 0 to 2^64 − 1 (CLI11 2.1 reads integer flags
+// with strtoull and no range check: "-1" would wrap to 2^64 − 1, "010" would be octal).
+std::uint64_t parse_seed(const std::string& text, const std::string& flag = "--seed");
+// SPEC 5 mixes K_fb ← sin(α) K_fb + cos(α) K_ffᵀ: α in [0, 180] degrees reaches every weight
+// angle once (sin α ≥ 0); outside it a setting repeats under another name, and a typo such as
+// -720 or 1e300 would silently run some other setting.
+double require_angle(double degrees, const std::string& flag);
+
 inline double require_finite(double v, const std::string& flag) {
   if (!std::isfinite(v)) throw InputError(flag, "must be a finite number");
   return v;

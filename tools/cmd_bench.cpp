@@ -81,10 +81,22 @@ void register_bench(CLI::App& app) {
     b.set_flag("angle", "0");  // the paper's Table-1 setting unless given
     flags->apply(*cmd, b);
     RunSetup s = make_setup(b);
-    const long needed = (*warmup + *batches * *repeats) * s.train.batch_size;
-    if (s.train_limit == 0) s.train_limit = std::min<long>(needed, 60000);
+    const bool limited = s.train_limit > 0;  // --train-limit given
+    // In double: warmup + batches · repeats steps of batch_size samples overflows a long for
+    // large flags (and only decides the default of train_limit, capped at 60,000).
+    const double needed = (static_cast<double>(*warmup) + static_cast<double>(*batches) * static_cast<double>(*repeats)) *
+                          static_cast<double>(s.train.batch_size);
+    if (s.train_limit == 0) s.train_limit = static_cast<Index>(std::min(needed, 60000.0));
     s.test_limit = 1;
     const DatasetSplits data = load_data(s);
+    // Every step takes a full batch from the training set (per_pass = n / B below must be ≥ 1, or
+    // the step index divides by zero), so the set must hold one batch; checked before anything of
+    // batch size is allocated.
+    if (data.train.n < s.train.batch_size)
+      throw InputError(b.where("batch-size"),
+                       std::to_string(s.train.batch_size) + " is more than the " + std::to_string(data.train.n) +
+                           " training samples" +
+                           (limited ? " (" + b.where("train-limit") + " " + std::to_string(s.train_limit) + ")" : ""));
     const Model model = make_model(s, data.train.dim(), data.train.classes);
     Trainer<float> trainer(model, s.train, init_params<float>(model.net, s.train.seed, s.angle));
     const Index B = s.train.batch_size;

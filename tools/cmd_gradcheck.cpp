@@ -2,6 +2,8 @@
 // references. By default every phase is relaxed to convergence (residual ≤ --tol) so that each
 // estimator's own bias is isolated; explicit --T1/--T2 measure the truncated setting instead.
 #include <chrono>
+#include <iomanip>
+#include <limits>
 #include <memory>
 #include <sstream>
 
@@ -16,20 +18,59 @@ struct GradcheckOptions {
   std::string arch = "mlp_2-256";
   std::string dataset = "fmnist";  // or "random": uniform [0,1) inputs, random labels
   std::string data_dir;
-  double angle = 90;
+  double angle = 90;              // SPEC 5 --angle (degrees, 0 .. 180)
   std::uint64_t seed = 0;
-  long batch = 16;
-  std::string N_list = "1,2,4,6";
+  std::string seed_text = "0";    // --seed as given: see parse_seed
+  long batch = 16;                // 1 .. kMaxBatch, and see the size checks below
+  std::string N_list = "1,2,4,6";  // each 0 .. kMaxN
   std::string beta_list = "0.05,0.5";
   long T1 = 0, T2 = 0;            // 0: relax every phase to convergence
   double tol = 1e-12;             // convergence residual of every phase (and the iterations)
   long max_steps = 200000;        // budget of a converged phase
-  long fd_directions = 4;
+  long fd_directions = 4;         // 1 .. kMaxFdDirections
   double fd_step = 1e-5;
   std::string activation = "sigmoid";
-  long input_size = 784, classes = 10;  // for --dataset random
+  long input_size = 784, classes = 10;  // for --dataset random: 1 .. kMaxInputSize, kMinClasses .. kMaxClasses
   int threads = 0;
 };
+
+// ---- bounds of the flags. Beyond them a typo ends in std::bad_alloc (exit 1) or an hour of
+// swapping instead of one line naming the flag.
+// --N: the same range as `hepsim train` (tools/config.cpp); each relaxation stacks ⌊N/2⌋ + 1
+// contour points.
+constexpr int kMaxN = 64;
+// --classes: a one-class softmax has a zero loss gradient (every cosine is 0/0). The built-in
+// architectures' output layer has one neuron per class and their readout is classes × classes,
+// so parameters grow as classes² (10,000 classes: 10^8 readout weights, 5 GB and 90 s for a batch
+// of 2; 100,000: 80 GB per parameter vector). 4096 is 4× ImageNet's 1000 classes, the most any
+// dataset hepsim reads has, and its readout (16.8M weights) is the size of the first kernel at
+// the largest --input-size.
+constexpr long kMinClasses = 2, kMaxClasses = 4096;
+// --input-size: 65,536 inputs (256 × 256 grey) is 5× ImageNet64's 12,288, the largest input of a
+// dataset hepsim reads. It sizes the first kernel: mlp_2-256 has 256 × input-size weights, and
+// gradcheck holds about ten parameter-sized vectors (θ ± steps, directions, gradients), so at
+// 2^24 inputs (34 GB per vector) the run cannot even initialise.
+constexpr long kMaxInputSize = 65536;
+// --batch: a verification batch (default 16); the size checks below are the real limit.
+constexpr long kMaxBatch = 100000;
+// --fd-directions: two converged relaxations of the batch each; the check's error is set by
+// --fd-step, not by averaging, so thousands of directions already are a typo.
+constexpr long kMaxFdDirections = 10000;
+// Matrix sizes, in entries. A run needs a few matrices of these sizes at once, so these bounds
+// keep a valid run within a few GB: the random batch (--input-size + --classes) × --batch in
+// double; the stacked nudged states (⌊N/2⌋ + 1) × neurons × --batch in complex (1 GiB);
+// truncated BPTT's trajectory (steps + 1) × neurons × --batch in double (2 GiB).
+constexpr double kMaxBatchValues = 1 << 26, kMaxStackedValues = 1 << 26, kMaxTrajectoryValues = 1 << 28;
+
+// InputError naming `flag` when a matrix of `values` entries (a product of flags, computed in
+// double so that it cannot overflow) exceeds `limit`.
+void check_size(double values, double limit, const std::string& flag, const std::string& what) {
+  if (values > limit) {
+    std::ostringstream msg;
+    msg << std::fixed << std::setprecision(0) << what << " would have " << values << " entries (at most " << limit << ")";
+    throw InputError(flag, msg.str());
+  }
+}
 
 template <class T>
 std::vector<T> parse_list(const std::string& text, const std::string& flag) {
@@ -74,8 +115,8 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o) {
   // ---- the batch
   Mat<double> x, y;
   if (o.dataset == "random") {
-    require_positive(o.input_size, "--input-size");
-    require_positive(o.classes, "--classes");
+    check_size(static_cast<double>(o.input_size + o.classes) * static_cast<double>(o.batch), kMaxBatchValues,
+               "--batch", "the random batch (--input-size + --classes) × --batch");
     Rng rng(o.seed, Stream::data);
     x.resize(o.input_size, o.batch);
     y = Mat<double>::Zero(o.classes, o.batch);
@@ -94,6 +135,14 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o) {
   model.net = compile(load_architecture(o.arch, x.rows(), y.rows()));
   model.activation = parse_activation(o.activation);
   const Network& net = model.net;
+  int max_N = 0;
+  for (int N : parse_list<int>(o.N_list, "--N")) max_N = std::max(max_N, N);
+  const double states = static_cast<double>(net.neurons) * static_cast<double>(o.batch);
+  check_size((max_N / 2 + 1) * states, kMaxStackedValues, "--batch",
+             "the stacked nudged states (⌊N/2⌋ + 1) × " + std::to_string(net.neurons) + " neurons × --batch");
+  if (o.T2 > 0)
+    check_size(static_cast<double>(o.T2 + 1) * states, kMaxTrajectoryValues, "--T2",
+               "truncated BPTT's trajectory (--T2 + 1) × " + std::to_string(net.neurons) + " neurons × --batch");
   const Vec<double> theta = init_params<double>(net, o.seed, o.angle);
 
   // ---- phases
@@ -110,6 +159,12 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o) {
   // ---- exact references
   const IterationConfig iter = o.T2 > 0 ? IterationConfig{o.T2, 0} : IterationConfig{o.max_steps, o.tol};
   const auto delta_it = rbp_adjoint<double>(model, theta, fs.u, fs.y, iter);
+  // Converged mode: BPTT runs as many steps as this iteration took (below); refuse before the
+  // expensive references rather than end in std::bad_alloc.
+  if (o.T2 == 0)
+    check_size(static_cast<double>(delta_it.steps + 1) * states, kMaxTrajectoryValues, "--batch",
+               "truncated BPTT's trajectory over the adjoint's " + std::to_string(delta_it.steps) + " steps × " +
+                   std::to_string(net.neurons) + " neurons × --batch");
   const auto vstar_it = exact_response<double>(model, theta, fs.drive, fs.u, fs.y, iter);
   const bool dense = net.neurons <= 4096;
   // The references: dense solves when the network is small and the phases converged; otherwise
@@ -173,7 +228,9 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o) {
         v = est.v;
         e["diverged"] = est.n_diverged;
         e["relaxations"] = est.relaxations;
-        e["max_residual"] = est.max_residual;
+        // Over the samples that did not diverge; with none left there is no residual (null,
+        // not the 0.0 that would read as "converged exactly").
+        e["max_residual"] = est.n_diverged < o.batch ? nlohmann::json(est.max_residual) : nlohmann::json(nullptr);
         if (est.curvature.size()) e["curvature_rel"] = est.curvature.norm() / vstar.norm();
       }
       e["rel_err_vs_vstar"] = per_layer(net, v, vstar, false);
@@ -191,12 +248,32 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o) {
   j["batch"] = o.batch;
   j["neurons"] = net.neurons;
   j["mode"] = truncated ? "truncated" : "converged";
-  j["free"] = {{"steps", fs.relax.steps}, {"max_residual", fs.relax.max_residual()},
+  const bool free_live = fs.relax.diverged() < o.batch;  // max_residual() is 0 when every column diverged
+  j["free"] = {{"steps", fs.relax.steps},
+               {"max_residual", free_live ? nlohmann::json(fs.relax.max_residual()) : nlohmann::json(nullptr)},
                {"converged", fs.relax.converged()}, {"diverged", fs.relax.diverged()}};
   j["exact"] = exact;
   j["estimators"] = estimators;
   j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return j;
+}
+
+// The JSON (printed first) reports diverged samples; a run in which nothing was measured must not
+// exit with success. A diverged free phase poisons every reference; an estimator whose every
+// sample diverged measured nothing (the nudge |β| is too large for the network). Estimators
+// with only some samples diverged are legitimate measurements at large β: their counts stand.
+void fail_on_divergence(const nlohmann::json& j, long batch) {
+  const long free_div = j.at("free").at("diverged").get<long>();
+  if (free_div > 0)
+    throw InputError("--arch", "the free phase diverged for " + std::to_string(free_div) + " of " +
+                                   std::to_string(batch) + " samples (the network does not settle)");
+  std::string dead;
+  for (const auto& e : j.at("estimators"))
+    if (e.at("diverged").get<long>() == batch)
+      dead += (dead.empty() ? "" : ", ") + std::string("N=") + e.at("N").dump() + " |beta|=" + e.at("beta").dump();
+  if (!dead.empty())
+    throw InputError("--beta", "every one of the " + std::to_string(batch) + " samples diverged in the nudged phases (" +
+                                   dead + "): use a smaller |beta|");
 }
 
 }  // namespace
@@ -205,42 +282,54 @@ void register_gradcheck(CLI::App& app) {
   auto opt = std::make_shared<GradcheckOptions>();
   CLI::App* cmd = app.add_subcommand("gradcheck", "Compare every gradient estimator with the exact references (double)");
   cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist or a JSON file")->capture_default_str();
-  cmd->add_option("--angle", opt->angle, "Initial feedback/forward angle (degrees)")->capture_default_str();
-  cmd->add_option("--seed", opt->seed, "Seed of the weights, the random batch and the FD directions")
+  cmd->add_option("--angle", opt->angle, "Initial feedback/forward angle (degrees, 0 .. 180)")->capture_default_str();
+  cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the random batch and the FD directions (0 .. 2^64 − 1)")
       ->capture_default_str();
-  cmd->add_option("--batch", opt->batch, "Samples in the batch")->capture_default_str();
+  cmd->add_option("--batch", opt->batch, "Samples in the batch (1 .. 100000, less for large networks or N)")
+      ->capture_default_str();
   cmd->add_option("--dataset", opt->dataset, "fmnist, mnist, cifar10, …, or random")->capture_default_str();
   cmd->add_option("--data-dir", opt->data_dir, "Dataset directory");
-  cmd->add_option("--N", opt->N_list, "Comma-separated numbers of contour points (0 = exact response)")
+  cmd->add_option("--N", opt->N_list, "Comma-separated numbers of contour points, each 0 .. 64 (0 = exact response)")
       ->capture_default_str();
   cmd->add_option("--beta", opt->beta_list, "Comma-separated nudge radii |beta|")->capture_default_str();
   cmd->add_option("--T1", opt->T1, "Free-phase steps (0: relax to --tol)")->capture_default_str();
   cmd->add_option("--T2", opt->T2, "Nudged-phase steps and iterations (0: to --tol)")->capture_default_str();
   cmd->add_option("--tol", opt->tol, "Residual at which a converged phase stops")->capture_default_str();
   cmd->add_option("--max-steps", opt->max_steps, "Step budget of a converged phase")->capture_default_str();
-  cmd->add_option("--fd-directions", opt->fd_directions, "Random directions of the finite-difference check")
+  cmd->add_option("--fd-directions", opt->fd_directions, "Random directions of the finite-difference check (1 .. 10000)")
       ->capture_default_str();
   cmd->add_option("--fd-step", opt->fd_step, "Finite-difference step")->capture_default_str();
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
-  cmd->add_option("--input-size", opt->input_size, "Input size of --dataset random")->capture_default_str();
-  cmd->add_option("--classes", opt->classes, "Classes of --dataset random")->capture_default_str();
+  cmd->add_option("--input-size", opt->input_size, "Input size of --dataset random (1 .. 65536)")->capture_default_str();
+  cmd->add_option("--classes", opt->classes, "Classes of --dataset random (2 .. 4096)")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->callback([opt] {
+    opt->seed = parse_seed(opt->seed_text);
     const GradcheckOptions& o = *opt;
-    require_positive(o.batch, "--batch");
-    require_finite(o.angle, "--angle");
+    auto in_range = [](long v, long lo, long hi, const std::string& flag) {
+      if (v < lo || v > hi)
+        throw InputError(flag, "must be between " + std::to_string(lo) + " and " + std::to_string(hi) + " (got " +
+                                   std::to_string(v) + ")");
+    };
+    in_range(o.batch, 1, kMaxBatch, "--batch");
+    require_angle(o.angle, "--angle");
     if (o.T1 < 0) throw InputError("--T1", "must be ≥ 0");
     if (o.T2 < 0) throw InputError("--T2", "must be ≥ 0");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     require_positive(o.max_steps, "--max-steps");
-    require_positive(o.fd_directions, "--fd-directions");
+    in_range(o.fd_directions, 1, kMaxFdDirections, "--fd-directions");
     if (!(o.fd_step > 0) || !std::isfinite(o.fd_step)) throw InputError("--fd-step", "must be a finite positive number");
-    for (int N : parse_list<int>(o.N_list, "--N"))
-      if (N < 0) throw InputError("--N", "must be ≥ 0");
+    for (int N : parse_list<int>(o.N_list, "--N")) in_range(N, 0, kMaxN, "--N");
+    if (o.dataset == "random") {
+      in_range(o.input_size, 1, kMaxInputSize, "--input-size");
+      in_range(o.classes, kMinClasses, kMaxClasses, "--classes");
+    }
     for (double b : parse_list<double>(o.beta_list, "--beta"))
       if (!(b > 0) || !std::isfinite(b)) throw InputError("--beta", "each |beta| must be a finite positive number");
     set_threads(o.threads);
-    print_json(run_gradcheck(o));
+    const nlohmann::json j = run_gradcheck(o);
+    print_json(j);  // the counts are useful even when samples diverged
+    fail_on_divergence(j, o.batch);
   });
 }
 

@@ -3,6 +3,7 @@
 // J = H − I with its non-normality, the rightmost eigenvalue of the linearised dynamics
 // J_G D − I at the free fixed points of a few samples, and the weight angle (SPEC 5).
 #include <chrono>
+#include <limits>
 #include <memory>
 
 #include "jacobian/jacobian.hpp"
@@ -15,12 +16,13 @@ struct JacobianOptions {
   std::string arch = "mlp_2-256";
   double angle = 90;            // SPEC 5 --angle (degrees); 90 = independent feedback
   std::uint64_t seed = 0;       // weight initialisation, probes and random inputs (separate streams)
-  long probes = 1000;           // Gaussian probe columns of the estimates (≥ 2)
+  std::string seed_text = "0";  // --seed as given: see parse_seed
+  long probes = 1000;           // Gaussian probe columns of the estimates (2 .. kMaxProbes)
   std::string dataset = "random";  // inputs of the dynamics: random (uniform [0,1), 784 -> 10) or a dataset
   std::string data_dir;         // default: the dataset's standard place
-  long samples = 8;             // samples whose free fixed point is linearised
+  long samples = 8;             // samples whose free fixed point is linearised (1 .. kMaxSamples)
   std::string activation = "sigmoid";
-  long max_dense = kMaxDenseNeurons;  // spectra only up to this many neurons
+  long max_dense = kMaxDenseNeurons;  // spectra only up to this many neurons (0 .. kMaxDenseLimit)
   double tol = 1e-9;            // free-phase residual ‖M(u) − u‖∞
   std::string solver = "map";   // map or anderson (the fixed-point solvers; rk4/dopri5 too)
   long max_steps = 100000;      // free-phase step budget
@@ -29,6 +31,19 @@ struct JacobianOptions {
 
 // Random inputs have Fashion-MNIST's shape so that the built-in architectures fit.
 constexpr Index kRandomInput = 784, kRandomClasses = 10;
+
+// Upper bounds of the flags that size allocations (beyond them a typo ends in std::bad_alloc).
+// --probes: the estimates hold three neurons × probes matrices (E, HE, HᵀE); 100,000 probes on
+// mlp_2-256 (522 neurons) are 1.3 GB, and the relative standard error (≈ 1/√probes: 0.4% at
+// 2000) is then already below 0.1%, so more probes buy nothing.
+constexpr long kMaxProbes = 100000;
+// --samples: the random inputs are 784 × samples and the dynamics hold four neurons × samples
+// matrices; 100,000 is 10× the Fashion-MNIST test set (each sample is also one dense
+// eigenproblem, measured 0.4 s on one core at 522 neurons, so larger counts are impractical).
+constexpr long kMaxSamples = 100000;
+// --max-dense: the spectra form dense n × n matrices (H, the eigen-solver's complex workspace);
+// at n = 16,384 each is 2–4 GB and one eigenproblem takes hours, so a larger threshold is a typo.
+constexpr long kMaxDenseLimit = 16384;
 
 nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
@@ -97,29 +112,38 @@ void register_jacobian(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "jacobian", "Jacobian symmetry, spectrum and homeostatic loss of freshly initialised weights");
   cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist or a JSON file")->capture_default_str();
-  cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees)")
+  cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)")
       ->capture_default_str();
-  cmd->add_option("--seed", opt->seed, "Seed of the weights, the probes and the random inputs")->capture_default_str();
-  cmd->add_option("--probes", opt->probes, "Gaussian probes of the estimates")->capture_default_str();
+  cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the probes and the random inputs (0 .. 2^64 − 1)")
+      ->capture_default_str();
+  cmd->add_option("--probes", opt->probes, "Gaussian probes of the estimates (2 .. 100000)")->capture_default_str();
   cmd->add_option("--dataset", opt->dataset,
                   "Inputs of the dynamics: random, fmnist, mnist, cifar10, cifar100, imagenet32, imagenet64, h5")
       ->capture_default_str();
   cmd->add_option("--data-dir", opt->data_dir, "Dataset directory (default: the dataset's standard place)");
-  cmd->add_option("--samples", opt->samples, "Samples whose fixed point is linearised")->capture_default_str();
+  cmd->add_option("--samples", opt->samples, "Samples whose fixed point is linearised (1 .. 100000)")
+      ->capture_default_str();
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
-  cmd->add_option("--max-dense", opt->max_dense, "Largest neuron count for which spectra are computed")
+  cmd->add_option("--max-dense", opt->max_dense, "Largest neuron count for which spectra are computed (0 .. 16384)")
       ->capture_default_str();
   cmd->add_option("--tol", opt->tol, "Free-phase residual tolerance")->capture_default_str();
   cmd->add_option("--solver", opt->solver, "Free-phase solver: map, rk4, dopri5 or anderson")->capture_default_str();
   cmd->add_option("--max-steps", opt->max_steps, "Free-phase step budget")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->callback([opt] {
+    opt->seed = parse_seed(opt->seed_text);
     const JacobianOptions& o = *opt;
-    require_finite(o.angle, "--angle");
-    if (o.probes < 2) throw InputError("--probes", "must be at least 2 (got " + std::to_string(o.probes) + ")");
-    require_positive(o.samples, "--samples");
+    require_angle(o.angle, "--angle");
+    if (o.probes < 2 || o.probes > kMaxProbes)
+      throw InputError("--probes", "must be between 2 and " + std::to_string(kMaxProbes) + " (got " +
+                                       std::to_string(o.probes) + ")");
+    if (o.samples < 1 || o.samples > kMaxSamples)
+      throw InputError("--samples", "must be between 1 and " + std::to_string(kMaxSamples) + " (got " +
+                                        std::to_string(o.samples) + ")");
     require_positive(o.max_steps, "--max-steps");
-    if (o.max_dense < 0) throw InputError("--max-dense", "must be ≥ 0");
+    if (o.max_dense < 0 || o.max_dense > kMaxDenseLimit)
+      throw InputError("--max-dense", "must be between 0 and " + std::to_string(kMaxDenseLimit) + " (got " +
+                                          std::to_string(o.max_dense) + ")");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     set_threads(o.threads);
     print_json(run_jacobian(o));

@@ -3,6 +3,8 @@
 // fixed points (SPEC 9). With --beta, each sample's free phase is followed by a nudged phase from
 // its free fixed point, and the nudged fixed points are compared.
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <memory>
 
 #include "datasets/dataset.hpp"
@@ -19,7 +21,8 @@ struct RelaxOptions {
   long samples = 100;           // test samples to relax (the first K)
   std::string solver = "map";
   double beta = 0;              // nudge of the second phase (0: free phase only)
-  std::uint64_t seed = 0;       // weight initialisation
+  std::uint64_t seed = 0;       // weight initialisation (parsed from seed_text)
+  std::string seed_text = "0";  // --seed as given: see parse_seed
   double angle = 90;            // SPEC 5 --angle (degrees); 90 = independent feedback, as on a substrate
   double tol = 1e-8;            // residual tolerance ‖M(u) − u‖∞ of every phase
   long max_steps = 100000;      // step budget per phase
@@ -56,9 +59,13 @@ struct PhaseStats {
     field_evals += o.field_evals;
   }
   nlohmann::json json(long n) const {
+    // Residuals are over the samples that did not diverge; with none left there is no residual
+    // to report: NaN (null in the JSON), never the 0.0 that would read as "converged exactly".
+    const long live = n - diverged;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
     return {{"converged", converged}, {"diverged", diverged}, {"mean_steps", sum_steps / static_cast<double>(n)},
-            {"mean_residual", sum_residual / static_cast<double>(std::max(1L, n - diverged))},
-            {"max_residual", max_residual}, {"field_evals", field_evals}};
+            {"mean_residual", live > 0 ? sum_residual / static_cast<double>(live) : nan},
+            {"max_residual", live > 0 ? max_residual : nan}, {"field_evals", field_evals}};
   }
 };
 
@@ -89,7 +96,7 @@ nlohmann::json run_relax(const RelaxOptions& o) {
   const Normalization norm = default_normalization(kind);
 
   const Index n = model.net.neurons;
-  const long chunks = (o.samples + o.batch_size - 1) / o.batch_size;
+  const long chunks = (o.samples - 1) / o.batch_size + 1;  // not samples + batch − 1: overflows at 2^63
   PhaseStats free_stats, nudged_stats;
   double max_diff = 0;
   long differing = 0;
@@ -156,6 +163,25 @@ nlohmann::json run_relax(const RelaxOptions& o) {
   return j;
 }
 
+// A diverged sample means the run's settings do not relax this network: the JSON (printed first)
+// says how many, and the exit code must not say success. Names the flag most likely at fault:
+// a free phase diverges by the ODE step (rk4, dopri5) or by Anderson's extrapolation; a nudged
+// phase whose free phase did not diverge, by the nudge.
+void fail_on_divergence(const nlohmann::json& j, const RelaxOptions& o) {
+  const bool nudge = o.beta != 0;
+  const long free_div = (nudge ? j.at("free") : j).at("diverged").get<long>();
+  const long main_div = j.at("diverged").get<long>();
+  const std::string of = " of " + std::to_string(o.samples) + " samples diverged in the ";
+  if (free_div > 0) {
+    const bool ode = o.solver == "rk4" || o.solver == "dopri5";
+    throw InputError(ode ? "--dt" : "--solver", std::to_string(free_div) + of + "free phase (" + o.solver +
+                                                   (ode ? ", dt " + nlohmann::json(o.dt).dump() : std::string()) + ")");
+  }
+  if (main_div > 0)
+    throw InputError("--beta", std::to_string(main_div) + of + "nudged phase (" + o.solver + ", beta " +
+                                   nlohmann::json(o.beta).dump() + ")");
+}
+
 }  // namespace
 
 void register_relax(CLI::App& app) {
@@ -170,8 +196,9 @@ void register_relax(CLI::App& app) {
   cmd->add_option("--anderson-m", opt->anderson_m, "Anderson memory (1..16)")->capture_default_str();
   cmd->add_option("--beta", opt->beta, "Nudge of a second phase from the free fixed point (0: none)")
       ->capture_default_str();
-  cmd->add_option("--seed", opt->seed, "Seed of the weight initialisation")->capture_default_str();
-  cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees)")
+  cmd->add_option("--seed", opt->seed_text, "Seed of the weight initialisation (0 .. 2^64 − 1)")
+      ->capture_default_str();
+  cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)")
       ->capture_default_str();
   cmd->add_option("--tol", opt->tol, "Residual tolerance of every phase")->capture_default_str();
   cmd->add_option("--max-steps", opt->max_steps, "Step budget of every phase")->capture_default_str();
@@ -181,24 +208,23 @@ void register_relax(CLI::App& app) {
   cmd->add_option("--batch-size", opt->batch_size, "Samples relaxed together")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->callback([opt] {
+    opt->seed = parse_seed(opt->seed_text);
     const RelaxOptions& o = *opt;
     require_positive(o.samples, "--samples");
     require_positive(o.max_steps, "--max-steps");
     require_positive(o.batch_size, "--batch-size");
     if (o.anderson_m < 1 || o.anderson_m > 16) throw InputError("--anderson-m", "must be between 1 and 16");
     require_finite(o.beta, "--beta");
-    require_finite(o.angle, "--angle");
+    require_angle(o.angle, "--angle");
     if (!(o.tol >= 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite number ≥ 0");
     if (!(o.dt > 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite positive number");
     set_threads(o.threads);
     // Columns are parallelised by chunks here; Eigen's own GEMM threads would oversubscribe.
     Eigen::setNbThreads(1);
-    if (o.precision == "double")
-      print_json(run_relax<double>(o));
-    else if (o.precision == "float")
-      print_json(run_relax<float>(o));
-    else
-      throw InputError("--precision", "must be double or float");
+    if (o.precision != "double" && o.precision != "float") throw InputError("--precision", "must be double or float");
+    const nlohmann::json j = o.precision == "double" ? run_relax<double>(o) : run_relax<float>(o);
+    print_json(j);  // the counts are useful even when some samples diverged
+    fail_on_divergence(j, o);
   });
 }
 

@@ -189,8 +189,7 @@ RunSetup make_setup(const ConfigBuilder& b) {
   s.train_limit = nonneg_int("train-limit");
   s.test_limit = nonneg_int("test-limit");
   s.arch = str("arch");
-  s.angle = num("angle");
-  if (!(s.angle >= 0 && s.angle <= 180)) throw InputError(where("angle"), "must be between 0 and 180 degrees");
+  s.angle = require_angle(num("angle"), where("angle"));
   s.activation = parse_activation(str("activation"), where("activation"));
   s.loss = parse_loss(str("loss"), where("loss"));
   s.precision = str("precision");

@@ -81,4 +81,45 @@ TEST_CASE("hepsim gradcheck: truncated mode and bad input") {
     CHECK(b.code == 2);
     CHECK(b.err_lines() == 1);
   }
+  const std::string g = "gradcheck --dataset random ";
+  const std::vector<BadInput> cases = {
+      // The same N range as `hepsim train`.
+      {g + "--N 100000000", "--N"},
+      {g + "--N 1,65", "--N"},
+      // Sizes of allocations: bounded, never std::bad_alloc.
+      {g + "--classes 1000000", "--classes"},
+      {g + "--classes 1", "--classes"},  // a one-class softmax has no gradient: all-null output
+      {g + "--input-size 100000000", "--input-size"},
+      {g + "--batch 100000000", "--batch"},
+      {g + "--batch 100000", "--batch"},          // the random batch: 794 × 100,000 values
+      {g + "--batch 20000 --N 64", "--batch"},    // 33 stacked contour points × 522 × 20,000
+      {g + "--fd-directions 100000000000", "--fd-directions"},
+      {g + "--T2 1000000000", "--T2"},            // truncated BPTT stores T2 + 1 states
+      // CLI11 would wrap -1 to 2^64 − 1 and saturate 2^64: a seed other than the one asked for.
+      {g + "--seed -1", "--seed"},
+      {g + "--seed 18446744073709551616", "--seed"},
+      {g + "--angle -720", "--angle"},
+      {g + "--angle 1e300", "--angle"},
+  };
+  check_bad_input(cases, tmp);
+}
+
+TEST_CASE("hepsim gradcheck: an estimator whose every sample diverged fails with exit code 2 after its JSON") {
+  TempDir tmp;
+  const RunResult r =
+      run_hepsim("gradcheck --arch loop_mnist --dataset random --batch 2 --fd-directions 1 --N 1 --beta 1e300,0.05", tmp);
+  CAPTURE(r.err);
+  CHECK(r.code == 2);
+  CHECK(r.err_lines() == 1);
+  CHECK(r.err.find("--beta") != std::string::npos);
+  REQUIRE(!r.out.empty());  // the measurements are still printed
+  const auto j = r.json();
+  REQUIRE(j["estimators"].size() == 2);
+  const auto& dead = j["estimators"][0];
+  CHECK(dead["diverged"] == 2);
+  CHECK(dead["max_residual"].is_null());  // no live sample: null, never 0.0
+  const auto& live = j["estimators"][1];  // |β| = 0.05 still measures
+  CHECK(live["diverged"] == 0);
+  CHECK(live["max_residual"].get<double>() > 0);
+  CHECK(j["free"]["diverged"] == 0);
 }

@@ -96,6 +96,15 @@ TEST_CASE("hepsim jacobian: bad input gives one line naming the flag or file, ex
       {"jacobian --tol -1", "--tol"},
       {"jacobian --solver euler", "--solver"},
       {"jacobian --bogus 1", "--bogus"},
+      // Sizes of allocations: bounded in the flags' help, never std::bad_alloc.
+      {"jacobian --probes 100000000000", "--probes"},
+      {"jacobian --samples 100000000000", "--samples"},
+      {"jacobian --max-dense 100000", "--max-dense"},
+      // CLI11 would wrap -1 to 2^64 − 1 and saturate 2^64: a seed other than the one asked for.
+      {"jacobian --seed -1", "--seed"},
+      {"jacobian --seed 18446744073709551616", "--seed"},
+      {"jacobian --angle -720", "--angle"},
+      {"jacobian --angle 1e300", "--angle"},
   };
   check_bad_input(cases, tmp);
 }

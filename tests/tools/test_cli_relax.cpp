@@ -51,6 +51,11 @@ TEST_CASE("hepsim relax: bad input gives one line naming the file or flag, exit 
       {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --arch " + tmp.file("none.json"),
        tmp.file("none.json")},
       {"frobnicate", "frobnicate"},
+      // CLI11 would wrap -1 to 2^64 − 1 and saturate 2^64: a seed other than the one asked for.
+      {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --seed -1", "--seed"},
+      {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --seed 18446744073709551616", "--seed"},
+      {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --angle -720", "--angle"},
+      {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --angle 1e300", "--angle"},
   };
   check_bad_input(cases, tmp);
   // A corrupt data file is named.
@@ -61,6 +66,37 @@ TEST_CASE("hepsim relax: bad input gives one line naming the file or flag, exit 
   CHECK(r.code == 2);
   CHECK(r.err_lines() == 1);
   CHECK(r.err.find("t10k-labels-idx1-ubyte") != std::string::npos);
+}
+
+TEST_CASE("hepsim relax: diverged samples are reported in the JSON, then one line naming the flag, exit code 2") {
+  TempDir tmp;
+  write_tiny_fmnist(tmp.str(), 5, 5, 2);
+  struct Diverging {
+    std::string flags, needle;
+    bool nudged;  // the divergence is in the nudged phase (the free phase converged)
+  };
+  // rk4 with dt = 100 (its real stability interval is dt·|λ| ≤ 2.79, and the flow u' = M(u) − u
+  // has eigenvalues near −1) and dopri5 with a first step of 1e300 blow up in the first step; a
+  // nudge of 1e300 drives the output layer past the divergence threshold at once.
+  for (const Diverging& c : {Diverging{"--solver rk4 --dt 100", "--dt", false},
+                             Diverging{"--solver dopri5 --dt 1e300", "--dt", false},
+                             Diverging{"--beta 1e300", "--beta", true}}) {
+    CAPTURE(c.flags);
+    const RunResult r = run_hepsim("relax --dataset fmnist --data-dir " + tmp.str() + " --samples 2 " + c.flags, tmp);
+    CAPTURE(r.err);
+    CHECK(r.code == 2);
+    CHECK(r.err_lines() == 1);
+    CHECK(r.err.find(c.needle) != std::string::npos);
+    CHECK(r.err.find("2 of 2 samples diverged") != std::string::npos);
+    REQUIRE(!r.out.empty());  // the counts are still printed
+    const auto j = r.json();
+    CHECK(j["diverged"] == 2);
+    CHECK(j["converged"] == 0);
+    // No sample is left to have a residual: null, never 0.0 ("converged exactly").
+    CHECK(j["max_residual"].is_null());
+    CHECK(j["mean_residual"].is_null());
+    if (c.nudged) CHECK(j["free"]["converged"] == 2);
+  }
 }
 
 TEST_CASE("hepsim --help and --version succeed") {
