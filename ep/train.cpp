@@ -108,8 +108,8 @@ IterationConfig iterations(const RelaxConfig& nudged) { return IterationConfig{n
 
 template <class R>
 Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
-                              Index* diverged) {
-  if (diverged) *diverged = 0;
+                              std::vector<char>* diverged) {
+  if (diverged) diverged->assign(static_cast<std::size_t>(fs.u.cols()), 0);
   switch (cfg.algo) {
     case Algo::rbp: return rbp_adjoint<R>(model, theta, fs.u, fs.y, iterations(cfg.nudged)).v;
     case Algo::bp:
@@ -121,7 +121,7 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
       ec.beta = cfg.beta;
       ec.nudged = cfg.nudged;
       EstimateResult<R> est = ep_estimate<R>(model, theta, fs, ec);
-      if (diverged) *diverged = est.n_diverged;
+      if (diverged) *diverged = std::move(est.diverged);
       return std::move(est.v);
   }
   return {};
@@ -176,7 +176,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     if (warm)
       for (Index j = 0; j < count; ++j) warm_.col(samples[first + j]) = fs.u.col(j);
     StepStats& st = stats[static_cast<std::size_t>(c)];
-    Index est_diverged = 0;
+    std::vector<char> est_diverged;
     Vec<R>& g = chunk_grads_[static_cast<std::size_t>(c)];
     if (cfg_.algo == Algo::bp) {
       const R share = static_cast<R>(count) / static_cast<R>(B);  // truncated_bptt's gradient is a chunk mean
@@ -196,9 +196,9 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       st.free_steps += static_cast<double>(cfg_.free.tol > 0 ? fs.relax.col_steps[static_cast<std::size_t>(j)]
                                                               : fs.relax.steps);
       st.not_converged += status != RelaxStatus::converged;
-      st.diverged += status == RelaxStatus::diverged;
+      // A sample counts once, whether its free phase or a nudged phase diverged (or both).
+      st.diverged += status == RelaxStatus::diverged || (!est_diverged.empty() && est_diverged[static_cast<std::size_t>(j)]);
     }
-    st.diverged += est_diverged;
   });
   // grad = the sum of the chunk gradients, split over the same threads by parameter range.
   for_chunks(grad.size(), chunks, [&](int, Index first, Index count) {
@@ -368,9 +368,9 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
 template class Trainer<float>;
 template class Trainer<double>;
 template Mat<float> algorithm_error_vector<float>(const Model&, const Vec<float>&, const FreeState<float>&,
-                                                  const TrainConfig&, Index*);
+                                                  const TrainConfig&, std::vector<char>*);
 template Mat<double> algorithm_error_vector<double>(const Model&, const Vec<double>&, const FreeState<double>&,
-                                                    const TrainConfig&, Index*);
+                                                    const TrainConfig&, std::vector<char>*);
 
 }  // namespace hepsim
 

@@ -144,9 +144,10 @@ class Trainer {
 double train_step_flops(const Network& net, const TrainConfig& cfg, Index B);
 
 // The error vector of the configured algorithm at a free state (hep, rbp; for bp the BPTT
-// error sum), used in training and for the alignment metrics.
+// error sum), used in training and for the alignment metrics. `diverged`, when given, receives
+// one flag per sample: a nudged phase of that sample diverged (its column of the result is zero).
 template <class R>
 Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
-                              Index* diverged = nullptr);
+                              std::vector<char>* diverged = nullptr);
 
 }  // namespace hepsim

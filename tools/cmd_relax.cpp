@@ -173,8 +173,9 @@ void fail_on_divergence(const nlohmann::json& j, const RelaxOptions& o) {
   const long main_div = j.at("diverged").get<long>();
   const std::string of = " of " + std::to_string(o.samples) + " samples diverged in the ";
   if (free_div > 0) {
+    // The ODE step or Anderson's extrapolation; the plain map diverges only by the weights.
     const bool ode = o.solver == "rk4" || o.solver == "dopri5";
-    throw InputError(ode ? "--dt" : "--solver", std::to_string(free_div) + of + "free phase (" + o.solver +
+    throw InputError(ode ? "--dt" : o.solver == "anderson" ? "--solver" : "--arch/--angle/--seed", std::to_string(free_div) + of + "free phase (" + o.solver +
                                                    (ode ? ", dt " + nlohmann::json(o.dt).dump() : std::string()) + ")");
   }
   if (main_div > 0)

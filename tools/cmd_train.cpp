@@ -99,10 +99,9 @@ std::vector<EpochRecord> resumed_history(const RunSetup& s, const Network& net, 
 }
 
 template <class R>
-nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model, const Checkpoint* resume, bool quiet) {
+nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model, const Checkpoint* resume,
+                     const std::vector<EpochRecord>& history, bool quiet) {
   const Network& net = model.net;
-  std::vector<EpochRecord> history;
-  if (resume) history = resumed_history(s, net, *resume);
   Vec<R> theta = resume ? Vec<R>(resume->theta.cast<R>()) : init_params<R>(net, s.train.seed, s.angle);
   Trainer<R> trainer(model, s.train, theta);
   long start = 0;
@@ -172,17 +171,22 @@ void register_train(CLI::App& app) {
       flags->apply(*cmd, b);
     }
     RunSetup s = make_setup(b);
-    if (!ck && (fs::exists(s.out + "/checkpoint.h5") || fs::exists(s.out + "/log.h5")))
+    if (!ck && fs::exists(s.out + "/checkpoint.h5"))
       throw InputError("--out", s.out + " already holds a run; continue it with --resume " + s.out +
                                     " or choose another --out");
+    if (!ck && fs::exists(s.out + "/log.h5"))  // killed between the first log and checkpoint writes
+      throw InputError("--out", s.out + " holds a log but no checkpoint (a run stopped in its first epoch); "
+                                        "delete it or choose another --out");
     std::error_code ec;
     fs::create_directories(s.out, ec);
     if (ec || !fs::is_directory(s.out)) throw InputError("--out", "cannot create directory " + s.out);
     const DatasetSplits data = load_data(s);
     const Model model = make_model(s, data.train.dim(), data.train.classes);
+    // Checked before anything in the directory changes: a refused resume leaves the run as it was.
+    const std::vector<EpochRecord> history = ck ? resumed_history(s, model.net, *ck) : std::vector<EpochRecord>{};
     write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
-    const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), *quiet)
-                                                       : train<float>(s, data, model, ck.get(), *quiet);
+    const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), history, *quiet)
+                                                       : train<float>(s, data, model, ck.get(), history, *quiet);
     print_json(out);
   });
 }

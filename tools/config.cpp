@@ -73,7 +73,7 @@ void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
 }
 
 void ConfigBuilder::merge_file(const std::string& path) {
-  if (!std::filesystem::is_regular_file(path)) throw InputError(path, "no such configuration file");
+  if (std::filesystem::is_directory(path)) throw InputError(path, "is a directory, not a configuration file");
   std::ifstream f(path);
   if (!f) throw InputError(path, "cannot open the configuration file");
   nlohmann::json j;

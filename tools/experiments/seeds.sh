@@ -33,6 +33,7 @@ for ((s = 0; s < seeds; ++s)); do
 done
 export hepsim torch_hep out epochs
 printf '%s\n' "${jobs[@]}" | xargs -P 2 -L 1 bash -c '
+  set -e  # a failed run is not marked done (and xargs reports it)
   impl=$0; s=$1; base="$out/$impl/seed$s"
   [[ -f "$base.done" ]] && exit 0
   if [[ $impl == hepsim ]]; then
@@ -88,7 +89,7 @@ for name, rs in runs.items():
     print(f"{name}, test accuracy per seed (epochs 1..{epochs}):")
     for s, r in enumerate(rs):
         print(f"  seed {s}: " + " / ".join(f"{100 * a:.2f}" for a in r[0]))
-if len(runs) == 2:
+if len(runs) == 2 and min(len(v) for v in runs.values()) > 1:
     for e in range(epochs):
         a = [r[0][e] for r in runs["hepsim"]]
         b = [r[0][e] for r in runs["PyTorch"]]
