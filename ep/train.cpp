@@ -361,7 +361,8 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     // parameters no longer change and every further epoch would repeat this one.
     if (rec.diverged >= train.n)
       throw InputError("training", "every sample diverged in epoch " + std::to_string(epoch) +
-                                       ": lower --lr or --beta (the epochs so far are logged and checkpointed)");
+                                       ": lower --lr or --beta, or --dt with an ODE solver (the epochs so far "
+                                       "are logged and checkpointed)");
   }
 }
 

@@ -225,6 +225,14 @@ TEST_CASE("resume and eval check that checkpoint, log and run belong together, a
                    {"train --resume " + short_theta + " --epochs 2 --quiet", "do not fit"}},
                   runs);
 
+  // RK4 with dt = 100 diverges in every free phase, and the nudged phases that start from those
+  // (zeroed) states diverge too: each sample counts once, so the epoch logs 40, not 80.
+  const RunResult d = run_hepsim(base + " --epochs 1 --solver rk4 --dt 100 --T1 20 --T2 5 --out " + runs.file("rk4"), runs);
+  CHECK(d.code == 2);
+  CHECK(d.err.find("--dt") != std::string::npos);
+  H5File dl(runs.file("rk4") + "/log.h5");
+  CHECK(read_vec(dl.id.get(), "epochs/diverged") == std::vector<double>{40});
+
   // All-zero parameters: every class scores the same. argmax takes the first class, so top-1
   // counts the class-0 images (2 of the 20: labels are i mod 10) and top-5 classes 0-4 (10 of
   // 20). Counting only strictly higher scores would report 100 %.
