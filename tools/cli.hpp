@@ -44,6 +44,14 @@ inline double require_finite(double v, const std::string& flag) {
   if (!std::isfinite(v)) throw InputError(flag, "must be a finite number");
   return v;
 }
+inline long require_range(long v, long lo, long hi, const std::string& flag) {
+  if (v < lo || v > hi)
+    throw InputError(flag, "must be between " + std::to_string(lo) + " and " + std::to_string(hi) + " (got " +
+                               std::to_string(v) + ")");
+  return v;
+}
+// Contour points of the holomorphic estimators (train --N, gradcheck --N).
+constexpr int kMaxContourPoints = 64;
 inline long require_positive(long v, const std::string& flag) {
   if (v <= 0) throw InputError(flag, "must be positive (got " + std::to_string(v) + ")");
   return v;

@@ -36,9 +36,8 @@ struct GradcheckOptions {
 
 // ---- bounds of the flags. Beyond them a typo ends in std::bad_alloc (exit 1) or an hour of
 // swapping instead of one line naming the flag.
-// --N: the same range as `hepsim train` (tools/config.cpp); each relaxation stacks ⌊N/2⌋ + 1
-// contour points.
-constexpr int kMaxN = 64;
+// --N: kMaxContourPoints, as for `hepsim train`; each relaxation stacks ⌊N/2⌋ + 1 contour points.
+constexpr int kMaxN = kMaxContourPoints;
 // --classes: a one-class softmax has a zero loss gradient (every cosine is 0/0). The built-in
 // architectures' output layer has one neuron per class and their readout is classes × classes,
 // so parameters grow as classes² (10,000 classes: 10^8 readout weights, 5 GB and 90 s for a batch
@@ -306,23 +305,18 @@ void register_gradcheck(CLI::App& app) {
   cmd->callback([opt] {
     opt->seed = parse_seed(opt->seed_text);
     const GradcheckOptions& o = *opt;
-    auto in_range = [](long v, long lo, long hi, const std::string& flag) {
-      if (v < lo || v > hi)
-        throw InputError(flag, "must be between " + std::to_string(lo) + " and " + std::to_string(hi) + " (got " +
-                                   std::to_string(v) + ")");
-    };
-    in_range(o.batch, 1, kMaxBatch, "--batch");
+    require_range(o.batch, 1, kMaxBatch, "--batch");
     require_angle(o.angle, "--angle");
     if (o.T1 < 0) throw InputError("--T1", "must be ≥ 0");
     if (o.T2 < 0) throw InputError("--T2", "must be ≥ 0");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     require_positive(o.max_steps, "--max-steps");
-    in_range(o.fd_directions, 1, kMaxFdDirections, "--fd-directions");
+    require_range(o.fd_directions, 1, kMaxFdDirections, "--fd-directions");
     if (!(o.fd_step > 0) || !std::isfinite(o.fd_step)) throw InputError("--fd-step", "must be a finite positive number");
-    for (int N : parse_list<int>(o.N_list, "--N")) in_range(N, 0, kMaxN, "--N");
+    for (int N : parse_list<int>(o.N_list, "--N")) require_range(N, 0, kMaxN, "--N");
     if (o.dataset == "random") {
-      in_range(o.input_size, 1, kMaxInputSize, "--input-size");
-      in_range(o.classes, kMinClasses, kMaxClasses, "--classes");
+      require_range(o.input_size, 1, kMaxInputSize, "--input-size");
+      require_range(o.classes, kMinClasses, kMaxClasses, "--classes");
     }
     for (double b : parse_list<double>(o.beta_list, "--beta"))
       if (!(b > 0) || !std::isfinite(b)) throw InputError("--beta", "each |beta| must be a finite positive number");

@@ -134,16 +134,10 @@ void register_jacobian(CLI::App& app) {
     opt->seed = parse_seed(opt->seed_text);
     const JacobianOptions& o = *opt;
     require_angle(o.angle, "--angle");
-    if (o.probes < 2 || o.probes > kMaxProbes)
-      throw InputError("--probes", "must be between 2 and " + std::to_string(kMaxProbes) + " (got " +
-                                       std::to_string(o.probes) + ")");
-    if (o.samples < 1 || o.samples > kMaxSamples)
-      throw InputError("--samples", "must be between 1 and " + std::to_string(kMaxSamples) + " (got " +
-                                        std::to_string(o.samples) + ")");
+    require_range(o.probes, 2, kMaxProbes, "--probes");
+    require_range(o.samples, 1, kMaxSamples, "--samples");
     require_positive(o.max_steps, "--max-steps");
-    if (o.max_dense < 0 || o.max_dense > kMaxDenseLimit)
-      throw InputError("--max-dense", "must be between 0 and " + std::to_string(kMaxDenseLimit) + " (got " +
-                                          std::to_string(o.max_dense) + ")");
+    require_range(o.max_dense, 0, kMaxDenseLimit, "--max-dense");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     set_threads(o.threads);
     print_json(run_jacobian(o));

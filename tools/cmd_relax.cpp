@@ -214,7 +214,7 @@ void register_relax(CLI::App& app) {
     require_positive(o.samples, "--samples");
     require_positive(o.max_steps, "--max-steps");
     require_positive(o.batch_size, "--batch-size");
-    if (o.anderson_m < 1 || o.anderson_m > 16) throw InputError("--anderson-m", "must be between 1 and 16");
+    require_range(o.anderson_m, 1, 16, "--anderson-m");
     require_finite(o.beta, "--beta");
     require_angle(o.angle, "--angle");
     if (!(o.tol >= 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite number ≥ 0");

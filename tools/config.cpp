@@ -199,7 +199,8 @@ RunSetup make_setup(const ConfigBuilder& b) {
 
   TrainConfig& t = s.train;
   t.algo = parse_algo(str("algo"), where("algo"));
-  if (integer("N") < 0 || integer("N") > 64) throw InputError(where("N"), "must be between 0 and 64");
+  if (integer("N") < 0 || integer("N") > kMaxContourPoints)
+    throw InputError(where("N"), "must be between 0 and " + std::to_string(kMaxContourPoints));
   t.N = static_cast<int>(integer("N"));
   t.beta = positive("beta");
   t.free.solver = parse_solver(str("solver"), where("solver"));
