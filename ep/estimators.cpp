@@ -44,7 +44,25 @@ Mat<R> dense_solve(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_
   return v;
 }
 
+// Severity of a status for EstimateResult::status (higher is worse).
+int severity(RelaxStatus s) {
+  switch (s) {
+    case RelaxStatus::converged: return 0;
+    case RelaxStatus::max_steps: return 1;
+    case RelaxStatus::stalled: return 2;
+    case RelaxStatus::cycling: return 3;
+    case RelaxStatus::diverged: return 4;
+  }
+  return 4;
+}
+
 }  // namespace
+
+double map_step(const RelaxConfig& cfg) {
+  return cfg.solver == Solver::map || cfg.solver == Solver::anderson ? cfg.step() : 1.0;
+}
+
+IterationConfig iterations(const RelaxConfig& cfg) { return IterationConfig{cfg.max_steps, cfg.tol, map_step(cfg)}; }
 
 template <class R>
 FreeState<R> free_phase(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& y,
@@ -88,11 +106,14 @@ IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CM
   IterationResult<R> res;
   res.v = Mat<R>::Zero(u_star.rows(), u_star.cols());
   Mat<R> t(u_star.rows(), u_star.cols()), next(u_star.rows(), u_star.cols());
+  const bool damped = cfg.dt != 1;
+  const R h = static_cast<R>(cfg.dt);
   for (long k = 0; k < cfg.steps; ++k) {
     t.setZero();
     add_recurrent_transpose<R>(net, theta, res.v, t);
     next = D.cwiseProduct(t) + Dg;
-    res.last_update = inf_norm(next - res.v);
+    if (damped) next = res.v + h * (next - res.v);
+    res.last_update = inf_norm(next - res.v) / cfg.dt;  // ‖A v + b − v‖∞
     res.v.swap(next);
     ++res.steps;
     if (cfg.tol > 0 && res.last_update <= cfg.tol) break;
@@ -110,6 +131,8 @@ IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const
   Mat<R> s(n, B), d(n, B), un(n, B), dun(n, B), work;
   const Vec<R> ones = Vec<R>::Ones(B);
   IterationResult<R> res;
+  const bool damped = cfg.dt != 1;
+  const R h = static_cast<R>(cfg.dt);
   for (long k = 0; k < cfg.steps; ++k) {
     activate<R>(model.activation, u, s);
     activate_deriv<R>(model.activation, u, d);
@@ -121,7 +144,11 @@ IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const
     add_recurrent<R>(net, theta, d, dun);
     add_loss_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), y, ones,
                          dun.middleRows(o.offset, o.size), work);
-    res.last_update = std::max(inf_norm(un - u), inf_norm(dun - du));
+    if (damped) {
+      un = u + h * (un - u);
+      dun = du + h * (dun - du);
+    }
+    res.last_update = std::max(inf_norm(un - u), inf_norm(dun - du)) / cfg.dt;
     u.swap(un);
     du.swap(dun);
     ++res.steps;
@@ -180,16 +207,20 @@ Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeSta
 
 template <class R>
 BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& drive,
-                             const CMatRef<R>& u_start, const CMatRef<R>& y, long steps) {
+                             const CMatRef<R>& u_start, const CMatRef<R>& y, long steps, double dt) {
   const Network& net = model.net;
+  const bool damped = dt != 1;
+  const R h = static_cast<R>(dt);
   const Index n = u_start.rows(), B = u_start.cols();
   std::vector<Mat<R>> traj(static_cast<std::size_t>(steps + 1));
   traj[0] = u_start;
   Mat<R> s(n, B), d(n, B), t(n, B);
   for (long k = 0; k < steps; ++k) {
     activate<R>(model.activation, traj[static_cast<std::size_t>(k)], s);
-    traj[static_cast<std::size_t>(k + 1)] = drive;
-    add_recurrent<R>(net, theta, s, traj[static_cast<std::size_t>(k + 1)]);
+    Mat<R>& next = traj[static_cast<std::size_t>(k + 1)];
+    next = drive;
+    add_recurrent<R>(net, theta, s, next);
+    if (damped) next = traj[static_cast<std::size_t>(k)] + h * (next - traj[static_cast<std::size_t>(k)]);
   }
   BpttResult<R> res;
   res.grad = Vec<R>::Zero(net.n_params);
@@ -204,12 +235,20 @@ BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMat
   for (long k = steps - 1; k >= 0; --k) {
     const Mat<R>& uk = traj[static_cast<std::size_t>(k)];
     activate<R>(model.activation, uk, s);
-    add_param_gradient<R>(net, x, s, a, w, res.grad);  // u_{k+1} = G(σ(u_k), x; θ)
-    res.error_sum += a;
     activate_deriv<R>(model.activation, uk, d);
     t.setZero();
     add_recurrent_transpose<R>(net, theta, a, t);
-    a = d.cwiseProduct(t);  // ∂ℓ/∂u_k = σ'(u_k) ⊙ J_Gᵀ ∂ℓ/∂u_{k+1}
+    if (!damped) {
+      add_param_gradient<R>(net, x, s, a, w, res.grad);  // u_{k+1} = G(σ(u_k), x; θ)
+      res.error_sum += a;
+      a = d.cwiseProduct(t);  // ∂ℓ/∂u_k = σ'(u_k) ⊙ J_Gᵀ ∂ℓ/∂u_{k+1}
+    } else {
+      // u_{k+1} = u_k + dt (G(σ(u_k), x; θ) − u_k): ∂u_{k+1}/∂θ = dt ∂G/∂θ and
+      // ∂ℓ/∂u_k = (1 − dt) ∂ℓ/∂u_{k+1} + dt σ'(u_k) ⊙ J_Gᵀ ∂ℓ/∂u_{k+1}.
+      add_param_gradient<R>(net, x, s, a, w * h, res.grad);
+      res.error_sum += h * a;
+      a = (R(1) - h) * a + h * d.cwiseProduct(t);
+    }
   }
   return res;
 }
@@ -223,15 +262,18 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
   const Network& net = model.net;
   const Index n = net.neurons, B = fs.u.cols();
   EstimateResult<R> res;
-  res.diverged.assign(static_cast<std::size_t>(B), 0);
+  res.status.assign(static_cast<std::size_t>(B), RelaxStatus::converged);
   Mat<R> s_star(n, B);
   activate<R>(model.activation, fs.u, s_star);
 
   auto note = [&](const RelaxResult& r, Index copies) {
     res.steps += r.steps;
     for (Index j = 0; j < copies * B; ++j) {
-      if (r.status[static_cast<std::size_t>(j)] == RelaxStatus::diverged) res.diverged[static_cast<std::size_t>(j % B)] = 1;
-      else res.max_residual = std::max(res.max_residual, r.residual[j]);
+      const RelaxStatus st = r.status[static_cast<std::size_t>(j)];
+      RelaxStatus& worst = res.status[static_cast<std::size_t>(j % B)];
+      if (severity(st) > severity(worst)) worst = st;
+      // A cycling phase's residual is the orbit's amplitude, not a distance to equilibrium.
+      if (st != RelaxStatus::diverged && st != RelaxStatus::cycling) res.max_residual = std::max(res.max_residual, r.residual[j]);
     }
   };
 
@@ -282,8 +324,9 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
     if (cfg.keep_coefficients) res.coefficients = std::move(c);
   }
   for (Index b = 0; b < B; ++b) {
-    if (!res.diverged[static_cast<std::size_t>(b)]) continue;
-    ++res.n_diverged;
+    const RelaxStatus st = res.status[static_cast<std::size_t>(b)];
+    if (st != RelaxStatus::diverged && st != RelaxStatus::cycling) continue;
+    ++(st == RelaxStatus::diverged ? res.n_diverged : res.n_cycling);
     res.v.col(b).setZero();
     if (res.curvature.size()) res.curvature.col(b).setZero();
     for (auto& cm : res.coefficients) cm.col(b).setZero();
@@ -302,7 +345,7 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
   template Mat<R> rbp_dense<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);                \
   template Mat<R> exact_response_dense<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);     \
   template BpttResult<R> truncated_bptt<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,     \
-                                           const CMatRef<R>&, const CMatRef<R>&, long);                          \
+                                           const CMatRef<R>&, const CMatRef<R>&, long, double);                       \
   template void add_param_gradient<R>(const Network&, const CMatRef<R>&, const CMatRef<R>&, const CMatRef<R>&, R, \
                                       Vec<R>&);                                                                  \
   template Vec<R> parameter_gradient<R>(const Model&, const Vec<R>&, const FreeState<R>&, const CMatRef<R>&);     \

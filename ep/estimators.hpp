@@ -46,12 +46,21 @@ FreeState<R> free_phase(const Model& model, const Vec<R>& theta, const CMatRef<R
 template <class R>
 Mat<R> loss_gradient_s(const Model& model, const Vec<R>& theta, const CMatRef<R>& u, const CMatRef<R>& y);
 
-// How a linear fixed-point iteration (adjoint, tangent-linear) is run: `steps` iterations, or
-// until the update's ∞-norm per column is ≤ tol (tol > 0; steps is then the budget).
+// How a linear fixed-point iteration v ← A v + b (adjoint, tangent-linear) is run: `steps`
+// iterations, or until ‖A v + b − v‖∞ ≤ tol per column (tol > 0; steps is then the budget). With
+// dt ≠ 1 each iteration is damped like the map, v ← v + dt (A v + b − v): the same limit, and it
+// converges wherever the damped map does (a map step's eigenvalue λ becomes 1 − dt (1 − λ)).
 struct IterationConfig {
   long steps = 20;
   double tol = 0;
+  double dt = 1;
 };
+
+// The iterations that follow a relaxation configuration: its budget and tolerance, and the
+// damping of the (damped) map or of Anderson's mixing; ODE solvers leave the iterations undamped.
+IterationConfig iterations(const RelaxConfig& cfg);
+// The damping of the discrete dynamics behind a relaxation (truncated BPTT unrolls these steps).
+double map_step(const RelaxConfig& cfg);
 
 template <class R>
 struct IterationResult {
@@ -66,8 +75,9 @@ IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CM
                                const CMatRef<R>& y, const IterationConfig& cfg);
 
 // Exact EP response by forward-mode differentiation of the nudged map w.r.t. β at β = 0, along
-// the β = 0 trajectory from u_start (= u* when converged): u ← M₀(u), ú ← J_G D(u) ú + e(σ(u)),
-// result σ'(u_T) ú_T. Equals v* when u_start is a fixed point and the iteration has converged.
+// the β = 0 trajectory from u_start (= u* when converged): u ← M₀(u), ú ← J_G D(u) ú + e(σ(u))
+// (damped: u ← u + dt (M₀(u) − u), ú ← ú + dt (J_G D(u) ú + e − ú)), result σ'(u_T) ú_T. Equals
+// v* when u_start is a fixed point and the iteration has converged.
 template <class R>
 IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const CMatRef<R>& drive,
                                   const CMatRef<R>& u_start, const CMatRef<R>& y, const IterationConfig& cfg);
@@ -80,9 +90,10 @@ template <class R>
 Mat<R> exact_response_dense(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y);
 
 // Truncated BPTT: loss at σ(u_T) after T map steps (β = 0) from u_start (held constant),
-// backpropagated through the T steps. Returns the parameter gradient (θ layout, divided by B,
-// readout included) and Σ_t a_t, the error vector summed over the unrolled steps (equal to the
-// T-step truncated RBP δ when u_start is a fixed point).
+// backpropagated through the T steps; with dt ≠ 1 the steps are the damped map's,
+// u_{k+1} = u_k + dt (M₀(u_k) − u_k). Returns the parameter gradient (θ layout, divided by B,
+// readout included) and Σ_t dt a_t, the error vector summed over the unrolled steps (equal to
+// the T-step truncated, equally damped, RBP δ when u_start is a fixed point).
 template <class R>
 struct BpttResult {
   Vec<R> grad;
@@ -90,7 +101,7 @@ struct BpttResult {
 };
 template <class R>
 BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& drive,
-                             const CMatRef<R>& u_start, const CMatRef<R>& y, long steps);
+                             const CMatRef<R>& u_start, const CMatRef<R>& y, long steps, double dt = 1);
 
 // grad += weight · (∂G(σ(u), x)/∂θ)ᵀ v  for every edge (kernels and biases), summed over columns.
 template <class R>
@@ -119,8 +130,11 @@ struct EstimateResult {
   Mat<R> v;                        // neurons x B: the estimate of v* (zero for a diverged sample)
   Mat<R> curvature;                // c_2 (N ≥ 3; empty otherwise)
   std::vector<Mat<R>> coefficients;  // c_0 … c_{N−1} when requested (N ≥ 2)
-  std::vector<char> diverged;      // per sample: some contour point diverged (v column zeroed)
-  Index n_diverged = 0;
+  // Per sample, the worst status of its nudged phases (diverged > cycling > stalled > max_steps >
+  // converged). A sample with a diverged or cycling phase has no estimate: its v column (and its
+  // coefficients) are zero, and it is counted once, in n_diverged or else in n_cycling.
+  std::vector<RelaxStatus> status;
+  Index n_diverged = 0, n_cycling = 0;
   long relaxations = 0;            // nudged phases relaxed per sample (⌈(N+1)/2⌉, or 1 for N = 1)
   double max_residual = 0;         // over all nudged phases of live samples
   long steps = 0;                  // total nudged steps (sum over the stacked relaxations)

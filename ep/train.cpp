@@ -102,18 +102,17 @@ void for_chunks(Index n, int chunks, F&& body) {
   if (error) std::rethrow_exception(error);
 }
 
-IterationConfig iterations(const RelaxConfig& nudged) { return IterationConfig{nudged.max_steps, nudged.tol}; }
-
 }  // namespace
 
 template <class R>
 Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
-                              std::vector<char>* diverged) {
-  if (diverged) diverged->assign(static_cast<std::size_t>(fs.u.cols()), 0);
+                              std::vector<RelaxStatus>* nudged_status) {
+  if (nudged_status) nudged_status->assign(static_cast<std::size_t>(fs.u.cols()), RelaxStatus::converged);
   switch (cfg.algo) {
     case Algo::rbp: return rbp_adjoint<R>(model, theta, fs.u, fs.y, iterations(cfg.nudged)).v;
     case Algo::bp:
-      return truncated_bptt<R>(model, theta, fs.x, fs.drive, fs.u, fs.y, cfg.nudged.max_steps).error_sum;
+      return truncated_bptt<R>(model, theta, fs.x, fs.drive, fs.u, fs.y, cfg.nudged.max_steps, map_step(cfg.nudged))
+          .error_sum;
     case Algo::hep:
       if (cfg.N == 0) return exact_response<R>(model, theta, fs.drive, fs.u, fs.y, iterations(cfg.nudged)).v;
       EstimatorConfig ec;
@@ -121,7 +120,7 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
       ec.beta = cfg.beta;
       ec.nudged = cfg.nudged;
       EstimateResult<R> est = ep_estimate<R>(model, theta, fs, ec);
-      if (diverged) *diverged = std::move(est.diverged);
+      if (nudged_status) *nudged_status = std::move(est.status);
       return std::move(est.v);
   }
   return {};
@@ -143,8 +142,9 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
                                                 const Index* samples) {
   const StepStats st = gradient(x, y, grad_, samples);
   if (homeo_) (void)homeo_->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(index), grad_);
-  if (st.diverged > 0 && cfg_.on_diverge == DivergencePolicy::abort)
-    throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged at step " +
+  if (st.diverged + st.nudged_cycling > 0 && cfg_.on_diverge == DivergencePolicy::abort)
+    throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged and " +
+                                         std::to_string(st.nudged_cycling) + " cycled in a nudged phase at step " +
                                          std::to_string(index + 1) + " (policy abort; lower --beta or use skip)");
   opt_.step(theta_, grad_, index, total, cfg_.threads);
   if (!theta_.allFinite())
@@ -176,13 +176,15 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     if (warm)
       for (Index j = 0; j < count; ++j) warm_.col(samples[first + j]) = fs.u.col(j);
     StepStats& st = stats[static_cast<std::size_t>(c)];
-    std::vector<char> est_diverged;
+    std::vector<RelaxStatus> nudged;
     Vec<R>& g = chunk_grads_[static_cast<std::size_t>(c)];
     if (cfg_.algo == Algo::bp) {
       const R share = static_cast<R>(count) / static_cast<R>(B);  // truncated_bptt's gradient is a chunk mean
-      g = truncated_bptt<R>(model_, theta_, fs.x, fs.drive, fs.u, fs.y, cfg_.nudged.max_steps).grad * share;
+      g = truncated_bptt<R>(model_, theta_, fs.x, fs.drive, fs.u, fs.y, cfg_.nudged.max_steps, map_step(cfg_.nudged))
+              .grad *
+          share;
     } else {
-      const Mat<R> v = algorithm_error_vector<R>(model_, theta_, fs, cfg_, &est_diverged);
+      const Mat<R> v = algorithm_error_vector<R>(model_, theta_, fs, cfg_, &nudged);
       g.setZero();
       add_parameter_gradient<R>(model_, theta_, fs, v, R(1) / static_cast<R>(B), g);
     }
@@ -196,8 +198,14 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       st.free_steps += static_cast<double>(cfg_.free.tol > 0 ? fs.relax.col_steps[static_cast<std::size_t>(j)]
                                                               : fs.relax.steps);
       st.not_converged += status != RelaxStatus::converged;
-      // A sample counts once, whether its free phase or a nudged phase diverged (or both).
-      st.diverged += status == RelaxStatus::diverged || (!est_diverged.empty() && est_diverged[static_cast<std::size_t>(j)]);
+      st.cycling += status == RelaxStatus::cycling;
+      st.stalled += status == RelaxStatus::stalled;
+      // A sample counts once, whether its free phase or a nudged phase diverged (or both); a
+      // sample whose nudged phase cycled contributed nothing either (its error vector is zero).
+      const RelaxStatus ns = nudged.empty() ? RelaxStatus::converged : nudged[static_cast<std::size_t>(j)];
+      const bool div = status == RelaxStatus::diverged || ns == RelaxStatus::diverged;
+      st.diverged += div;
+      st.nudged_cycling += !div && ns == RelaxStatus::cycling;
     }
   });
   // grad = the sum of the chunk gradients, split over the same threads by parameter range.
@@ -214,6 +222,9 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     total.free_steps += st.free_steps;
     total.not_converged += st.not_converged;
     total.diverged += st.diverged;
+    total.cycling += st.cycling;
+    total.stalled += st.stalled;
+    total.nudged_cycling += st.nudged_cycling;
   }
   return total;
 }
@@ -301,7 +312,8 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
   const Vec<double> g_rbp = parameter_gradient<double>(model_, th, fs, delta).head(k);
   const Vec<double> g_alg = cfg_.algo == Algo::bp
                                 ? Vec<double>(truncated_bptt<double>(model_, th, fs.x, fs.drive, fs.u, fs.y,
-                                                                     cfg_.nudged.max_steps).grad.head(k))
+                                                                     cfg_.nudged.max_steps, map_step(cfg_.nudged))
+                                                  .grad.head(k))
                                 : Vec<double>(parameter_gradient<double>(model_, th, fs, v).head(k));
   rec.cos_grad_total = g_alg.dot(g_rbp) / (g_alg.norm() * g_rbp.norm());
 }
@@ -341,6 +353,9 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
       free_steps += st.free_steps;
       rec.not_converged += st.not_converged;
       rec.diverged += st.diverged;
+      rec.cycling += st.cycling;
+      rec.stalled += st.stalled;
+      rec.nudged_cycling += st.nudged_cycling;
       if (on_batch) on_batch(prog);
     }
     rec.train_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -357,21 +372,27 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     epoch_metrics(test, rec);
     rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     on_epoch(rec);
-    // Under the skip policy a diverged sample contributes nothing; when all of them diverge the
-    // parameters no longer change and every further epoch would repeat this one.
+    // Under the skip policy a diverged sample (or one whose nudged phase cycled) contributes
+    // nothing; when none contributes the parameters no longer change and every further epoch
+    // would repeat this one.
     if (rec.diverged >= train.n)
       throw InputError("training", "every sample diverged in epoch " + std::to_string(epoch) +
                                        ": lower --lr or --beta, or --dt with an ODE solver (the epochs so far "
                                        "are logged and checkpointed)");
+    if (rec.diverged + rec.nudged_cycling >= train.n)
+      throw InputError("--dt", "no sample contributed in epoch " + std::to_string(epoch) + " (" +
+                                   std::to_string(rec.diverged) + " diverged, " + std::to_string(rec.nudged_cycling) +
+                                   " cycled in a nudged phase): damp the map (--dt 0.5) or use --solver dopri5 (the "
+                                   "epochs so far are logged and checkpointed)");
   }
 }
 
 template class Trainer<float>;
 template class Trainer<double>;
 template Mat<float> algorithm_error_vector<float>(const Model&, const Vec<float>&, const FreeState<float>&,
-                                                  const TrainConfig&, std::vector<char>*);
+                                                  const TrainConfig&, std::vector<RelaxStatus>*);
 template Mat<double> algorithm_error_vector<double>(const Model&, const Vec<double>&, const FreeState<double>&,
-                                                    const TrainConfig&, std::vector<char>*);
+                                                    const TrainConfig&, std::vector<RelaxStatus>*);
 
 }  // namespace hepsim
 

@@ -66,8 +66,12 @@ struct EpochRecord {
   double weight_angle_deg = 0;
   double residual_log10 = 0;              // mean log10 of the free-phase residuals over the epoch
   double free_steps = 0;                  // mean free-phase steps per training sample (< T1 with --tol)
-  long not_converged = 0;                 // training free phases above the report tolerance
+  long not_converged = 0;                 // training free phases above the report tolerance (any
+                                          // status but converged: max_steps, cycling, stalled, diverged)
   long diverged = 0;                      // samples with a diverged relaxation (free or nudged)
+  long cycling = 0, stalled = 0;          // training free phases ended as cycling / stalled (also in not_converged)
+  long nudged_cycling = 0;                // samples (not diverged) with a cycling nudged phase: they
+                                          // contributed nothing to the gradient
   double lr = 0;                          // learning rate at the end of the epoch
   double examples_per_s = 0;              // training throughput
   std::vector<double> cos_delta_mean, cos_delta_std;  // per layer (Network::layers order)
@@ -107,7 +111,7 @@ class Trainer {
     long correct = 0;
     double log_residual = 0;
     double free_steps = 0;  // sum over samples of the step at which each free phase stopped
-    long not_converged = 0, diverged = 0;
+    long not_converged = 0, diverged = 0, cycling = 0, stalled = 0, nudged_cycling = 0;
   };
   // One training step on a batch (x: input_size x B, y: classes x B): gradient, homeostasis,
   // optimizer update. `index` / `total` are the global step and the run's step count (the
@@ -144,10 +148,11 @@ class Trainer {
 double train_step_flops(const Network& net, const TrainConfig& cfg, Index B);
 
 // The error vector of the configured algorithm at a free state (hep, rbp; for bp the BPTT
-// error sum), used in training and for the alignment metrics. `diverged`, when given, receives
-// one flag per sample: a nudged phase of that sample diverged (its column of the result is zero).
+// error sum), used in training and for the alignment metrics. `nudged_status`, when given,
+// receives per sample the worst status of its nudged phases (EstimateResult::status; converged
+// for the algorithms without nudged phases): diverged or cycling ones have a zero column.
 template <class R>
 Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
-                              std::vector<char>* diverged = nullptr);
+                              std::vector<RelaxStatus>* nudged_status = nullptr);
 
 }  // namespace hepsim

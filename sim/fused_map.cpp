@@ -146,6 +146,8 @@ struct Out {
   Index ld;
   float* r;
   float* a;
+  bool damped;  // u' = u + dt (M(u) − u) instead of M(u)
+  float dt;
 };
 
 // C(32 x NC) = A_panel (32 x k) · B (k x NC, column stride ldb), then the epilogue on the valid
@@ -179,6 +181,7 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
         if (!m[h]) continue;
         u[h] = _mm512_maskz_mov_ps(m[h], u[h]);
         const __m512 old = _mm512_maskz_loadu_ps(m[h], o.U + off + 16 * h);
+        if (o.damped) u[h] = _mm512_fmadd_ps(_mm512_set1_ps(o.dt), _mm512_sub_ps(u[h], old), old);
         const __m512 d = _mm512_andnot_ps(sign, _mm512_sub_ps(u[h], old));
         // A NaN compares unordered with itself: report it as an infinite residual.
         if (_mm512_cmp_ps_mask(u[h], u[h], _CMP_UNORD_Q)) r = std::numeric_limits<float>::infinity();
@@ -199,10 +202,17 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
       float r = o.r[col + j], a = o.a[col + j];
       for (int h = 0; h < 2; ++h) {
         if (!m[h]) continue;
-        const __m512 ure = _mm512_maskz_mov_ps(m[h], _mm512_add_ps(acc_re[h], _mm512_maskz_loadu_ps(m[h], o.D + re_off + 16 * h)));
-        const __m512 uim = _mm512_maskz_mov_ps(m[h], _mm512_add_ps(acc_im[h], _mm512_maskz_loadu_ps(m[h], o.D + im_off + 16 * h)));
-        const __m512 dre = _mm512_sub_ps(ure, _mm512_maskz_loadu_ps(m[h], o.U + re_off + 16 * h));
-        const __m512 dim = _mm512_sub_ps(uim, _mm512_maskz_loadu_ps(m[h], o.U + im_off + 16 * h));
+        __m512 ure = _mm512_maskz_mov_ps(m[h], _mm512_add_ps(acc_re[h], _mm512_maskz_loadu_ps(m[h], o.D + re_off + 16 * h)));
+        __m512 uim = _mm512_maskz_mov_ps(m[h], _mm512_add_ps(acc_im[h], _mm512_maskz_loadu_ps(m[h], o.D + im_off + 16 * h)));
+        const __m512 old_re = _mm512_maskz_loadu_ps(m[h], o.U + re_off + 16 * h);
+        const __m512 old_im = _mm512_maskz_loadu_ps(m[h], o.U + im_off + 16 * h);
+        if (o.damped) {
+          const __m512 dtv = _mm512_set1_ps(o.dt);
+          ure = _mm512_fmadd_ps(dtv, _mm512_sub_ps(ure, old_re), old_re);
+          uim = _mm512_fmadd_ps(dtv, _mm512_sub_ps(uim, old_im), old_im);
+        }
+        const __m512 dre = _mm512_sub_ps(ure, old_re);
+        const __m512 dim = _mm512_sub_ps(uim, old_im);
         const __m512 d2 = _mm512_fmadd_ps(dre, dre, _mm512_mul_ps(dim, dim));
         const __m512 u2 = _mm512_fmadd_ps(ure, ure, _mm512_mul_ps(uim, uim));
         if (_mm512_cmp_ps_mask(u2, u2, _CMP_UNORD_Q)) r = std::numeric_limits<float>::infinity();
@@ -244,6 +254,23 @@ __mmask16 mask_for(Index rows) {
   return static_cast<__mmask16>((1u << rows) - 1);
 }
 
+// max_i (x_i − y_i)² over n floats (x, y: one real column each), or max_i of
+// (x_i − y_i)² + (x'_i − y'_i)² for complex columns stored as the pairs (x, x'), (y, y').
+float max_sq_distance(const float* x, const float* y, const float* x2, const float* y2, Index n) {
+  __m512 m = _mm512_setzero_ps();
+  for (Index i = 0; i < n; i += 16) {
+    const __mmask16 k = mask_for(n - i);
+    const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i));
+    __m512 d2 = _mm512_mul_ps(d, d);
+    if (x2) {
+      const __m512 e = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x2 + i), _mm512_maskz_loadu_ps(k, y2 + i));
+      d2 = _mm512_fmadd_ps(e, e, d2);
+    }
+    m = _mm512_max_ps(m, d2);
+  }
+  return hmax(m);
+}
+
 }  // namespace
 
 template <class S>
@@ -260,15 +287,19 @@ struct FusedMap<S>::Impl {
   // live in slots (w = 1 or 2 internal columns each); the active ones occupy slots 0 … active−1,
   // settled ones are kept in F (by sample) and no longer computed.
   static constexpr Index w = kComplex ? 2 : 1;
-  Floats D, D0, U, Un, Sc, Sn, G, F;
+  Floats D, D0, U, Un, Sc, Sn, G, F, Snap;  // Snap: the cycle test's reference (active slots)
   std::vector<float> r, a;
   std::vector<Index> slot_of, col_at;
   std::vector<char> settled;
   Index active = 0;
+  bool damped = false;
+  float dt = 1;
   // Readout scratch (classes x nc and n_out x nc).
   Mat<float> logits, d, ed;
 
-  explicit Impl(const Field<S>& f) : field(f), net(f.model().net) {
+  Impl(const Field<S>& f, double step) : field(f), net(f.model().net) {
+    damped = step != 1;
+    dt = static_cast<float>(step);
     n = net.neurons;
     cols = f.cols();
     nc = kComplex ? 2 * cols : cols;
@@ -282,6 +313,7 @@ struct FusedMap<S>::Impl {
     Sc.assign(size, 0.f);
     Sn.assign(size, 0.f);
     F.assign(size, 0.f);
+    Snap.assign(size, 0.f);
     r.assign(static_cast<std::size_t>(nc), 0.f);
     a.assign(static_cast<std::size_t>(nc), 0.f);
     active = cols;
@@ -436,7 +468,7 @@ struct FusedMap<S>::Impl {
     const Index nca = active * w;
     std::fill(r.begin(), r.end(), 0.f);
     std::fill(a.begin(), a.end(), 0.f);
-    const Out o{D.data(), U.data(), Un.data(), Sn.data(), n, r.data(), a.data()};
+    const Out o{D.data(), U.data(), Un.data(), Sn.data(), n, r.data(), a.data(), damped, dt};
     // Balanced register blocks over the active samples (units of w internal columns).
     const Index max_units = kBlock / w;
     const Index nblocks = (active + max_units - 1) / max_units;
@@ -479,10 +511,23 @@ struct FusedMap<S>::Impl {
     // Only the active slots were computed; U and U' trade places (settled samples live in F).
     U.swap(Un);
     Sc.swap(Sn);
+    // The damped step moved u by dt F(u): the residual is that size / dt (exactly r for dt = 1).
+    const double inv_dt = damped ? 1.0 / static_cast<double>(dt) : 1.0;
     for (Index slot = 0; slot < active; ++slot) {
       const Index j = col_at[static_cast<std::size_t>(slot)];
-      r_out[j] = r[static_cast<std::size_t>(slot * w)];
+      r_out[j] = static_cast<double>(r[static_cast<std::size_t>(slot * w)]) * inv_dt;
       a_out[j] = a[static_cast<std::size_t>(slot * w)];
+    }
+  }
+
+  void snapshot() { std::copy_n(U.data(), static_cast<std::size_t>(active * w * n), Snap.data()); }
+
+  void distance(double* d_out) const {
+    for (Index slot = 0; slot < active; ++slot) {
+      const float* x = U.data() + slot * w * n;
+      const float* y = Snap.data() + slot * w * n;
+      const float m = kComplex ? max_sq_distance(x, y, x + n, y + n, n) : max_sq_distance(x, y, nullptr, nullptr, n);
+      d_out[col_at[static_cast<std::size_t>(slot)]] = std::sqrt(static_cast<double>(m));
     }
   }
 
@@ -493,7 +538,7 @@ struct FusedMap<S>::Impl {
     const Index s = slot_of[static_cast<std::size_t>(j)], last = active - 1;
     std::copy_n(U.data() + s * w * n, w * n, F.data() + j * w * n);
     if (s != last) {
-      for (Floats* buf : {&U, &Sc, &D, &D0}) std::copy_n(buf->data() + last * w * n, w * n, buf->data() + s * w * n);
+      for (Floats* buf : {&U, &Sc, &D, &D0, &Snap}) std::copy_n(buf->data() + last * w * n, w * n, buf->data() + s * w * n);
       const Index moved = col_at[static_cast<std::size_t>(last)];
       col_at[static_cast<std::size_t>(s)] = moved;
       slot_of[static_cast<std::size_t>(moved)] = s;
@@ -504,7 +549,7 @@ struct FusedMap<S>::Impl {
 };
 
 template <class S>
-FusedMap<S>::FusedMap(const Field<S>& field) : impl_(std::make_unique<Impl>(field)) {}
+FusedMap<S>::FusedMap(const Field<S>& field, double dt) : impl_(std::make_unique<Impl>(field, dt)) {}
 template <class S>
 FusedMap<S>::~FusedMap() = default;
 
@@ -530,6 +575,16 @@ void FusedMap<S>::load(const Mat<S>& u) {
 template <class S>
 void FusedMap<S>::step(double* r, double* a) {
   impl_->step(r, a);
+}
+
+template <class S>
+void FusedMap<S>::snapshot() {
+  impl_->snapshot();
+}
+
+template <class S>
+void FusedMap<S>::distance(double* d) {
+  impl_->distance(d);
 }
 
 template <class S>
@@ -582,13 +637,17 @@ template bool fused_map_applies<std::complex<float>>(const Field<std::complex<fl
 template <class S>
 struct FusedMap<S>::Impl {};
 template <class S>
-FusedMap<S>::FusedMap(const Field<S>&) {}
+FusedMap<S>::FusedMap(const Field<S>&, double) {}
 template <class S>
 FusedMap<S>::~FusedMap() = default;
 template <class S>
 void FusedMap<S>::load(const Mat<S>&) {}
 template <class S>
 void FusedMap<S>::step(double*, double*) {}
+template <class S>
+void FusedMap<S>::snapshot() {}
+template <class S>
+void FusedMap<S>::distance(double*) {}
 template <class S>
 void FusedMap<S>::freeze(Index) {}
 template <class S>

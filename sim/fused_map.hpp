@@ -2,7 +2,8 @@
 // Internal to sim/: the fused engine behind relax() for the discrete map in single precision
 // (float states, and complex<float> states for complex nudges), used whenever it applies
 // (RelaxConfig::fused, an x86-64 build with AVX-512, the sigmoid activation — or dsilu for real
-// states). It computes exactly the map of field.hpp, M(u) = C + Σ K s_pre + β e(s_out), but
+// states). It computes exactly the map of field.hpp, M(u) = C + Σ K s_pre + β e(s_out) (or the
+// damped step u + dt (M(u) − u)), but
 //   - layers whose inputs come from the same layers form a group, and the group's kernels are
 //     packed once per relaxation into one matrix W_g (rows: the group's layers, columns: its
 //     inputs), so a step is one GEMM per group (mlp_2-256: [l1; out] ← W s_l2, l2 ← W [s_l1; s_out]);
@@ -40,15 +41,20 @@ bool fused_map_applies(const Field<S>& field, const RelaxConfig& cfg);
 template <class S>
 class FusedMap {
  public:
-  explicit FusedMap(const Field<S>& field);
+  // dt: the map's damping (1: the plain map u ← M(u)).
+  FusedMap(const Field<S>& field, double dt);
   ~FusedMap();
   FusedMap(const FusedMap&) = delete;
   FusedMap& operator=(const FusedMap&) = delete;
 
   void load(const Mat<S>& u);
-  // One map step u ← M(u); r[j] = ‖u_new − u_old‖∞ and a[j] = ‖u_new‖∞ (moduli for complex
-  // states) for every column.
+  // One map step u ← u + dt (M(u) − u); r[j] = ‖M(u_old) − u_old‖∞ = ‖u_new − u_old‖∞ / dt and
+  // a[j] = ‖u_new‖∞ (moduli for complex states) for every column still computed.
   void step(double* r, double* a);
+  // The cycle test's reference (relax.hpp): snapshot() saves the current state; distance() sets
+  // d[j] = ‖u_j − snapshot_j‖∞ for every column still computed. One pass over the state each.
+  void snapshot();
+  void distance(double* d);
   // Sets a column to zero and keeps it there (a diverged sample).
   void freeze(Index col);
   // Keeps a column's current state as final and stops computing it (a converged sample): the

@@ -55,10 +55,28 @@ const char* to_string(Solver s) {
   return "?";
 }
 
+const char* to_string(RelaxStatus s) {
+  switch (s) {
+    case RelaxStatus::converged: return "converged";
+    case RelaxStatus::max_steps: return "max_steps";
+    case RelaxStatus::diverged: return "diverged";
+    case RelaxStatus::cycling: return "cycling";
+    case RelaxStatus::stalled: return "stalled";
+  }
+  return "?";
+}
+
 Index RelaxResult::count(RelaxStatus s) const {
   Index n = 0;
   for (auto x : status) n += x == s;
   return n;
+}
+
+std::vector<Index> RelaxResult::not_settled() const {
+  std::vector<Index> out;
+  for (std::size_t j = 0; j < status.size(); ++j)
+    if (status[j] != RelaxStatus::converged) out.push_back(static_cast<Index>(j));
+  return out;
 }
 
 double RelaxResult::mean_col_steps() const {
@@ -76,31 +94,53 @@ double RelaxResult::max_residual() const {
 
 namespace {
 
-// Bookkeeping shared by the three solvers: per-column residuals, divergence detection (a
-// diverged column is zeroed and frozen), and the stopping test.
+// Bookkeeping shared by every solver: per-column residuals, divergence detection (a diverged
+// column is zeroed and frozen), the stopping test, the cycle and stall tests (relax.hpp) and
+// progress reports. A solver calls, once per step (after it):
+//   distance_due()  → whether to measure d_j = ‖u_j − snapshot_j‖∞ for this step;
+//   update_norms()  → classify every live column;
+//   snapshot_due()  → whether to save the current state as the cycle test's new reference
+//                     (then snapshot_taken()).
+// `update()` does all three for solvers whose state is a plain matrix.
 template <class S>
 class ColumnMonitor {
  public:
   ColumnMonitor(Field<S>& field, const RelaxConfig& cfg, RelaxResult& res)
       : field_(field), cfg_(cfg), res_(res) {
+    const auto cols = static_cast<std::size_t>(field.cols());
     res_.residual = Vec<double>::Zero(field.cols());
-    res_.status.assign(static_cast<std::size_t>(field.cols()), RelaxStatus::max_steps);
-    res_.col_steps.assign(static_cast<std::size_t>(field.cols()), -1);
+    res_.status.assign(cols, RelaxStatus::max_steps);
+    res_.col_steps.assign(cols, -1);
     thr_ = cfg.tol > 0 ? cfg.tol : cfg.report_tol;
-    first_residual_.assign(static_cast<std::size_t>(field.cols()), -1.0);
-    settled_.assign(static_cast<std::size_t>(field.cols()), 0);
+    first_residual_.assign(cols, -1.0);
+    held_.assign(cols, 0);
+    excursion_.assign(cols, 0.0);
+    mark_r_.assign(cols, std::numeric_limits<double>::infinity());
+    mark_t_.assign(cols, 0.0);
   }
 
-  // Updates the residual r[j] and ‖u‖∞ a[j] of each live column, detects divergence (then calls
-  // diverge(j) to zero the column wherever the state lives, and freezes it) and, with tol > 0,
-  // settles each column whose residual reached tol (settle(j) holds its state from then on).
-  // Returns true when no column is still relaxing (tol > 0).
+  bool cycle_test() const { return cfg_.cycle_period >= 2; }
+  bool distance_due() const { return cycle_test() && snap_step_ >= 0 && res_.steps > snap_step_; }
+  bool snapshot_due() const { return cycle_test() && (snap_step_ < 0 || res_.steps - snap_step_ >= cfg_.cycle_period); }
+  void snapshot_taken() {
+    snap_step_ = res_.steps;
+    std::fill(excursion_.begin(), excursion_.end(), 0.0);
+  }
+
+  // Classifies each live column from its residual r[j], ‖u‖∞ a[j] and (when distance_due(), else
+  // nullptr) its distance d[j] from the snapshot, at time t. Divergence: diverge(j) zeroes the
+  // column wherever the state lives, and it is frozen. Convergence at tol > 0, cycling and stalls:
+  // hold(j) keeps its current state from then on. Returns true when no column is still relaxing
+  // and the phase may end (always at tol > 0; with tol = 0 only when every column has been ended
+  // by the cycle, stall or divergence tests, so that a fixed budget runs in full otherwise).
   template <class F, class G>
-  bool update_norms(const double* r_in, const double* a_in, F&& diverge, G&& settle) {
+  bool update_norms(const double* r_in, const double* a_in, const double* d_in, double t, F&& diverge, G&& hold) {
     bool all_done = true;
+    const long since_snap = res_.steps - snap_step_;
     for (Index j = 0; j < static_cast<Index>(res_.status.size()); ++j) {
-      auto& st = res_.status[static_cast<std::size_t>(j)];
-      if (st == RelaxStatus::diverged || settled_[static_cast<std::size_t>(j)]) continue;
+      const auto c = static_cast<std::size_t>(j);
+      auto& st = res_.status[c];
+      if (st == RelaxStatus::diverged || held_[c]) continue;
       const double r = r_in[j], a = a_in[j];
       // NaN fails every comparison: `!(r <= thr)` catches it as well as overflow.
       if (!(r <= cfg_.diverge_threshold) || !(a <= cfg_.diverge_threshold)) {
@@ -111,24 +151,29 @@ class ColumnMonitor {
         continue;
       }
       res_.residual[j] = r;
-      if (first_residual_[static_cast<std::size_t>(j)] < 0) first_residual_[static_cast<std::size_t>(j)] = r;
-      auto& first = res_.col_steps[static_cast<std::size_t>(j)];
+      if (first_residual_[c] < 0) first_residual_[c] = r;
+      auto& first = res_.col_steps[c];
       if (first < 0 && r <= thr_) first = res_.steps;
       if (cfg_.tol > 0 && r <= cfg_.tol) {
-        settled_[static_cast<std::size_t>(j)] = 1;
-        settle(j);
-        field_.freeze(j);
-      } else {
-        all_done = false;
+        end_column(j, RelaxStatus::converged, hold);
+        continue;
       }
+      if (r > thr_ && not_settling(c, r, a, d_in ? d_in[j] : -1.0, since_snap, t, st)) {
+        end_column(j, st, hold);
+        continue;
+      }
+      if (d_in) excursion_[c] = std::max(excursion_[c], d_in[j]);
+      all_done = false;
     }
-    return cfg_.tol > 0 && all_done;
+    report_progress(t);
+    return all_done && (cfg_.tol > 0 || ended_ > 0);
   }
 
   // The same from the matrices: `delta` (M(u) − u, or the last update) and the state `u`.
-  bool update(Mat<S>& u, Mat<S>* delta_to_zero, const Mat<S>& delta) {
-    r_.resize(static_cast<std::size_t>(u.cols()));
-    a_.resize(static_cast<std::size_t>(u.cols()));
+  bool update(Mat<S>& u, Mat<S>* delta_to_zero, const Mat<S>& delta, double t) {
+    const auto cols = static_cast<std::size_t>(u.cols());
+    r_.resize(cols);
+    a_.resize(cols);
     for (Index j = 0; j < u.cols(); ++j) {
       double r = 0, a = 0;
       const S* d = delta.col(j).data();
@@ -141,8 +186,14 @@ class ColumnMonitor {
       r_[static_cast<std::size_t>(j)] = r;
       a_[static_cast<std::size_t>(j)] = a;
     }
-    return update_norms(
-        r_.data(), a_.data(),
+    const bool measure = distance_due();
+    if (measure) {
+      d_.assign(cols, 0.0);
+      for (Index j = 0; j < u.cols(); ++j)
+        if (live(j)) d_[static_cast<std::size_t>(j)] = static_cast<double>((u.col(j) - snap_.col(j)).cwiseAbs().maxCoeff());
+    }
+    const bool done = update_norms(
+        r_.data(), a_.data(), measure ? d_.data() : nullptr, t,
         [&](Index j) {
           u.col(j).setZero();
           if (delta_to_zero) delta_to_zero->col(j).setZero();
@@ -150,17 +201,25 @@ class ColumnMonitor {
         [&](Index j) {
           if (delta_to_zero) delta_to_zero->col(j).setZero();  // a held ODE column: du/dt = 0
         });
+    if (snapshot_due()) {
+      snap_ = u;  // same size after the first time: no allocation
+      snapshot_taken();
+    }
+    return done;
   }
 
-  // Neither diverged nor held at tol.
+  // Neither diverged nor held (at tol, cycling, stalled).
   bool live(Index j) const {
-    return res_.status[static_cast<std::size_t>(j)] != RelaxStatus::diverged && !settled_[static_cast<std::size_t>(j)];
+    return res_.status[static_cast<std::size_t>(j)] != RelaxStatus::diverged && !held_[static_cast<std::size_t>(j)];
   }
 
   void finish(Mat<S>& u) {
     for (Index j = 0; j < res_.residual.size(); ++j) {
-      auto& st = res_.status[static_cast<std::size_t>(j)];
-      const double r0 = first_residual_[static_cast<std::size_t>(j)];
+      const auto c = static_cast<std::size_t>(j);
+      auto& st = res_.status[c];
+      auto& first = res_.col_steps[c];
+      if (st == RelaxStatus::cycling || st == RelaxStatus::stalled) continue;  // status and step set when ended
+      const double r0 = first_residual_[c];
       if (st != RelaxStatus::diverged && cfg_.growth_factor > 0 && r0 >= 0 &&
           res_.residual[j] > cfg_.growth_factor * std::max(r0, cfg_.report_tol)) {
         st = RelaxStatus::diverged;
@@ -168,50 +227,120 @@ class ColumnMonitor {
         u.col(j).setZero();
       }
       if (st != RelaxStatus::diverged) st = res_.residual[j] <= thr_ ? RelaxStatus::converged : RelaxStatus::max_steps;
-      auto& first = res_.col_steps[static_cast<std::size_t>(j)];
       if (first < 0 || st != RelaxStatus::converged) first = res_.steps;
     }
   }
 
  private:
+  // The cycle and stall tests of a live column above the tolerance (relax.hpp); sets `st`.
+  bool not_settling(std::size_t c, double r, double a, double d, long since_snap, double t, RelaxStatus& st) {
+    using R = RealOf<S>;
+    const double rounding = 64 * static_cast<double>(std::numeric_limits<R>::epsilon()) * std::max(1.0, a);
+    if (d >= 0 && since_snap >= 2 && excursion_[c] > rounding && d <= cfg_.cycle_rtol * excursion_[c]) {
+      st = RelaxStatus::cycling;
+      return true;
+    }
+    if (cfg_.stall_window > 0) {
+      if (r <= cfg_.stall_factor * mark_r_[c] || !(mark_r_[c] < HUGE_VAL)) {
+        mark_r_[c] = r;
+        mark_t_[c] = t;
+      } else if (t - mark_t_[c] >= cfg_.stall_window) {
+        st = RelaxStatus::stalled;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  template <class G>
+  void end_column(Index j, RelaxStatus st, G&& hold) {
+    const auto c = static_cast<std::size_t>(j);
+    res_.status[c] = st;
+    held_[c] = 1;
+    if (st != RelaxStatus::converged) {
+      res_.col_steps[c] = res_.steps;
+      ++ended_;
+    }
+    hold(j);
+    field_.freeze(j);
+  }
+
+  void report_progress(double t) {
+    if (!cfg_.progress || res_.steps % 256 != 0) return;
+    RelaxProgress p;
+    p.steps = res_.steps;
+    p.max_steps = cfg_.max_steps;
+    p.t = t;
+    p.cols = static_cast<Index>(res_.status.size());
+    for (Index j = 0; j < p.cols; ++j)
+      if (live(j)) {
+        ++p.live;
+        p.max_residual = std::max(p.max_residual, res_.residual[j]);
+      }
+    cfg_.progress(p);
+  }
+
   Field<S>& field_;
   const RelaxConfig& cfg_;
   RelaxResult& res_;
   double thr_ = 0;
   std::vector<double> first_residual_;  // the residual at the first check (-1: none yet)
-  std::vector<double> r_, a_;           // per-column scratch of update()
-  std::vector<char> settled_;           // columns held at tol (tol > 0)
+  std::vector<double> r_, a_, d_;       // per-column scratch of update()
+  std::vector<char> held_;              // columns ended and held (tol, cycling, stalled)
+  long ended_ = 0;                      // columns ended by the cycle or stall test
+  // Cycle test: the step of the last snapshot (-1: none), the snapshot (update() only) and each
+  // column's excursion from it.
+  long snap_step_ = -1;
+  Mat<S> snap_;
+  std::vector<double> excursion_;
+  // Stall test: the last residual mark (a fall by stall_factor sets a new one) and its time.
+  std::vector<double> mark_r_, mark_t_;
 };
 
 template <class S>
 void relax_map(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res, ColumnMonitor<S>& mon) {
+  const double dt = cfg.step();
   if constexpr (std::is_same_v<RealOf<S>, float>) {
     if (detail::fused_map_applies(field, cfg)) {
-      detail::FusedMap<S> fused(field);
+      detail::FusedMap<S> fused(field, dt);
       fused.load(u);
-      std::vector<double> r(static_cast<std::size_t>(u.cols())), a(r.size());
+      std::vector<double> r(static_cast<std::size_t>(u.cols())), a(r.size()), d(r.size());
       for (long k = 0; k < cfg.max_steps; ++k) {
         fused.step(r.data(), a.data());
         ++res.steps;
-        if (mon.update_norms(r.data(), a.data(), [&](Index j) { fused.freeze(j); },
-                             [&](Index j) { fused.settle(j); }))
-          break;
+        const bool measure = mon.distance_due();
+        if (measure) fused.distance(d.data());
+        const bool done = mon.update_norms(r.data(), a.data(), measure ? d.data() : nullptr,
+                                           static_cast<double>(res.steps) * dt, [&](Index j) { fused.freeze(j); },
+                                           [&](Index j) { fused.settle(j); });
+        if (done) break;
+        if (mon.snapshot_due()) {
+          fused.snapshot();
+          mon.snapshot_taken();
+        }
       }
       fused.store(u);
       field.count_evaluations(res.steps);
-      res.t = static_cast<double>(res.steps);
+      res.t = static_cast<double>(res.steps) * dt;
       return;
     }
   }
   Mat<S> next(u.rows(), u.cols());
+  const bool damped = dt != 1;
+  const auto h = static_cast<RealOf<S>>(dt);
   for (long k = 0; k < cfg.max_steps; ++k) {
     field.map(u, next);
-    u.swap(next);   // u = M(u_old), next = u_old
-    next = u - next;  // the update u_new − u_old = F(u_old)
+    if (damped) {
+      next -= u;           // F(u_old) = M(u_old) − u_old
+      u += h * next;       // u_new = u_old + dt F(u_old)
+    } else {
+      u.swap(next);        // u = M(u_old), next = u_old
+      next = u - next;     // the update u_new − u_old = F(u_old)
+    }
     ++res.steps;
-    if (mon.update(u, nullptr, next)) break;
+    if (mon.update(u, nullptr, next, static_cast<double>(res.steps) * dt)) break;
   }
-  res.t = static_cast<double>(res.steps);
+  res.t = static_cast<double>(res.steps) * dt;
 }
 
 template <class S>
@@ -220,10 +349,10 @@ void relax_rk4(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& 
   odeint::runge_kutta4<Mat<S>, R, Mat<S>, R, odeint::vector_space_algebra> stepper;
   Mat<S> dudt(u.rows(), u.cols());
   R t = 0;
-  const R dt = static_cast<R>(cfg.dt);
+  const R dt = static_cast<R>(cfg.step());
   for (;;) {
     field(u, dudt, t);  // derivative at the current state: residual, then reused by the step
-    if (mon.update(u, &dudt, dudt) || res.steps >= cfg.max_steps) break;
+    if (mon.update(u, &dudt, dudt, static_cast<double>(t)) || res.steps >= cfg.max_steps) break;
     stepper.do_step(std::ref(field), u, dudt, t, dt);
     t += dt;
     ++res.steps;
@@ -242,20 +371,21 @@ void relax_dopri5(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResul
   auto ctrl = odeint::make_controlled<Stepper>(static_cast<R>(std::min(cfg.atol, cap)),
                                                static_cast<R>(std::min(cfg.rtol, cap)));
   Mat<S> dudt(u.rows(), u.cols());
-  R t = 0, dt = static_cast<R>(cfg.dt);
+  const R dt0 = static_cast<R>(cfg.step());
+  R t = 0, dt = dt0;
   field(u, dudt, t);
-  if (mon.update(u, &dudt, dudt)) return;
+  if (mon.update(u, &dudt, dudt, 0.0)) return;
   // Rejections shrink dt by at most 5x each; this bound only stops a pathological loop.
   const long max_attempts = 20 * cfg.max_steps + 1000;
   for (long attempt = 0; attempt < max_attempts && res.steps < cfg.max_steps; ++attempt) {
     const auto r = ctrl.try_step(std::ref(field), u, dudt, t, dt);  // FSAL: updates u, dudt, t, dt
-    if (!std::isfinite(static_cast<double>(dt)) || dt <= R(0)) dt = static_cast<R>(cfg.dt);
+    if (!std::isfinite(static_cast<double>(dt)) || dt <= R(0)) dt = dt0;
     if (r == odeint::fail) {
       ++res.rejected;
       continue;
     }
     ++res.steps;
-    if (mon.update(u, &dudt, dudt)) break;
+    if (mon.update(u, &dudt, dudt, static_cast<double>(t))) break;
   }
   res.t = static_cast<double>(t);
 }
@@ -271,7 +401,8 @@ void relax_dopri5(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResul
 // the state's precision (the products of float states carry relative noise ~1e-7; its scale |G_aa|
 // is the only non-holomorphic ingredient, at that level). A column whose residual jumps 100x above
 // its best restarts its history; a column whose solve fails takes the plain map step, and so does
-// every column on the last step (whose residual is the one reported).
+// every column on the last step (whose residual is the one reported). With dt ≠ 1 the plain step
+// is the damped one, u + dt g, and the correction uses ΔU + dt ΔG (Anderson's mixing parameter).
 template <class S>
 void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res,
                     ColumnMonitor<S>& mon) {
@@ -284,6 +415,9 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
   const int m = cfg.anderson_m;
   if (m < 1 || m > kMaxM) throw InputError("anderson", "memory must be between 1 and 16");
   const Index n = u.rows(), cols = u.cols();
+  const double dt = cfg.step();
+  const bool damped = dt != 1;
+  const auto mix = static_cast<RealOf<S>>(dt);
   // The working set: columns still relaxing, compacted (with their own Field on gathered
   // drive/targets/nudges) whenever half of them have stopped, so that stopped columns cost nothing.
   std::vector<Index> idx(static_cast<std::size_t>(cols));  // working position -> column of u
@@ -293,12 +427,12 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
   std::unique_ptr<Field<S>> compact_field;
   Mat<R> drive_c, y_c;
   Vec<S> beta_c;
-  Mat<S> uw = u, fu(n, cols), g(n, cols), u_prev(n, cols), g_prev(n, cols);
+  Mat<S> uw = u, fu(n, cols), g(n, cols), u_prev(n, cols), g_prev(n, cols), snap(n, cols);
   std::vector<Mat<S>> dU(static_cast<std::size_t>(m), Mat<S>(n, cols)), dG(dU);
   std::vector<SlotGram> gram(static_cast<std::size_t>(cols), SlotGram::Zero());
   std::vector<int> hist(static_cast<std::size_t>(cols), 0);  // usable history per working column
   std::vector<double> best(static_cast<std::size_t>(cols), std::numeric_limits<double>::infinity());
-  std::vector<double> r_all(static_cast<std::size_t>(cols), 0.0), a_all(r_all);
+  std::vector<double> r_all(static_cast<std::size_t>(cols), 0.0), a_all(r_all), d_all(r_all);
   std::vector<char> held(static_cast<std::size_t>(cols), 0);  // final state written to u
   int head = 0, filled = 0;  // next slot of the circular buffers; slots written so far (≤ m)
   auto slot = [&](int a) { return ((head - 1 - a) % m + m) % m; };  // a-th most recent slot
@@ -318,9 +452,18 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
       a_all[j] = static_cast<double>(fu.col(p).cwiseAbs().maxCoeff());
       if (!g.col(p).allFinite()) r_all[j] = std::numeric_limits<double>::quiet_NaN();
     }
+    const bool measure = mon.distance_due();  // the cycle test on the iterates u_k
+    if (measure)
+      for (Index p = 0; p < w; ++p)
+        d_all[static_cast<std::size_t>(idx[static_cast<std::size_t>(p)])] =
+            static_cast<double>((uw.col(p) - snap.col(p)).cwiseAbs().maxCoeff());
     const bool done = mon.update_norms(
-        r_all.data(), a_all.data(), [&](Index j) { fu.col(pos[static_cast<std::size_t>(j)]).setZero(); },
-        [](Index) {});
+        r_all.data(), a_all.data(), measure ? d_all.data() : nullptr, static_cast<double>(res.steps) * dt,
+        [&](Index j) { fu.col(pos[static_cast<std::size_t>(j)]).setZero(); }, [](Index) {});
+    if (mon.snapshot_due()) {
+      snap = uw;
+      mon.snapshot_taken();
+    }
     if (k > 0) {
       dU[static_cast<std::size_t>(head)] = uw - u_prev;
       dG[static_cast<std::size_t>(head)] = g - g_prev;
@@ -332,7 +475,10 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
     Index live = 0;
     for (Index p = 0; p < w; ++p) {
       const Index j = idx[static_cast<std::size_t>(p)];
-      uw.col(p) = fu.col(p);  // the plain map step; Anderson corrects it below
+      if (damped && mon.live(j))
+        uw.col(p) += mix * g.col(p);  // the damped map step; Anderson corrects it below
+      else
+        uw.col(p) = fu.col(p);  // the plain map step (and a stopped column's final state)
       if (!mon.live(j)) {      // stopped at tol, or diverged (then fu was zeroed): held from now on
         if (!held[static_cast<std::size_t>(j)]) u.col(j) = fu.col(p);
         held[static_cast<std::size_t>(j)] = 1;
@@ -377,7 +523,10 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
       for (int a = 0; a < used; ++a) {
         const S ga = static_cast<S>(gamma[a]);
         const auto sa = static_cast<std::size_t>(slot(a));
-        uw.col(p).noalias() -= ga * (dU[sa].col(p) + dG[sa].col(p));
+        if (damped)
+          uw.col(p).noalias() -= ga * (dU[sa].col(p) + mix * dG[sa].col(p));
+        else
+          uw.col(p).noalias() -= ga * (dU[sa].col(p) + dG[sa].col(p));
       }
     }
     if (done || live == 0) break;
@@ -390,6 +539,7 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
         pos[static_cast<std::size_t>(j)] = q;
         if (q != p) {
           uw.col(q) = uw.col(p);
+          snap.col(q) = snap.col(p);
           u_prev.col(q) = u_prev.col(p);
           g_prev.col(q) = g_prev.col(p);
           for (int a = 0; a < m; ++a) {
@@ -416,7 +566,7 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
       if (compact_field) compact_evals += compact_field->evaluations();
       compact_field = std::make_unique<Field<S>>(field.model(), field.theta(), drive_c, y_c, beta_c);
       f = compact_field.get();
-      for (Mat<S>* x : {&uw, &u_prev, &g_prev}) x->conservativeResize(n, q);
+      for (Mat<S>* x : {&uw, &u_prev, &g_prev, &snap}) x->conservativeResize(n, q);
       for (int a = 0; a < m; ++a) {
         dU[static_cast<std::size_t>(a)].conservativeResize(n, q);
         dG[static_cast<std::size_t>(a)].conservativeResize(n, q);
@@ -430,7 +580,7 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
     if (mon.live(j)) u.col(j) = uw.col(p);
   }
   field.count_evaluations(compact_evals + (compact_field ? compact_field->evaluations() : 0));
-  res.t = static_cast<double>(res.steps);
+  res.t = static_cast<double>(res.steps) * dt;
 }
 
 }  // namespace

@@ -1,13 +1,14 @@
 #pragma once
 // Relaxation to a fixed point u* = M(u*) (SPEC 2.5).
-//   map:    u ← M(u)                              (the paper's discrete dynamics)
+//   map:    u ← u + dt (M(u) − u)                 (dt = 1: the paper's discrete map u ← M(u);
+//                                                  dt < 1: the damped map, same fixed points)
 //   rk4:    du/dt = M(u) − u, fixed-step classical Runge–Kutta (Boost.Odeint), step dt
 //   dopri5: the same ODE, adaptive Dormand–Prince 5(4) with error control (rtol, atol)
-//   anderson: the map accelerated by Anderson mixing (type II, memory m, per column): with
-//           g_k = M(u_k) − u_k and the last m differences ΔU, ΔG of states and residuals,
-//           γ = argmin ‖g_k − ΔG γ‖₂ and u_{k+1} = u_k + g_k − (ΔU + ΔG) γ. Same fixed points as
-//           the map, reached in far fewer steps; with a fixed budget the state after T steps is
-//           not the map's.
+//   anderson: the (damped) map accelerated by Anderson mixing (type II, memory m, per column):
+//           with g_k = M(u_k) − u_k and the last m differences ΔU, ΔG of states and residuals,
+//           γ = argmin ‖g_k − ΔG γ‖₂ and u_{k+1} = u_k + dt g_k − (ΔU + dt ΔG) γ. Same fixed
+//           points as the map, reached in far fewer steps; with a fixed budget the state after
+//           T steps is not the map's.
 // Runs `max_steps` steps; with tol > 0 each column stops (its state is held) as soon as its
 // residual ‖F(u)‖∞ ≤ tol (F(u) = M(u) − u), and the phase ends when every column has stopped —
 // with the fused engine, stopped columns cost nothing. Per column it reports the final
@@ -18,10 +19,35 @@
 //               residual more than growth_factor times the initial one (and than report_tol):
 //               the relaxation ran away from equilibrium. A diverged column is set to zero
 //               and frozen so that it cannot poison the others (trap 6); callers count it and
-//               decide (skip or abort).
-// Residual convention: for the map, the size of the last update ‖u_T − u_{T−1}‖∞ = ‖F(u_{T−1})‖∞;
+//               decide (skip or abort);
+//   cycling   — the state came back near a state of at most cycle_period steps earlier while its
+//               residual stayed above the tolerance: a periodic orbit (the synchronous map of a
+//               symmetric network falls into period-2 orbits that the ODE does not have);
+//   stalled   — the smallest residual so far has not fallen by stall_factor within stall_window
+//               time units while above the tolerance (a rounding floor above tol, a quasi-periodic
+//               orbit, or convergence too slow to finish in any reasonable budget).
+// Cycling and stalled columns are ended at once (their last state is held), so a phase that
+// never settles costs a few hundred steps, not the whole budget. Both tests only look at a column
+// whose residual is above the tolerance, and only end it: a column that converges follows
+// exactly the same steps as without them (bit for bit).
+//
+// Cycle test (per column, all solvers). Every cycle_period steps the state is saved (u_{k0}); at
+// each later step k ≤ k0 + cycle_period, d_k = ‖u_k − u_{k0}‖∞ and the excursion
+// e_k = max_{k0<j<k} d_j. The column is cycling when k − k0 ≥ 2, d_k ≤ cycle_rtol · e_k and
+// e_k is above the rounding level (64 ε max(1, ‖u‖∞)). Why cycle_rtol = 3e-4: a fixed point
+// approached through an oscillating mode of the map with per-step factor −(1 − η) also "returns"
+// after 2 steps, with d/e ≈ η; its residual falls by 2 in ln 2/η steps. With η ≤ 3e-4 that is
+// more than 2,300 steps, beyond the stall window of 1000: anything the cycle test ends, the
+// stall test would have ended later (at dt = 1), and slower-but-steady convergence (η above
+// 7e-4, a factor 2 per 1000 steps) is never ended by either.
+// Cost: one pass over the state per step (‖u_k − u_{k0}‖∞), against the step's GEMMs over the
+// same state times the layer widths; measured in the README.
+//
+// Residual convention: ‖F(u)‖∞ = ‖M(u) − u‖∞ at the state before the last step (for the map
+// with dt = 1: the size of the last update ‖u_T − u_{T−1}‖∞; for the damped map that size / dt);
 // for the ODE solvers, ‖du/dt‖∞ at the final state.
 #include <array>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,14 +59,25 @@ enum class Solver { map, rk4, dopri5, anderson };
 Solver parse_solver(const std::string& name, const std::string& where = "--solver");
 const char* to_string(Solver s);
 
-enum class RelaxStatus : unsigned char { converged, max_steps, diverged };
+enum class RelaxStatus : unsigned char { converged, max_steps, diverged, cycling, stalled };
+const char* to_string(RelaxStatus s);
+
+// Where a long phase stands (RelaxConfig::progress).
+struct RelaxProgress {
+  long steps = 0, max_steps = 0;  // steps done / budget
+  double t = 0;                   // time reached (map: steps × dt)
+  Index live = 0, cols = 0;       // columns still relaxing / all columns
+  double max_residual = 0;        // over the live columns
+};
 
 struct RelaxConfig {
   Solver solver = Solver::map;
   long max_steps = 150;             // map iterations / ODE steps (accepted steps for dopri5); ≥ 1
   double tol = 0;                   // stop each column at ‖F(u)‖∞ ≤ tol; 0 = run the whole budget
   double report_tol = 1e-3;         // with tol = 0: a column counts as converged below this residual
-  double dt = 0.5;                  // rk4 step, and dopri5's first trial step (time units, τ = 1)
+  double dt = 0;                    // time step (τ = 1): the map's damping and Anderson's mixing
+                                    // (0 → 1, the paper's map), rk4's step and dopri5's first trial
+                                    // step (0 → 0.5); see step()
   double rtol = 1e-6, atol = 1e-8;  // dopri5 local error control (relative, absolute)
   double diverge_threshold = 1e6;   // |u| or residual above this, or non-finite: diverged
   bool fused = true;                // map solver in float: the fused engine (sim/fused_map.hpp) when it applies
@@ -49,6 +86,16 @@ struct RelaxConfig {
                                     // A phase started away from equilibrium (a truncated free
                                     // phase) may end above its initial residual without diverging;
                                     // two orders of magnitude are a run-away.
+  int cycle_period = 16;            // longest period (steps) the cycle test sees; 0: no cycle test
+  double cycle_rtol = 3e-4;         // return distance / excursion below which a column cycles
+  double stall_window = 1000;       // time units (map steps at dt = 1) without progress; 0: no stall test
+  double stall_factor = 0.5;        // progress: the smallest residual fell below this × the last mark
+  // Called about every 256 steps with where the phase stands (empty: never). Relaxations may run
+  // on several threads at once: the callee must be thread-safe.
+  std::function<void(const RelaxProgress&)> progress;
+
+  // The effective time step: dt, or the solver's default when dt = 0.
+  double step() const { return dt > 0 ? dt : (solver == Solver::map || solver == Solver::anderson) ? 1.0 : 0.5; }
 };
 
 struct RelaxResult {
@@ -59,11 +106,14 @@ struct RelaxResult {
   Vec<double> residual;              // per column, final ‖F(u)‖∞
   std::vector<RelaxStatus> status;   // per column
   std::vector<long> col_steps;       // per column: step count at which its residual first fell to
-                                     // ≤ tol (report_tol when tol = 0); `steps` if it never did
+                                     // ≤ tol (report_tol when tol = 0); the step at which it was
+                                     // ended (cycling, stalled); else `steps`
 
   Index count(RelaxStatus s) const;
   Index converged() const { return count(RelaxStatus::converged); }
   Index diverged() const { return count(RelaxStatus::diverged); }
+  // Columns that did not settle: every status but converged, in column order.
+  std::vector<Index> not_settled() const;
   double max_residual() const;       // over columns that did not diverge (0 if none)
   double mean_col_steps() const;
 };

@@ -1,7 +1,9 @@
 #include "tools/cli.hpp"
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <limits>
 #include <iostream>
 #include <new>
@@ -49,6 +51,71 @@ TestSamples load_test_samples(const std::string& dataset, const std::string& dat
 }
 
 void print_json(const nlohmann::json& j) { std::cout << j.dump() << std::endl; }
+
+namespace {
+constexpr RelaxStatus kStatuses[] = {RelaxStatus::converged, RelaxStatus::max_steps, RelaxStatus::diverged,
+                                     RelaxStatus::cycling, RelaxStatus::stalled};
+
+long count_status(const std::vector<RelaxStatus>& status, RelaxStatus s) {
+  return static_cast<long>(std::count(status.begin(), status.end(), s));
+}
+}  // namespace
+
+bool settled(RelaxStatus s, bool truncated) {
+  return s == RelaxStatus::converged || (truncated && s == RelaxStatus::max_steps);
+}
+
+nlohmann::json status_json(const std::vector<RelaxStatus>& status, bool truncated) {
+  nlohmann::json j;
+  for (RelaxStatus s : kStatuses) j[to_string(s)] = count_status(status, s);
+  nlohmann::json samples = nlohmann::json::array(), names = nlohmann::json::array();
+  for (std::size_t i = 0; i < status.size(); ++i)
+    if (!settled(status[i], truncated)) {
+      samples.push_back(i);
+      names.push_back(to_string(status[i]));
+    }
+  j["not_settled"] = {{"count", samples.size()}, {"samples", samples}, {"status", names}};
+  return j;
+}
+
+std::string settle_advice(const std::vector<RelaxStatus>& status) {
+  std::string advice;
+  auto add = [&](const std::string& a) { advice += (advice.empty() ? "" : "; ") + a; };
+  if (count_status(status, RelaxStatus::cycling) > 0)
+    add("cycling samples settle with a damped map (--dt 0.5) or an ODE solver (--solver dopri5)");
+  if (count_status(status, RelaxStatus::stalled) > 0)
+    add("stalled samples need a larger --tol, or --precision double, or another --solver");
+  if (count_status(status, RelaxStatus::max_steps) > 0) add("a larger --max-steps or --solver anderson");
+  if (count_status(status, RelaxStatus::diverged) > 0) add("diverged samples need a smaller --dt or another --solver");
+  return advice;
+}
+
+void check_settled(const std::string& command, const std::vector<RelaxStatus>& status, const std::string& phase,
+                   const std::string& consequence, bool truncated) {
+  const long n = static_cast<long>(status.size());
+  const long good = static_cast<long>(std::count_if(status.begin(), status.end(), [&](RelaxStatus s) { return settled(s, truncated); }));
+  if (good == n) return;
+  std::string counts, list;
+  for (RelaxStatus s : kStatuses)
+    if (!settled(s, truncated) && count_status(status, s) > 0)
+      counts += (counts.empty() ? "" : ", ") + std::to_string(count_status(status, s)) + " " + to_string(s);
+  if (2 * good < n) {
+    const bool budget = count_status(status, RelaxStatus::max_steps) == n - good;
+    throw InputError(budget ? "--max-steps" : "--dt/--solver",
+                     "only " + std::to_string(good) + " of " + std::to_string(n) + " samples settled in " + phase +
+                         " (" + counts + "): " + settle_advice(status));
+  }
+  for (std::size_t i = 0; i < status.size(); ++i) {
+    if (settled(status[i], truncated)) continue;
+    if (list.size() > 200) {
+      list += ", …";
+      break;
+    }
+    list += (list.empty() ? "" : ", ") + std::to_string(i) + " (" + to_string(status[i]) + ")";
+  }
+  std::fprintf(stderr, "hepsim %s: %ld of %ld samples did not settle in %s and %s: %s; %s\n", command.c_str(),
+               n - good, n, phase.c_str(), consequence.c_str(), list.c_str(), settle_advice(status).c_str());
+}
 
 int run(int argc, char** argv) {
   CLI::App app{"hepsim: equilibrium propagation on simulated neuromorphic and analog substrates"};

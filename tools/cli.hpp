@@ -10,6 +10,7 @@
 
 #include "datasets/dataset.hpp"
 #include "sim/error.hpp"
+#include "sim/relax.hpp"
 
 namespace hepsim::tools {
 
@@ -69,5 +70,22 @@ TestSamples load_test_samples(const std::string& dataset, const std::string& dat
 
 // Prints one JSON object on stdout.
 void print_json(const nlohmann::json& j);
+
+// ---- relaxations that do not settle (relax, gradcheck, jacobian) --------------------------------
+// A sample settled when its phase converged; with `truncated` (a phase run for a fixed number of
+// steps on purpose) also when it only ran out of steps: then only cycling, stalled and diverged
+// samples did not settle.
+bool settled(RelaxStatus s, bool truncated = false);
+// The statuses of one phase, one per sample: a count per status (converged, max_steps, diverged,
+// cycling, stalled) and not_settled = {count, samples: the indices of the samples that did not
+// settle, status: their statuses}.
+nlohmann::json status_json(const std::vector<RelaxStatus>& status, bool truncated = false);
+// What a not-settled sample's status asks the user to change ("--dt 0.5 or --solver dopri5", …).
+std::string settle_advice(const std::vector<RelaxStatus>& status);
+// InputError naming --dt/--solver (or --max-steps) when fewer than half the samples converged in
+// `phase` ("the free phase"); otherwise, when some did not, one line on stderr saying which
+// samples `consequence` ("are left out of the metrics").
+void check_settled(const std::string& command, const std::vector<RelaxStatus>& status, const std::string& phase,
+                   const std::string& consequence, bool truncated = false);
 
 }  // namespace hepsim::tools

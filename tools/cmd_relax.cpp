@@ -26,7 +26,7 @@ struct RelaxOptions {
   double angle = 90;            // SPEC 5 --angle (degrees); 90 = independent feedback, as on a substrate
   double tol = 1e-8;            // residual tolerance ‖M(u) − u‖∞ of every phase
   long max_steps = 100000;      // step budget per phase
-  double dt = 0.5;              // rk4 step / dopri5 first step
+  double dt = 0;                // map damping / Anderson mixing (0: 1), rk4 step / dopri5 first step (0: 0.5)
   int anderson_m = 5;           // anderson memory
   std::string activation = "sigmoid";
   std::string precision = "double";
@@ -218,7 +218,7 @@ void register_relax(CLI::App& app) {
     require_finite(o.beta, "--beta");
     require_angle(o.angle, "--angle");
     if (!(o.tol >= 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite number ≥ 0");
-    if (!(o.dt > 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite positive number");
+    if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
     set_threads(o.threads);
     // Columns are parallelised by chunks here; Eigen's own GEMM threads would oversubscribe.
     Eigen::setNbThreads(1);

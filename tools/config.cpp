@@ -26,7 +26,7 @@ const nlohmann::json& train_defaults() {
       {"warm-start", "off"},      // on: free phases start from the sample's previous free state (needs tol > 0)
       {"tol", 0.0},               // stop a phase early at this residual (0: fixed steps)
       {"report-tol", 1e-4},       // a free phase above this residual counts as not converged
-      {"dt", 0.5},                // rk4 step / dopri5 first step
+      {"dt", 0.0},                // time step: map damping (0: 1, the paper's map), rk4 step / dopri5 first step (0: 0.5)
       {"activation", "sigmoid"},  // sigmoid, dsilu
       {"loss", "xent"},           // xent, mse
       {"homeostasis", 0.0},       // λ of the Jacobian-homeostasis penalty (0: off)
@@ -207,7 +207,7 @@ RunSetup make_setup(const ConfigBuilder& b) {
   t.free.max_steps = pos_int("T1");
   t.free.tol = nonneg("tol");
   t.free.report_tol = positive("report-tol");
-  t.free.dt = positive("dt");
+  t.free.dt = nonneg("dt");  // 0: the solver's default
   if (integer("anderson-m") < 1 || integer("anderson-m") > 16)
     throw InputError(where("anderson-m"), "must be between 1 and 16");
   t.free.anderson_m = static_cast<int>(integer("anderson-m"));

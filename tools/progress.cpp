@@ -39,9 +39,37 @@ void Progress::epoch(const EpochRecord& r) {
   if (quiet_) return;
   std::fprintf(stderr,
                "epoch %ld/%ld: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% top5 %.2f%% | jac_sym %.4f "
-               "angle %.2f° homeo %.4g | cos_grad %.4f | not converged %ld, diverged %ld | %.1f s\n",
+               "angle %.2f° homeo %.4g | cos_grad %.4f | not converged %ld (cycling %ld, stalled %ld), diverged %ld, "
+               "nudged cycling %ld | %.1f s\n",
                r.epoch, epochs_, r.train_loss, 100 * r.train_acc, r.test_loss, 100 * r.test_acc, 100 * r.test_top5,
-               r.jac_sym, r.weight_angle_deg, r.homeo_loss, r.cos_grad_total, r.not_converged, r.diverged, r.seconds);
+               r.jac_sym, r.weight_angle_deg, r.homeo_loss, r.cos_grad_total, r.not_converged, r.cycling, r.stalled,
+               r.diverged, r.nudged_cycling, r.seconds);
+  std::fflush(stderr);
+}
+
+PhaseProgress::PhaseProgress(std::string command)
+    : command_(std::move(command)), tty_(::isatty(STDERR_FILENO) != 0), start_(std::chrono::steady_clock::now()),
+      last_(start_) {}
+
+PhaseProgress::~PhaseProgress() {
+  if (printed_ && tty_) std::fputc('\n', stderr);
+}
+
+std::function<void(const RelaxProgress&)> PhaseProgress::phase(std::string label) {
+  return [this, label = std::move(label)](const RelaxProgress& p) { report(label, p); };
+}
+
+void PhaseProgress::report(const std::string& label, const RelaxProgress& p) {
+  const auto now = std::chrono::steady_clock::now();
+  const std::lock_guard<std::mutex> lock(mutex_);
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const double since = std::chrono::duration<double>(now - last_).count();
+  if (elapsed < 3.0 || (printed_ && since < (tty_ ? 1.0 : 15.0))) return;
+  last_ = now;
+  printed_ = true;
+  std::fprintf(stderr, "%s%s: %s: step %ld of %ld, %ld of %ld columns relaxing, max residual %.2e, %.0f s%s",
+               tty_ ? "\r" : "", command_.c_str(), label.c_str(), p.steps, p.max_steps, static_cast<long>(p.live),
+               static_cast<long>(p.cols), p.max_residual, elapsed, tty_ ? "   " : "\n");
   std::fflush(stderr);
 }
 

@@ -66,9 +66,12 @@ constexpr Column kColumns[] = {
 struct IntColumn {
   const char* name;
   long EpochRecord::*field;
+  bool required = true;  // false: added after logs were first written; 0 when an older log lacks it
 };
 constexpr IntColumn kIntColumns[] = {
-    {"epoch", &EpochRecord::epoch}, {"not_converged", &EpochRecord::not_converged}, {"diverged", &EpochRecord::diverged}};
+    {"epoch", &EpochRecord::epoch},       {"not_converged", &EpochRecord::not_converged},
+    {"diverged", &EpochRecord::diverged}, {"cycling", &EpochRecord::cycling, false},
+    {"stalled", &EpochRecord::stalled, false}, {"nudged_cycling", &EpochRecord::nudged_cycling, false}};
 
 }  // namespace
 
@@ -154,7 +157,10 @@ std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long ke
   };
   std::vector<double> v;
   for (const IntColumn& c : kIntColumns) {
-    column(std::string("epochs/") + c.name, v);
+    if (!c.required && !h5::read_vector(file.get(), (std::string("epochs/") + c.name).c_str(), v))
+      v.assign(recs.size(), 0.0);
+    else
+      column(std::string("epochs/") + c.name, v);
     for (std::size_t i = 0; i < recs.size(); ++i) recs[i].*(c.field) = static_cast<long>(v[i]);
   }
   for (const Column& c : kColumns) {

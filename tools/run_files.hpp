@@ -7,7 +7,8 @@
 //   attribute  layers           the state layers in neuron order (JSON list)
 //   /epochs/   epoch (int64), train_loss, train_acc, test_loss, test_acc, test_top5, seconds,
 //              homeo_loss, jac_sym, weight_angle_deg, residual_log10, not_converged (int64),
-//              diverged (int64), lr, examples_per_s, train_seconds, free_steps — one entry per epoch
+//              diverged (int64), cycling, stalled, nudged_cycling (int64), lr, examples_per_s,
+//              train_seconds, free_steps — one entry per epoch
 //   /alignment/cos_delta_mean/<layer>, /alignment/cos_delta_std/<layer>, /alignment/cos_grad_total
 //
 // DIR/checkpoint.h5

@@ -226,7 +226,7 @@ TEST_CASE("diverging contour points are counted and their samples zeroed, never 
   CHECK(est.v.allFinite());
   CHECK(est.curvature.allFinite());
   for (Index b = 0; b < 6; ++b)
-    if (est.diverged[static_cast<std::size_t>(b)]) CHECK(est.v.col(b).cwiseAbs().maxCoeff() == 0.0);
+    if (est.status[static_cast<std::size_t>(b)] == RelaxStatus::diverged) CHECK(est.v.col(b).cwiseAbs().maxCoeff() == 0.0);
   // A moderate |β| on the same batch diverges nowhere.
   cfg.beta = 0.1;
   CHECK(ep_estimate<double>(m, theta, fs, cfg).n_diverged == 0);
