@@ -39,6 +39,7 @@
 // Rng(seed, Stream::probes, step), keyed by the caller.
 #include <complex>
 #include <cstdint>
+#include <functional>
 #include <optional>
 
 #include "sim/sim.hpp"
@@ -169,9 +170,11 @@ struct AnalysisConfig {
   Index probes = 1000;         // probe columns of the estimates (≥ 2)
   std::uint64_t seed = 0;      // probes: Rng(seed, Stream::probes, 0)
   Index max_dense = kMaxDenseNeurons;  // spectra only up to this many neurons
-  long max_steps = 100000;     // map budget of the free phase (dynamics)
+  long max_steps = 10000;      // step budget of the free phase (dynamics)
   double tol = 1e-9;           // residual ‖M(u) − u‖∞ of the free phase (dynamics)
   Solver solver = Solver::map; // how the free fixed points are found (anderson may find unstable ones)
+  double dt = 0;               // the solver's time step (RelaxConfig::dt; 0: its default)
+  std::function<void(const RelaxProgress&)> progress;  // RelaxConfig::progress of the free phase
 };
 
 struct JacobianAnalysis {
@@ -184,6 +187,7 @@ struct JacobianAnalysis {
   std::optional<std::complex<double>> max_real_eig_dynamics;  // max over converged samples of
                                        // the rightmost eigenvalue of J_G D − I (n ≤ max_dense)
   Index samples = 0, converged = 0;    // free phases relaxed / converged to tol
+  std::vector<RelaxStatus> free_status;  // per sample: how its free phase ended
   Index unstable = 0;                  // converged fixed points whose rightmost eigenvalue has Re > 0
   double weight_angle_deg = 0;         // SPEC 5; NaN without reciprocal pairs
 };

@@ -66,7 +66,10 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
   rc.solver = cfg.solver;
   rc.tol = cfg.tol;
   rc.max_steps = cfg.max_steps;
+  rc.dt = cfg.dt;
+  rc.progress = cfg.progress;
   const RelaxResult rr = relax(field, u, rc);
+  r.free_status = rr.status;
   Mat<double> d(n, B);
   activate_deriv<double>(model.activation, u, d);
   std::vector<std::complex<double>> rightmost(static_cast<std::size_t>(B));

@@ -235,8 +235,11 @@ class ColumnMonitor {
   // The cycle and stall tests of a live column above the tolerance (relax.hpp); sets `st`.
   bool not_settling(std::size_t c, double r, double a, double d, long since_snap, double t, RelaxStatus& st) {
     using R = RealOf<S>;
-    const double rounding = 64 * static_cast<double>(std::numeric_limits<R>::epsilon()) * std::max(1.0, a);
-    if (d >= 0 && since_snap >= 2 && excursion_[c] > rounding && d <= cfg_.cycle_rtol * excursion_[c]) {
+    // d is known to about one rounding unit of the state, ε max(1, ‖u‖∞): a ratio d/e below
+    // cycle_rtol means something only when cycle_rtol · e is several such units (8), else a
+    // converging state whose steps are near rounding would "return" exactly.
+    const double resolvable = 8 * static_cast<double>(std::numeric_limits<R>::epsilon()) * std::max(1.0, a) / cfg_.cycle_rtol;
+    if (d >= 0 && since_snap >= 2 && excursion_[c] > resolvable && d <= cfg_.cycle_rtol * excursion_[c]) {
       st = RelaxStatus::cycling;
       return true;
     }

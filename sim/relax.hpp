@@ -34,7 +34,8 @@
 // Cycle test (per column, all solvers). Every cycle_period steps the state is saved (u_{k0}); at
 // each later step k ≤ k0 + cycle_period, d_k = ‖u_k − u_{k0}‖∞ and the excursion
 // e_k = max_{k0<j<k} d_j. The column is cycling when k − k0 ≥ 2, d_k ≤ cycle_rtol · e_k and
-// e_k is above the rounding level (64 ε max(1, ‖u‖∞)). Why cycle_rtol = 3e-4: a fixed point
+// cycle_rtol · e_k is resolvable, above 8 rounding units ε max(1, ‖u‖∞) (in float: orbits of
+// amplitude above ~3e-3 are seen as cycles; smaller ones end as stalled). Why cycle_rtol = 3e-4: a fixed point
 // approached through an oscillating mode of the map with per-step factor −(1 − η) also "returns"
 // after 2 steps, with d/e ≈ η; its residual falls by 2 in ln 2/η steps. With η ≤ 3e-4 that is
 // more than 2,300 steps, beyond the stall window of 1000: anything the cycle test ends, the

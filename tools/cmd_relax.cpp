@@ -1,7 +1,10 @@
 // `hepsim relax`: relaxes K test samples with freshly initialised weights by the chosen solver
 // and by the discrete map, and reports convergence and the largest difference between the two
 // fixed points (SPEC 9). With --beta, each sample's free phase is followed by a nudged phase from
-// its free fixed point, and the nudged fixed points are compared.
+// its free fixed point, and the nudged fixed points are compared. Every phase reports its statuses
+// (converged, max_steps, diverged, cycling, stalled; relax.hpp) and the samples that did not
+// settle; with fewer than half settled, or any diverged, the run ends with exit code 2 after its
+// JSON.
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -10,6 +13,7 @@
 #include "datasets/dataset.hpp"
 #include "sim/sim.hpp"
 #include "tools/cli.hpp"
+#include "tools/progress.hpp"
 
 namespace hepsim::tools {
 namespace {
@@ -25,7 +29,9 @@ struct RelaxOptions {
   std::string seed_text = "0";  // --seed as given: see parse_seed
   double angle = 90;            // SPEC 5 --angle (degrees); 90 = independent feedback, as on a substrate
   double tol = 1e-8;            // residual tolerance ‖M(u) − u‖∞ of every phase
-  long max_steps = 100000;      // step budget per phase
+  long max_steps = 20000;       // step budget per phase: 100 samples on mlp_2-256 in about a minute
+                                // when some sample needs all of it (the cycle and stall tests end
+                                // phases that do not converge long before)
   double dt = 0;                // map damping / Anderson mixing (0: 1), rk4 step / dopri5 first step (0: 0.5)
   int anderson_m = 5;           // anderson memory
   std::string activation = "sigmoid";
@@ -34,14 +40,17 @@ struct RelaxOptions {
   int threads = 0;
 };
 
+// The sums of one phase over all chunks (merged per thread) and each sample's status (written by
+// the chunk that holds the sample).
 struct PhaseStats {
   long converged = 0, diverged = 0;
   double sum_steps = 0, sum_residual = 0, max_residual = 0;
   long field_evals = 0;
-  void add(const RelaxResult& r) {
+  void add(const RelaxResult& r, std::vector<RelaxStatus>& status, Index first) {
     converged += r.converged();
     diverged += r.diverged();
     field_evals += r.field_evals;
+    std::copy(r.status.begin(), r.status.end(), status.begin() + first);
     for (Index j = 0; j < r.residual.size(); ++j) {
       sum_steps += static_cast<double>(r.col_steps[static_cast<std::size_t>(j)]);
       if (r.status[static_cast<std::size_t>(j)] != RelaxStatus::diverged) {
@@ -58,14 +67,16 @@ struct PhaseStats {
     max_residual = std::max(max_residual, o.max_residual);
     field_evals += o.field_evals;
   }
-  nlohmann::json json(long n) const {
+  nlohmann::json json(long n, const std::vector<RelaxStatus>& status) const {
     // Residuals are over the samples that did not diverge; with none left there is no residual
     // to report: NaN (null in the JSON), never the 0.0 that would read as "converged exactly".
     const long live = n - diverged;
     const double nan = std::numeric_limits<double>::quiet_NaN();
-    return {{"converged", converged}, {"diverged", diverged}, {"mean_steps", sum_steps / static_cast<double>(n)},
-            {"mean_residual", live > 0 ? sum_residual / static_cast<double>(live) : nan},
-            {"max_residual", live > 0 ? max_residual : nan}, {"field_evals", field_evals}};
+    nlohmann::json j = status_json(status);
+    j.update({{"mean_steps", sum_steps / static_cast<double>(n)},
+              {"mean_residual", live > 0 ? sum_residual / static_cast<double>(live) : nan},
+              {"max_residual", live > 0 ? max_residual : nan}, {"field_evals", field_evals}});
+    return j;
   }
 };
 
@@ -75,7 +86,8 @@ struct PhaseStats {
 constexpr double kDifferent = 1e-4;
 
 template <class R>
-nlohmann::json run_relax(const RelaxOptions& o) {
+nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_status,
+                         std::vector<RelaxStatus>& nudged_status) {
   const TestSamples loaded = load_test_samples(o.dataset, o.data_dir, o.samples);
   const DatasetKind kind = loaded.kind;
   const Dataset& test = loaded.test;
@@ -90,14 +102,22 @@ nlohmann::json run_relax(const RelaxOptions& o) {
   cfg.max_steps = o.max_steps;
   cfg.dt = o.dt;
   cfg.anderson_m = o.anderson_m;
+  PhaseProgress progress("relax");
   RelaxConfig map_cfg = cfg;
   map_cfg.solver = Solver::map;
+  map_cfg.dt = 0;  // the paper's map, whatever the solver's step
+  map_cfg.progress = progress.phase("the map's fixed points");
+  RelaxConfig free_cfg = cfg, nudged_cfg = cfg;
+  free_cfg.progress = progress.phase("free phases");
+  nudged_cfg.progress = progress.phase("nudged phases");
   const bool nudge = o.beta != 0;
   const Normalization norm = default_normalization(kind);
 
   const Index n = model.net.neurons;
   const long chunks = (o.samples - 1) / o.batch_size + 1;  // not samples + batch − 1: overflows at 2^63
   PhaseStats free_stats, nudged_stats;
+  free_status.assign(static_cast<std::size_t>(o.samples), RelaxStatus::converged);
+  nudged_status.assign(nudge ? static_cast<std::size_t>(o.samples) : 0, RelaxStatus::converged);
   double max_diff = 0;
   long differing = 0;
   const auto t0 = std::chrono::steady_clock::now();
@@ -121,19 +141,29 @@ nlohmann::json run_relax(const RelaxOptions& o) {
 
       // The solver under test: free phase, then (with β) the nudged phase from its fixed point.
       Mat<R> u = Mat<R>::Zero(n, cols);
-      my_free.add(relax(free_field, u, cfg));
-      if (nudge) my_nudged.add(relax(nudged_field, u, cfg));
+      my_free.add(relax(free_field, u, free_cfg), free_status, first);
+      if (nudge) my_nudged.add(relax(nudged_field, u, nudged_cfg), nudged_status, first);
       // The discrete map's fixed points (the reference of max_abs_diff_vs_map).
+      // Only samples that settled under both are compared (a cycling map has no fixed point).
       Mat<R> v = Mat<R>::Zero(n, cols);
+      std::vector<char> compare(static_cast<std::size_t>(cols), 1);
       if (cfg.solver != Solver::map) {
-        (void)relax(free_field, v, map_cfg);
-        if (nudge) (void)relax(nudged_field, v, map_cfg);
+        const RelaxResult rf = relax(free_field, v, map_cfg);
+        for (Index k = 0; k < cols; ++k) compare[static_cast<std::size_t>(k)] = rf.status[static_cast<std::size_t>(k)] == RelaxStatus::converged;
+        if (nudge) {
+          const RelaxResult rn = relax(nudged_field, v, map_cfg);
+          for (Index k = 0; k < cols; ++k) compare[static_cast<std::size_t>(k)] &= rn.status[static_cast<std::size_t>(k)] == RelaxStatus::converged;
+        }
       } else {
         v = u;
       }
-      const RowVec<R> col_diff = (u - v).cwiseAbs().colwise().maxCoeff();
-      my_diff = std::max(my_diff, static_cast<double>(col_diff.maxCoeff()));
-      my_differing += (col_diff.array() > R(kDifferent)).count();
+      const std::vector<RelaxStatus>& mine = nudge ? nudged_status : free_status;
+      for (Index k = 0; k < cols; ++k) {
+        if (!compare[static_cast<std::size_t>(k)] || mine[static_cast<std::size_t>(first + k)] != RelaxStatus::converged) continue;
+        const double diff = static_cast<double>((u.col(k) - v.col(k)).cwiseAbs().maxCoeff());
+        my_diff = std::max(my_diff, diff);
+        my_differing += diff > kDifferent;
+      }
     } catch (...) {
 #pragma omp critical
       error = std::current_exception();
@@ -149,7 +179,7 @@ nlohmann::json run_relax(const RelaxOptions& o) {
   if (error) std::rethrow_exception(error);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const PhaseStats& main = nudge ? nudged_stats : free_stats;
-  nlohmann::json j = main.json(o.samples);
+  nlohmann::json j = main.json(o.samples, nudge ? nudged_status : free_status);
   j["solver"] = o.solver;
   j["samples"] = o.samples;
   j["max_abs_diff_vs_map"] = max_diff;
@@ -157,17 +187,20 @@ nlohmann::json run_relax(const RelaxOptions& o) {
   j["arch"] = o.arch;
   j["beta"] = o.beta;
   j["tol"] = o.tol;
+  j["dt"] = cfg.step();
   j["precision"] = o.precision;
   j["seconds"] = seconds;
-  if (nudge) j["free"] = free_stats.json(o.samples);
+  if (nudge) j["free"] = free_stats.json(o.samples, free_status);
   return j;
 }
 
 // A diverged sample means the run's settings do not relax this network: the JSON (printed first)
 // says how many, and the exit code must not say success. Names the flag most likely at fault:
 // a free phase diverges by the ODE step (rk4, dopri5) or by Anderson's extrapolation; a nudged
-// phase whose free phase did not diverge, by the nudge.
-void fail_on_divergence(const nlohmann::json& j, const RelaxOptions& o) {
+// phase whose free phase did not diverge, by the nudge. Fewer than half the samples settled in a
+// phase: exit 2 naming --dt/--solver (check_settled; with fewer left out, one line lists them).
+void check_outcome(const nlohmann::json& j, const RelaxOptions& o, const std::vector<RelaxStatus>& free_status,
+                   const std::vector<RelaxStatus>& nudged_status) {
   const bool nudge = o.beta != 0;
   const long free_div = (nudge ? j.at("free") : j).at("diverged").get<long>();
   const long main_div = j.at("diverged").get<long>();
@@ -175,12 +208,16 @@ void fail_on_divergence(const nlohmann::json& j, const RelaxOptions& o) {
   if (free_div > 0) {
     // The ODE step or Anderson's extrapolation; the plain map diverges only by the weights.
     const bool ode = o.solver == "rk4" || o.solver == "dopri5";
-    throw InputError(ode ? "--dt" : o.solver == "anderson" ? "--solver" : "--arch/--angle/--seed", std::to_string(free_div) + of + "free phase (" + o.solver +
-                                                   (ode ? ", dt " + nlohmann::json(o.dt).dump() : std::string()) + ")");
+    const double dt = j.at("dt").get<double>();
+    throw InputError(ode || dt > 1 ? "--dt" : o.solver == "anderson" ? "--solver" : "--arch/--angle/--seed",
+                     std::to_string(free_div) + of + "free phase (" + o.solver +
+                         (ode || dt != 1 ? ", dt " + nlohmann::json(dt).dump() : std::string()) + ")");
   }
   if (main_div > 0)
     throw InputError("--beta", std::to_string(main_div) + of + "nudged phase (" + o.solver + ", beta " +
                                    nlohmann::json(o.beta).dump() + ")");
+  check_settled("relax", free_status, "the free phase", "count as not converged");
+  if (nudge) check_settled("relax", nudged_status, "the nudged phase", "count as not converged");
 }
 
 }  // namespace
@@ -203,7 +240,10 @@ void register_relax(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--tol", opt->tol, "Residual tolerance of every phase")->capture_default_str();
   cmd->add_option("--max-steps", opt->max_steps, "Step budget of every phase")->capture_default_str();
-  cmd->add_option("--dt", opt->dt, "RK4 step and Dormand-Prince first step")->capture_default_str();
+  cmd->add_option("--dt", opt->dt,
+                  "Time step: map damping (1 = the paper's map) and Anderson mixing, rk4 step, dopri5 first step "
+                  "(0: the solver's default, 1 for map/anderson, 0.5 for rk4/dopri5)")
+      ->capture_default_str();
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
   cmd->add_option("--precision", opt->precision, "double or float")->capture_default_str();
   cmd->add_option("--batch-size", opt->batch_size, "Samples relaxed together")->capture_default_str();
@@ -223,9 +263,11 @@ void register_relax(CLI::App& app) {
     // Columns are parallelised by chunks here; Eigen's own GEMM threads would oversubscribe.
     Eigen::setNbThreads(1);
     if (o.precision != "double" && o.precision != "float") throw InputError("--precision", "must be double or float");
-    const nlohmann::json j = o.precision == "double" ? run_relax<double>(o) : run_relax<float>(o);
+    std::vector<RelaxStatus> free_status, nudged_status;
+    const nlohmann::json j = o.precision == "double" ? run_relax<double>(o, free_status, nudged_status)
+                                                     : run_relax<float>(o, free_status, nudged_status);
     print_json(j);  // the counts are useful even when some samples diverged
-    fail_on_divergence(j, o);
+    check_outcome(j, o, free_status, nudged_status);
   });
 }
 
