@@ -48,4 +48,29 @@ inline Model small_model(bool ring = true) {
   return m;
 }
 
+// in(1) -> h(2) <-> out(2) with K_{out←h} = K_{h←out} = w I (an exactly symmetric pair), input
+// weights 0 and biases c_h, c_out: two copies of the 2-neuron system
+//   u_h ← c_h + w σ(u_out),   u_out ← c_out + w σ(u_h).
+// With w = −3, c = (1.5, 1.4) the synchronous map from u = 0 alternates between (low, low) and
+// (high, high) (amplitude ≈ 2.9), while the flow settles at (high, low) ≈ (1.499, −1.546), a
+// fixed point whose map eigenvalues are ±0.027 (NumPy check of the same system).
+inline Model pair_model() {
+  const std::string json = R"({"name": "pair", "layers": [{"name": "h", "size": 2}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  Model m;
+  m.net = compile(parse_architecture(json, "pair", 1, 2));
+  return m;
+}
+
+inline Vec<double> pair_theta(const Network& net, double w, double c_h, double c_out) {
+  Vec<double> theta = Vec<double>::Zero(net.n_params);
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    if (ed.pre != Network::kInput) kernel(net, theta, static_cast<int>(e)).setIdentity() *= w;
+    if (ed.bias) theta.segment(ed.b_offset, ed.rows).setConstant(ed.pre == Network::kInput ? c_h : c_out);
+  }
+  Eigen::Map<Mat<double>>(theta.data() + net.readout_w_offset, net.classes, 2).setIdentity();
+  return theta;
+}
+
 }  // namespace hepsim::testing

@@ -72,6 +72,8 @@ TEST_CASE("hepsim jacobian: dynamics at generated images, and loop_mnist has no 
   const auto j = r.json();
   CHECK(j["dynamics_samples"] == 3);
   CHECK(j["dynamics_converged"] == 3);
+  CHECK(j["free"]["converged"] == 3);
+  CHECK(j["free"]["not_settled"]["count"] == 0);
   CHECK(j["weight_angle_deg"].is_null());  // no reciprocal pairs
   CHECK(j["max_real_eig_dynamics"].is_number());
   // Spectra are skipped above --max-dense; exact norms and estimates remain.
@@ -82,12 +84,26 @@ TEST_CASE("hepsim jacobian: dynamics at generated images, and loop_mnist has no 
   CHECK(j2["max_real_eig_dynamics"].is_null());
   CHECK(j2["homeo_exact"].is_number());
   CHECK(j2["jac_sym_estimate"].is_number());
+  // Free phases that do not settle: listed, and with fewer than half settled, exit code 2 after
+  // the JSON, naming the flag (2 steps from zero cannot reach 1e-9).
+  const RunResult r3 = run_hepsim("jacobian --arch loop_mnist --dataset fmnist --data-dir " + tmp.str() +
+                                      " --samples 3 --probes 200 --max-steps 2",
+                                  tmp);
+  CAPTURE(r3.err);
+  CHECK(r3.code == 2);
+  CHECK(r3.err_lines() == 1);
+  CHECK(r3.err.find("--max-steps") != std::string::npos);
+  const auto j3 = r3.json();
+  CHECK(j3["free"]["max_steps"] == 3);
+  CHECK(j3["free"]["not_settled"]["samples"] == nlohmann::json::array({0, 1, 2}));
+  CHECK(j3["dynamics_converged"] == 0);
 }
 
 TEST_CASE("hepsim jacobian: bad input gives one line naming the flag or file, exit code 2") {
   TempDir tmp;
   const std::vector<BadInput> cases = {
       {"jacobian --probes 1", "--probes"},
+      {"jacobian --dt -1", "--dt"},
       {"jacobian --angle nan", "--angle"},
       {"jacobian --samples 0", "--samples"},
       {"jacobian --arch nope", "--arch"},

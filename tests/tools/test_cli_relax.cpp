@@ -20,6 +20,8 @@ TEST_CASE("hepsim relax: dopri5 and rk4 reach the map's fixed points on a genera
     CHECK(j["samples"] == 30);
     CHECK(j["converged"] == 30);
     CHECK(j["diverged"] == 0);
+    for (const char* st : {"max_steps", "cycling", "stalled"}) CHECK(j[st] == 0);
+    CHECK(j["not_settled"]["count"] == 0);
     // Residual tol 1e-8 (default) and contraction ρ < 0.99 at angle 90: ≤ 1e-6.
     CHECK(j["max_abs_diff_vs_map"].get<double>() < 1e-6);
     CHECK(j["mean_residual"].get<double>() <= 1e-8);
@@ -56,6 +58,8 @@ TEST_CASE("hepsim relax: bad input gives one line naming the file or flag, exit 
       {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --seed 18446744073709551616", "--seed"},
       {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --angle -720", "--angle"},
       {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --angle 1e300", "--angle"},
+      {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --dt -0.5", "--dt"},
+      {"relax --dataset fmnist --data-dir " + tmp.str() + " --samples 3 --dt inf", "--dt"},
   };
   check_bad_input(cases, tmp);
   // A corrupt data file is named.
@@ -97,6 +101,30 @@ TEST_CASE("hepsim relax: diverged samples are reported in the JSON, then one lin
     CHECK(j["mean_residual"].is_null());
     if (c.nudged) CHECK(j["free"]["converged"] == 2);
   }
+}
+
+TEST_CASE("hepsim relax: samples that do not settle are listed; fewer than half settled is exit code 2") {
+  TempDir tmp;
+  write_tiny_fmnist(tmp.str(), 5, 6, 2);
+  // 3 steps from zero cannot reach 1e-8: every sample runs out of budget.
+  const RunResult r = run_hepsim("relax --dataset fmnist --data-dir " + tmp.str() + " --samples 6 --max-steps 3", tmp);
+  CAPTURE(r.err);
+  CHECK(r.code == 2);
+  CHECK(r.err_lines() == 1);
+  CHECK(r.err.find("--max-steps") != std::string::npos);
+  REQUIRE(!r.out.empty());
+  const auto j = r.json();
+  CHECK(j["max_steps"] == 6);
+  CHECK(j["not_settled"]["samples"] == nlohmann::json::array({0, 1, 2, 3, 4, 5}));
+  // Float cannot reach 1e-12: every sample stalls at its rounding floor, long before the budget.
+  const RunResult f = run_hepsim("relax --dataset fmnist --data-dir " + tmp.str() +
+                                     " --samples 6 --precision float --tol 1e-12 --max-steps 100000",
+                                 tmp);
+  CHECK(f.code == 2);
+  CHECK(f.err.find("--dt/--solver") != std::string::npos);
+  const auto k = f.json();
+  CHECK(k["stalled"].get<long>() + k["cycling"].get<long>() == 6);
+  CHECK(k["mean_steps"].get<double>() < 5000);
 }
 
 TEST_CASE("hepsim --help and --version succeed") {

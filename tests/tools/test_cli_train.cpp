@@ -69,7 +69,8 @@ TEST_CASE("hepsim train writes the SPEC log layout, eval reproduces the last eva
   CHECK(nlohmann::json::parse(cj) == config);
   CHECK(read_vec(f, "epochs/epoch") == std::vector<double>{1, 2});
   for (const char* name : {"train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "seconds", "homeo_loss",
-                           "jac_sym", "weight_angle_deg", "residual_log10", "not_converged", "free_steps"}) {
+                           "jac_sym", "weight_angle_deg", "residual_log10", "not_converged", "free_steps", "cycling",
+                           "stalled", "nudged_cycling"}) {
     CAPTURE(name);
     const auto v = read_vec(f, std::string("epochs/") + name);
     CHECK(v.size() == 2);
