@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -70,6 +71,24 @@ TestSamples load_test_samples(const std::string& dataset, const std::string& dat
 
 // Prints one JSON object on stdout.
 void print_json(const nlohmann::json& j);
+
+// body(i) for i = 0 … n − 1 on the OpenMP threads (dynamic schedule: the items may differ in
+// cost); the first exception thrown by any item is rethrown once all have finished (an exception
+// must not leave an OpenMP region).
+template <class F>
+void parallel_items(long n, F&& body) {
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long i = 0; i < n; ++i) {
+    try {
+      body(i);
+    } catch (...) {
+#pragma omp critical(hepsim_parallel_items)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
 
 // ---- relaxations that do not settle (relax, gradcheck, jacobian) --------------------------------
 // A sample settled when its phase converged; with `truncated` (a phase run for a fixed number of

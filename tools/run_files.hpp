@@ -58,7 +58,9 @@ struct Checkpoint {
 };
 
 void write_checkpoint(const std::string& path, const Checkpoint& c, const Network& net);
-// InputError naming the file when it is missing, not HDF5, or incomplete.
+// InputError naming the file when it is missing, not HDF5, or incomplete. The configuration is
+// returned in the current version's terms (a 0.1.0 map or Anderson run's "dt" becomes 0: their
+// steps were never damped).
 Checkpoint read_checkpoint(const std::string& path);
 
 // Writes `text` to `path` atomically (tmp file, fsync, rename).

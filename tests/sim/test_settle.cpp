@@ -37,8 +37,8 @@ PairRun<S> relax_pair(const Model& m, const Vec<RealOf<S>>& theta, RelaxConfig c
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("a period-2 orbit of the map is cycling within 100 steps; Dormand-Prince and the damped map settle "
-                   "the same network at the same fixed point",
+TEST_CASE_TEMPLATE("a period-2 orbit of the map is cycling within 100 steps and Dormand-Prince and the damped map "
+                   "settle the same network at the same fixed point",
                    S, float, double, std::complex<float>, std::complex<double>) {
   using R = RealOf<S>;
   const Model m = pair_model();
@@ -83,7 +83,7 @@ TEST_CASE_TEMPLATE("a period-2 orbit of the map is cycling within 100 steps; Dor
   }
 }
 
-TEST_CASE("slow but steady convergence is never ended early; slower than the stall rate is") {
+TEST_CASE("slow but steady convergence is never ended early but slower than the stall rate is") {
   // The same pair with c_h = c_out = 0.5 − w/2 has its fixed point at u = 0.5, where σ' = 1, and
   // from u = 0 it stays on the diagonal, where the map's factor is w σ'(u*) = w per step. With
   // w = −(1 − η) the approach oscillates: every other state "returns" with d/e ≈ η; with
@@ -219,7 +219,7 @@ TEST_CASE("the cycle and stall tests change nothing on converging batches and th
   }
 }
 
-TEST_CASE("the damped map: the map's fixed points and residual convention, fused = per-edge") {
+TEST_CASE("the damped map keeps the map's fixed points and residual convention and fused = per-edge") {
   const Model m = make_model("mlp_2-256");
   const Index B = 5;
   const Vec<double> theta = init_params<double>(m.net, 2, 90.0);

@@ -103,7 +103,7 @@ TEST_CASE("hepsim relax: diverged samples are reported in the JSON, then one lin
   }
 }
 
-TEST_CASE("hepsim relax: samples that do not settle are listed; fewer than half settled is exit code 2") {
+TEST_CASE("hepsim relax: samples that do not settle are listed and fewer than half settled is exit code 2") {
   TempDir tmp;
   write_tiny_fmnist(tmp.str(), 5, 6, 2);
   // 3 steps from zero cannot reach 1e-8: every sample runs out of budget.

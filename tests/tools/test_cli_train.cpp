@@ -11,6 +11,7 @@
 
 #include "cli_helpers.hpp"
 #include "datasets/h5_io.hpp"
+#include "tools/run_files.hpp"
 
 using namespace hepsim;
 using namespace hepsim::test;
@@ -273,4 +274,25 @@ TEST_CASE("warm-started free phases start from each sample's previous free state
   CHECK(sw[1] < 0.5 * sc[1]);
   // Same fixed points (to 1e-5), same parameters up to that: the same evaluation.
   CHECK(std::abs(warm.json()["test_acc"].get<double>() - cold.json()["test_acc"].get<double>()) <= 0.02);
+}
+
+TEST_CASE("a checkpoint written before 0.2.0 keeps its map undamped (its dt was only the ODE step)") {
+  TempDir data, runs;
+  write_tiny_fmnist(data.str(), 40, 20, 3);
+  const std::string out = runs.file("run");
+  // A run of the old default configuration: map solver, "dt": 0.5 in its configuration.
+  const RunResult r = run_hepsim("train " + base_flags(data) + " --epochs 1 --dt 0.5 --out " + out, runs);
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const std::string ckpt = out + "/checkpoint.h5";
+  CHECK(tools::read_checkpoint(ckpt).config["dt"] == 0.5);  // written by this version: damped, as asked
+  {
+    H5File f(ckpt, H5F_ACC_RDWR);
+    REQUIRE(h5::write_string_attribute(f.id.get(), "hepsim_version", "0.1.0"));
+  }
+  CHECK(tools::read_checkpoint(ckpt).config["dt"] == 0.0);  // 0.1.0: the plain map
+  // Resumed, the run continues with the plain map and says so in its configuration.
+  const RunResult e = run_hepsim("train --resume " + out + " --epochs 2 --quiet", runs);
+  REQUIRE_MESSAGE(e.code == 0, e.err);
+  std::ifstream cj(out + "/config.json");
+  CHECK(nlohmann::json::parse(cj)["dt"] == 0.0);
 }
