@@ -39,7 +39,9 @@ void set_rate(benchmark::State& state, double flops_per_iteration, double exampl
   state.SetItemsProcessed(static_cast<int64_t>(examples_per_iteration * static_cast<double>(state.iterations())));
 }
 
-// One map step: range(0) columns, range(1) = 1 for the fused engine, 0 for the per-edge path.
+// One map step: range(0) columns, range(1) = 1 for the fused engine, 0 for the per-edge path,
+// range(2) = 1 with the cycle and stall tests of sim/relax.hpp (the default), 0 without: their
+// cost per step (run with --benchmark_repetitions=… --benchmark_enable_random_interleaving=true).
 void BM_RelaxStep(benchmark::State& state) {
   const Index B = state.range(0);
   Fixture f(B);
@@ -50,6 +52,10 @@ void BM_RelaxStep(benchmark::State& state) {
   RelaxConfig cfg;
   cfg.max_steps = 20;
   cfg.fused = state.range(1) != 0;
+  if (state.range(2) == 0) {
+    cfg.cycle_period = 0;
+    cfg.stall_window = 0;
+  }
   Mat<float> u = Mat<float>::Zero(f.model.net.neurons, B);
   for (auto _ : state) {
     u.setZero();
@@ -57,7 +63,7 @@ void BM_RelaxStep(benchmark::State& state) {
   }
   set_rate(state, 20 * f.recurrent_flops() * static_cast<double>(B), 20.0 * static_cast<double>(B));
 }
-BENCHMARK(BM_RelaxStep)->ArgsProduct({{25, 50, 100}, {0, 1}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RelaxStep)->ArgsProduct({{25, 50, 100}, {0, 1}, {0, 1}})->Unit(benchmark::kMicrosecond);
 
 // Eigen's GEMM on the same shapes as one map step (no epilogue, no packing reuse).
 void BM_GemmPeak(benchmark::State& state) {
