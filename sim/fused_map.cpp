@@ -148,6 +148,9 @@ struct Out {
   float* a;
   bool damped;  // u' = u + dt (M(u) − u) instead of M(u)
   float dt;
+  const float* snap;  // the cycle test's reference state, or nullptr: then dist is not computed
+  float* dist;        // per internal column, ‖u' − snap‖∞ (modulus for complex)
+  const char* watch;  // per internal column: compute dist
 };
 
 // C(32 x NC) = A_panel (32 x k) · B (k x NC, column stride ldb), then the epilogue on the valid
@@ -176,22 +179,26 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
       __m512 u[2] = {_mm512_add_ps(acc0[j], _mm512_maskz_loadu_ps(m0, o.D + off)),
                      _mm512_add_ps(acc1[j], _mm512_maskz_loadu_ps(m1, o.D + off + 16))};
       const __mmask16 m[2] = {m0, m1};
-      float r = o.r[col + j], a = o.a[col + j];
+      // Lane-wise maxima over both halves, reduced once per column (max is exact in any order).
+      __m512 rv = _mm512_setzero_ps(), av = rv, dv = rv;
+      float r = o.r[col + j];
       for (int h = 0; h < 2; ++h) {
         if (!m[h]) continue;
         u[h] = _mm512_maskz_mov_ps(m[h], u[h]);
         const __m512 old = _mm512_maskz_loadu_ps(m[h], o.U + off + 16 * h);
         if (o.damped) u[h] = _mm512_fmadd_ps(_mm512_set1_ps(o.dt), _mm512_sub_ps(u[h], old), old);
-        const __m512 d = _mm512_andnot_ps(sign, _mm512_sub_ps(u[h], old));
         // A NaN compares unordered with itself: report it as an infinite residual.
         if (_mm512_cmp_ps_mask(u[h], u[h], _CMP_UNORD_Q)) r = std::numeric_limits<float>::infinity();
-        r = std::max(r, hmax(d));
-        a = std::max(a, hmax(_mm512_andnot_ps(sign, u[h])));
+        rv = _mm512_max_ps(rv, _mm512_andnot_ps(sign, _mm512_sub_ps(u[h], old)));
+        av = _mm512_max_ps(av, _mm512_andnot_ps(sign, u[h]));
+        if (o.snap && o.watch[col + j])
+          dv = _mm512_max_ps(dv, _mm512_andnot_ps(sign, _mm512_sub_ps(u[h], _mm512_maskz_loadu_ps(m[h], o.snap + off + 16 * h))));
         _mm512_mask_storeu_ps(o.Un + off + 16 * h, m[h], u[h]);
         _mm512_mask_storeu_ps(o.Sn + off + 16 * h, m[h], activate16<E>(u[h]));
       }
-      o.r[col + j] = r;
-      o.a[col + j] = a;
+      o.r[col + j] = std::max(r, hmax(rv));
+      o.a[col + j] = std::max(o.a[col + j], hmax(av));
+      if (o.snap) o.dist[col + j] = std::max(o.dist[col + j], hmax(dv));
     }
   } else {
     static_assert(NC % 2 == 0, "complex columns come in (Re, Im) pairs");
@@ -199,7 +206,8 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
       const Index re_off = (col + j) * o.ld + row, im_off = re_off + o.ld;
       const __m512 acc_re[2] = {acc0[j], acc1[j]}, acc_im[2] = {acc0[j + 1], acc1[j + 1]};
       const __mmask16 m[2] = {m0, m1};
-      float r = o.r[col + j], a = o.a[col + j];
+      __m512 rv = _mm512_setzero_ps(), av = rv, dv = rv;  // squared moduli, reduced once per column
+      float r = o.r[col + j];
       for (int h = 0; h < 2; ++h) {
         if (!m[h]) continue;
         __m512 ure = _mm512_maskz_mov_ps(m[h], _mm512_add_ps(acc_re[h], _mm512_maskz_loadu_ps(m[h], o.D + re_off + 16 * h)));
@@ -216,8 +224,13 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
         const __m512 d2 = _mm512_fmadd_ps(dre, dre, _mm512_mul_ps(dim, dim));
         const __m512 u2 = _mm512_fmadd_ps(ure, ure, _mm512_mul_ps(uim, uim));
         if (_mm512_cmp_ps_mask(u2, u2, _CMP_UNORD_Q)) r = std::numeric_limits<float>::infinity();
-        r = std::max(r, std::sqrt(hmax(d2)));
-        a = std::max(a, std::sqrt(hmax(u2)));
+        rv = _mm512_max_ps(rv, d2);
+        av = _mm512_max_ps(av, u2);
+        if (o.snap && o.watch[col + j]) {
+          const __m512 sre = _mm512_sub_ps(ure, _mm512_maskz_loadu_ps(m[h], o.snap + re_off + 16 * h));
+          const __m512 sim = _mm512_sub_ps(uim, _mm512_maskz_loadu_ps(m[h], o.snap + im_off + 16 * h));
+          dv = _mm512_max_ps(dv, _mm512_fmadd_ps(sre, sre, _mm512_mul_ps(sim, sim)));
+        }
         _mm512_mask_storeu_ps(o.Un + re_off + 16 * h, m[h], ure);
         _mm512_mask_storeu_ps(o.Un + im_off + 16 * h, m[h], uim);
         __m512 sre, sim;
@@ -225,8 +238,9 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
         _mm512_mask_storeu_ps(o.Sn + re_off + 16 * h, m[h], sre);
         _mm512_mask_storeu_ps(o.Sn + im_off + 16 * h, m[h], sim);
       }
-      o.r[col + j] = o.r[col + j + 1] = r;
-      o.a[col + j] = o.a[col + j + 1] = a;
+      o.r[col + j] = o.r[col + j + 1] = std::max(r, std::sqrt(hmax(rv)));
+      o.a[col + j] = o.a[col + j + 1] = std::max(o.a[col + j], std::sqrt(hmax(av)));
+      if (o.snap) o.dist[col + j] = o.dist[col + j + 1] = std::max(o.dist[col + j], std::sqrt(hmax(dv)));
     }
   }
 }
@@ -254,23 +268,6 @@ __mmask16 mask_for(Index rows) {
   return static_cast<__mmask16>((1u << rows) - 1);
 }
 
-// max_i (x_i − y_i)² over n floats (x, y: one real column each), or max_i of
-// (x_i − y_i)² + (x'_i − y'_i)² for complex columns stored as the pairs (x, x'), (y, y').
-float max_sq_distance(const float* x, const float* y, const float* x2, const float* y2, Index n) {
-  __m512 m = _mm512_setzero_ps();
-  for (Index i = 0; i < n; i += 16) {
-    const __mmask16 k = mask_for(n - i);
-    const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i));
-    __m512 d2 = _mm512_mul_ps(d, d);
-    if (x2) {
-      const __m512 e = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x2 + i), _mm512_maskz_loadu_ps(k, y2 + i));
-      d2 = _mm512_fmadd_ps(e, e, d2);
-    }
-    m = _mm512_max_ps(m, d2);
-  }
-  return hmax(m);
-}
-
 }  // namespace
 
 template <class S>
@@ -288,7 +285,8 @@ struct FusedMap<S>::Impl {
   // settled ones are kept in F (by sample) and no longer computed.
   static constexpr Index w = kComplex ? 2 : 1;
   Floats D, D0, U, Un, Sc, Sn, G, F, Snap;  // Snap: the cycle test's reference (active slots)
-  std::vector<float> r, a;
+  std::vector<float> r, a, dist;
+  std::vector<char> watching;  // per internal column (slot layout): the cycle test measures it
   std::vector<Index> slot_of, col_at;
   std::vector<char> settled;
   Index active = 0;
@@ -315,6 +313,8 @@ struct FusedMap<S>::Impl {
     F.assign(size, 0.f);
     Snap.assign(size, 0.f);
     r.assign(static_cast<std::size_t>(nc), 0.f);
+    dist.assign(static_cast<std::size_t>(nc), 0.f);
+    watching.assign(static_cast<std::size_t>(nc), 0);
     a.assign(static_cast<std::size_t>(nc), 0.f);
     active = cols;
     slot_of.resize(static_cast<std::size_t>(cols));
@@ -463,12 +463,18 @@ struct FusedMap<S>::Impl {
     }
   }
 
-  void step(double* r_out, double* a_out) {
+  void step(double* r_out, double* a_out, double* d_out, const char* watch) {
     if (field.nudged()) nudge();
     const Index nca = active * w;
     std::fill(r.begin(), r.end(), 0.f);
     std::fill(a.begin(), a.end(), 0.f);
-    const Out o{D.data(), U.data(), Un.data(), Sn.data(), n, r.data(), a.data(), damped, dt};
+    if (d_out) {
+      std::fill(dist.begin(), dist.end(), 0.f);
+      for (Index slot = 0; slot < active; ++slot)
+        std::fill_n(watching.begin() + slot * w, w, watch ? watch[col_at[static_cast<std::size_t>(slot)]] : 1);
+    }
+    const Out o{D.data(), U.data(), Un.data(), Sn.data(), n, r.data(), a.data(), damped, dt,
+                d_out ? Snap.data() : nullptr, dist.data(), watching.data()};
     // Balanced register blocks over the active samples (units of w internal columns).
     const Index max_units = kBlock / w;
     const Index nblocks = (active + max_units - 1) / max_units;
@@ -517,19 +523,11 @@ struct FusedMap<S>::Impl {
       const Index j = col_at[static_cast<std::size_t>(slot)];
       r_out[j] = static_cast<double>(r[static_cast<std::size_t>(slot * w)]) * inv_dt;
       a_out[j] = a[static_cast<std::size_t>(slot * w)];
+      if (d_out) d_out[j] = dist[static_cast<std::size_t>(slot * w)];
     }
   }
 
   void snapshot() { std::copy_n(U.data(), static_cast<std::size_t>(active * w * n), Snap.data()); }
-
-  void distance(double* d_out) const {
-    for (Index slot = 0; slot < active; ++slot) {
-      const float* x = U.data() + slot * w * n;
-      const float* y = Snap.data() + slot * w * n;
-      const float m = kComplex ? max_sq_distance(x, y, x + n, y + n, n) : max_sq_distance(x, y, nullptr, nullptr, n);
-      d_out[col_at[static_cast<std::size_t>(slot)]] = std::sqrt(static_cast<double>(m));
-    }
-  }
 
   // Keeps sample j's current state as its final one and stops computing it: the last active slot
   // moves into its place.
@@ -573,18 +571,13 @@ void FusedMap<S>::load(const Mat<S>& u) {
 }
 
 template <class S>
-void FusedMap<S>::step(double* r, double* a) {
-  impl_->step(r, a);
+void FusedMap<S>::step(double* r, double* a, double* d, const char* watch) {
+  impl_->step(r, a, d, watch);
 }
 
 template <class S>
 void FusedMap<S>::snapshot() {
   impl_->snapshot();
-}
-
-template <class S>
-void FusedMap<S>::distance(double* d) {
-  impl_->distance(d);
 }
 
 template <class S>
@@ -643,11 +636,9 @@ FusedMap<S>::~FusedMap() = default;
 template <class S>
 void FusedMap<S>::load(const Mat<S>&) {}
 template <class S>
-void FusedMap<S>::step(double*, double*) {}
+void FusedMap<S>::step(double*, double*, double*, const char*) {}
 template <class S>
 void FusedMap<S>::snapshot() {}
-template <class S>
-void FusedMap<S>::distance(double*) {}
 template <class S>
 void FusedMap<S>::freeze(Index) {}
 template <class S>

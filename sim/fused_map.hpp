@@ -48,13 +48,13 @@ class FusedMap {
   FusedMap& operator=(const FusedMap&) = delete;
 
   void load(const Mat<S>& u);
-  // One map step u ← u + dt (M(u) − u); r[j] = ‖M(u_old) − u_old‖∞ = ‖u_new − u_old‖∞ / dt and
-  // a[j] = ‖u_new‖∞ (moduli for complex states) for every column still computed.
-  void step(double* r, double* a);
-  // The cycle test's reference (relax.hpp): snapshot() saves the current state; distance() sets
-  // d[j] = ‖u_j − snapshot_j‖∞ for every column still computed. One pass over the state each.
+  // One map step u ← u + dt (M(u) − u); r[j] = ‖M(u_old) − u_old‖∞ = ‖u_new − u_old‖∞ / dt,
+  // a[j] = ‖u_new‖∞ and, when d is given, d[j] = ‖u_new − snapshot_j‖∞ for the columns with
+  // watch[j] ≠ 0 (moduli for complex states), for every column still computed, all in the
+  // GEMM's epilogue.
+  void step(double* r, double* a, double* d = nullptr, const char* watch = nullptr);
+  // Saves the current state as the cycle test's reference (relax.hpp).
   void snapshot();
-  void distance(double* d);
   // Sets a column to zero and keeps it there (a diverged sample).
   void freeze(Index col);
   // Keeps a column's current state as final and stops computing it (a converged sample): the

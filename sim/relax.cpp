@@ -115,16 +115,30 @@ class ColumnMonitor {
     first_residual_.assign(cols, -1.0);
     held_.assign(cols, 0);
     excursion_.assign(cols, 0.0);
+    watch_.assign(cols, 0);
+    snap_r_.assign(cols, std::numeric_limits<double>::infinity());
     mark_r_.assign(cols, std::numeric_limits<double>::infinity());
     mark_t_.assign(cols, 0.0);
   }
 
   bool cycle_test() const { return cfg_.cycle_period >= 2; }
-  bool distance_due() const { return cycle_test() && snap_step_ >= 0 && res_.steps > snap_step_; }
+  // Some column is watched in this window: the solver measures d for the watched ones.
+  bool distance_due() const { return cycle_test() && snap_step_ >= 0 && res_.steps > snap_step_ && watching_ > 0; }
+  const char* watch() const { return watch_.data(); }
+  bool watched(Index j) const { return watch_[static_cast<std::size_t>(j)] != 0; }
   bool snapshot_due() const { return cycle_test() && (snap_step_ < 0 || res_.steps - snap_step_ >= cfg_.cycle_period); }
+  // A new window: the cycle test watches the live columns above the tolerance whose residual did
+  // not halve over the last window (a column converging faster costs nothing).
   void snapshot_taken() {
     snap_step_ = res_.steps;
-    std::fill(excursion_.begin(), excursion_.end(), 0.0);
+    watching_ = 0;
+    for (std::size_t c = 0; c < watch_.size(); ++c) {
+      const double r = res_.residual[static_cast<Index>(c)];
+      watch_[c] = live(static_cast<Index>(c)) && r > thr_ && r > 0.5 * snap_r_[c];
+      watching_ += watch_[c];
+      snap_r_[c] = r;
+      excursion_[c] = 0;
+    }
   }
 
   // Classifies each live column from its residual r[j], ‖u‖∞ a[j] and (when distance_due(), else
@@ -158,11 +172,12 @@ class ColumnMonitor {
         end_column(j, RelaxStatus::converged, hold);
         continue;
       }
-      if (r > thr_ && not_settling(c, r, a, d_in ? d_in[j] : -1.0, since_snap, t, st)) {
+      const double d = d_in && watch_[c] ? d_in[j] : -1.0;  // -1: not measured
+      if (r > thr_ && not_settling(c, r, a, d, since_snap, t, st)) {
         end_column(j, st, hold);
         continue;
       }
-      if (d_in) excursion_[c] = std::max(excursion_[c], d_in[j]);
+      excursion_[c] = std::max(excursion_[c], d);
       all_done = false;
     }
     report_progress(t);
@@ -190,7 +205,7 @@ class ColumnMonitor {
     if (measure) {
       d_.assign(cols, 0.0);
       for (Index j = 0; j < u.cols(); ++j)
-        if (live(j)) d_[static_cast<std::size_t>(j)] = static_cast<double>((u.col(j) - snap_.col(j)).cwiseAbs().maxCoeff());
+        if (live(j) && watched(j)) d_[static_cast<std::size_t>(j)] = static_cast<double>((u.col(j) - snap_.col(j)).cwiseAbs().maxCoeff());
     }
     const bool done = update_norms(
         r_.data(), a_.data(), measure ? d_.data() : nullptr, t,
@@ -291,11 +306,15 @@ class ColumnMonitor {
   std::vector<double> r_, a_, d_;       // per-column scratch of update()
   std::vector<char> held_;              // columns ended and held (tol, cycling, stalled)
   long ended_ = 0;                      // columns ended by the cycle or stall test
-  // Cycle test: the step of the last snapshot (-1: none), the snapshot (update() only) and each
-  // column's excursion from it.
+  // Cycle test: the step of the last snapshot (-1: none), the snapshot (update() only), each
+  // column's excursion from it, whether it is watched in this window and its residual at the
+  // snapshot.
   long snap_step_ = -1;
   Mat<S> snap_;
   std::vector<double> excursion_;
+  std::vector<char> watch_;
+  long watching_ = 0;
+  std::vector<double> snap_r_;
   // Stall test: the last residual mark (a fall by stall_factor sets a new one) and its time.
   std::vector<double> mark_r_, mark_t_;
 };
@@ -309,10 +328,9 @@ void relax_map(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& 
       fused.load(u);
       std::vector<double> r(static_cast<std::size_t>(u.cols())), a(r.size()), d(r.size());
       for (long k = 0; k < cfg.max_steps; ++k) {
-        fused.step(r.data(), a.data());
         ++res.steps;
-        const bool measure = mon.distance_due();
-        if (measure) fused.distance(d.data());
+        const bool measure = mon.distance_due();  // for the state after this step
+        fused.step(r.data(), a.data(), measure ? d.data() : nullptr, mon.watch());
         const bool done = mon.update_norms(r.data(), a.data(), measure ? d.data() : nullptr,
                                            static_cast<double>(res.steps) * dt, [&](Index j) { fused.freeze(j); },
                                            [&](Index j) { fused.settle(j); });
@@ -457,9 +475,11 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
     }
     const bool measure = mon.distance_due();  // the cycle test on the iterates u_k
     if (measure)
-      for (Index p = 0; p < w; ++p)
-        d_all[static_cast<std::size_t>(idx[static_cast<std::size_t>(p)])] =
-            static_cast<double>((uw.col(p) - snap.col(p)).cwiseAbs().maxCoeff());
+      for (Index p = 0; p < w; ++p) {
+        const Index j = idx[static_cast<std::size_t>(p)];
+        if (mon.watched(j))
+          d_all[static_cast<std::size_t>(j)] = static_cast<double>((uw.col(p) - snap.col(p)).cwiseAbs().maxCoeff());
+      }
     const bool done = mon.update_norms(
         r_all.data(), a_all.data(), measure ? d_all.data() : nullptr, static_cast<double>(res.steps) * dt,
         [&](Index j) { fu.col(pos[static_cast<std::size_t>(j)]).setZero(); }, [](Index) {});
