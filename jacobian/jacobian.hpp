@@ -174,6 +174,7 @@ struct AnalysisConfig {
   double tol = 1e-9;           // residual ‖M(u) − u‖∞ of the free phase (dynamics)
   Solver solver = Solver::map; // how the free fixed points are found (anderson may find unstable ones)
   double dt = 0;               // the solver's time step (RelaxConfig::dt; 0: its default)
+  double stall_window = RelaxConfig{}.stall_window;  // RelaxConfig::stall_window
   std::function<void(const RelaxProgress&)> progress;  // RelaxConfig::progress of the free phase
 };
 

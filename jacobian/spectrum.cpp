@@ -67,6 +67,7 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
   rc.tol = cfg.tol;
   rc.max_steps = cfg.max_steps;
   rc.dt = cfg.dt;
+  rc.stall_window = cfg.stall_window;
   rc.progress = cfg.progress;
   const RelaxResult rr = relax(field, u, rc);
   r.free_status = rr.status;

@@ -61,6 +61,17 @@ long count_status(const std::vector<RelaxStatus>& status, RelaxStatus s) {
 }
 }  // namespace
 
+void add_stall_window(CLI::App* cmd, double& value) {
+  cmd->add_option("--stall-window", value,
+                  "Time (map steps at dt 1) within which a phase must halve its residual, else it is stalled (0: never)")
+      ->capture_default_str();
+}
+
+double require_stall_window(double v, const std::string& flag) {
+  if (!(v >= 0) || !std::isfinite(v)) throw InputError(flag, "must be a finite number ≥ 0 (0: never stall)");
+  return v;
+}
+
 bool settled(RelaxStatus s, bool truncated) {
   return s == RelaxStatus::converged || (truncated && s == RelaxStatus::max_steps);
 }

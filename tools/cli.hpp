@@ -101,6 +101,10 @@ bool settled(RelaxStatus s, bool truncated = false);
 nlohmann::json status_json(const std::vector<RelaxStatus>& status, bool truncated = false);
 // What a not-settled sample's status asks the user to change ("--dt 0.5 or --solver dopri5", …).
 std::string settle_advice(const std::vector<RelaxStatus>& status);
+// --stall-window (RelaxConfig::stall_window): the time (map steps at dt = 1) within which a phase
+// above its tolerance must halve its residual, else it ends as stalled; 0 never ends one.
+void add_stall_window(CLI::App* cmd, double& value);
+double require_stall_window(double v, const std::string& flag = "--stall-window");
 // InputError naming --dt/--solver (or --max-steps) when fewer than half the samples converged in
 // `phase` ("the free phase"); otherwise, when some did not, one line on stderr saying which
 // samples `consequence` ("are left out of the metrics").

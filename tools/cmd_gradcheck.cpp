@@ -37,6 +37,7 @@ struct GradcheckOptions {
                                   // a few hundred to a few thousand. A whole run stays near a minute.
   std::string solver = "map";     // map, rk4, dopri5, anderson
   double dt = 0;                  // the solver's time step (0: its default; the map: 1)
+  double stall_window = RelaxConfig{}.stall_window;  // see add_stall_window
   long fd_directions = 4;         // 1 .. kMaxFdDirections
   double fd_step = 1e-5;
   std::string activation = "sigmoid";
@@ -163,6 +164,7 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   RelaxConfig converged;
   converged.solver = parse_solver(o.solver);
   converged.dt = o.dt;
+  converged.stall_window = o.stall_window;
   converged.max_steps = o.max_steps;
   converged.tol = o.tol;
   converged.report_tol = o.tol;
@@ -355,6 +357,7 @@ void register_gradcheck(CLI::App& app) {
   cmd->add_option("--tol", opt->tol, "Residual at which a converged phase stops")->capture_default_str();
   cmd->add_option("--max-steps", opt->max_steps, "Step budget of a converged phase")->capture_default_str();
   cmd->add_option("--solver", opt->solver, "map, rk4, dopri5 or anderson")->capture_default_str();
+  add_stall_window(cmd, opt->stall_window);
   cmd->add_option("--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)")
       ->capture_default_str();
   cmd->add_option("--fd-directions", opt->fd_directions, "Random directions of the finite-difference check (1 .. 10000)")
@@ -374,6 +377,7 @@ void register_gradcheck(CLI::App& app) {
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     require_positive(o.max_steps, "--max-steps");
     (void)parse_solver(o.solver);
+    require_stall_window(o.stall_window);
     if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
     require_range(o.fd_directions, 1, kMaxFdDirections, "--fd-directions");
     if (!(o.fd_step > 0) || !std::isfinite(o.fd_step)) throw InputError("--fd-step", "must be a finite positive number");

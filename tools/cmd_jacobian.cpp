@@ -29,6 +29,7 @@ struct JacobianOptions {
   double tol = 1e-9;            // free-phase residual ‖M(u) − u‖∞
   std::string solver = "map";   // map or anderson (the fixed-point solvers; rk4/dopri5 too)
   double dt = 0;                // the solver's time step (0: its default; the map: 1)
+  double stall_window = RelaxConfig{}.stall_window;  // see add_stall_window
   long max_steps = 10000;       // free-phase step budget (see AnalysisConfig)
   int threads = 0;
 };
@@ -82,6 +83,7 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
   cfg.max_steps = o.max_steps;
   cfg.solver = parse_solver(o.solver);
   cfg.dt = o.dt;
+  cfg.stall_window = o.stall_window;
   PhaseProgress progress("jacobian");
   cfg.progress = progress.phase("free phase");
   const JacobianAnalysis a = analyse_jacobian(model, theta, x, cfg);
@@ -138,6 +140,7 @@ void register_jacobian(CLI::App& app) {
   cmd->add_option("--tol", opt->tol, "Free-phase residual tolerance")->capture_default_str();
   cmd->add_option("--solver", opt->solver, "Free-phase solver: map, rk4, dopri5 or anderson")->capture_default_str();
   cmd->add_option("--max-steps", opt->max_steps, "Free-phase step budget")->capture_default_str();
+  add_stall_window(cmd, opt->stall_window);
   cmd->add_option("--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)")
       ->capture_default_str();
   cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
@@ -151,6 +154,7 @@ void register_jacobian(CLI::App& app) {
     require_range(o.max_dense, 0, kMaxDenseLimit, "--max-dense");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
+    require_stall_window(o.stall_window);
     set_threads(o.threads);
     std::vector<RelaxStatus> free_status;
     print_json(run_jacobian(o, free_status));  // the counts are useful even when samples did not settle

@@ -34,6 +34,7 @@ struct RelaxOptions {
                                 // phases that do not converge long before)
   double dt = 0;                // map damping / Anderson mixing (0: 1), rk4 step / dopri5 first step (0: 0.5)
   int anderson_m = 5;           // anderson memory
+  double stall_window = RelaxConfig{}.stall_window;  // see add_stall_window
   std::string activation = "sigmoid";
   std::string precision = "double";
   long batch_size = 100;        // columns relaxed together (independent of --threads)
@@ -102,6 +103,7 @@ nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_s
   cfg.max_steps = o.max_steps;
   cfg.dt = o.dt;
   cfg.anderson_m = o.anderson_m;
+  cfg.stall_window = o.stall_window;
   PhaseProgress progress("relax");
   RelaxConfig map_cfg = cfg;
   map_cfg.solver = Solver::map;
@@ -232,6 +234,7 @@ void register_relax(CLI::App& app) {
   cmd->add_option("--samples", opt->samples, "Number of test samples to relax")->capture_default_str();
   cmd->add_option("--solver", opt->solver, "map, rk4, dopri5 or anderson")->capture_default_str();
   cmd->add_option("--anderson-m", opt->anderson_m, "Anderson memory (1..16)")->capture_default_str();
+  add_stall_window(cmd, opt->stall_window);
   cmd->add_option("--beta", opt->beta, "Nudge of a second phase from the free fixed point (0: none)")
       ->capture_default_str();
   cmd->add_option("--seed", opt->seed_text, "Seed of the weight initialisation (0 .. 2^64 − 1)")
@@ -255,6 +258,7 @@ void register_relax(CLI::App& app) {
     require_positive(o.max_steps, "--max-steps");
     require_positive(o.batch_size, "--batch-size");
     require_range(o.anderson_m, 1, 16, "--anderson-m");
+    require_stall_window(o.stall_window);
     require_finite(o.beta, "--beta");
     require_angle(o.angle, "--angle");
     if (!(o.tol >= 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite number ≥ 0");

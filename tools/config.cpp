@@ -23,6 +23,7 @@ const nlohmann::json& train_defaults() {
       {"T2", 20},                 // nudged-phase steps (rbp / bp / N = 0: iterations)
       {"solver", "map"},          // map, rk4, dopri5, anderson
       {"anderson-m", 5},          // anderson: memory (1..16)
+      {"stall-window", 5000.0},   // a phase above its tolerance that does not halve its residual within this time is stalled (0: never)
       {"warm-start", "off"},      // on: free phases start from the sample's previous free state (needs tol > 0)
       {"tol", 0.0},               // stop a phase early at this residual (0: fixed steps)
       {"report-tol", 1e-4},       // a free phase above this residual counts as not converged
@@ -211,6 +212,7 @@ RunSetup make_setup(const ConfigBuilder& b) {
   if (integer("anderson-m") < 1 || integer("anderson-m") > 16)
     throw InputError(where("anderson-m"), "must be between 1 and 16");
   t.free.anderson_m = static_cast<int>(integer("anderson-m"));
+  t.free.stall_window = nonneg("stall-window");
   const std::string warm = str("warm-start");
   if (warm != "on" && warm != "off") throw InputError(where("warm-start"), "must be on or off");
   t.warm_start = warm == "on";

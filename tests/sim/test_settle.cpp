@@ -93,8 +93,8 @@ TEST_CASE("slow but steady convergence is never ended early but slower than the 
     double eta, sign;
     bool converges;
   };
-  // η = 1e-3: 2x per 693 steps, faster than the stall test's 2x per 1000, and d/e ≈ 1e-3 above
-  // the cycle test's 3e-4: converges (about 20,000 steps to 1e-9). η = 1e-4: 2x per 6,900 steps,
+  // η = 1e-3: 2x per 693 steps, faster than the stall test's 2x per 5000, and d/e ≈ 1e-3 above
+  // the cycle test's 5e-5: converges (about 20,000 steps to 1e-9). η = 1e-4: 2x per 6,900 steps,
   // ended as stalled or cycling. (Far from u* the cubic term of σ dominates, σ(0.5 + x) ≈
   // 0.5 + x − 4x³/3, and the decay is algebraic, x² ~ 1/k: the stall test ends these first.)
   for (const Case c : {Case{1e-3, -1, true}, Case{1e-3, 1, true}, Case{1e-4, -1, false}, Case{1e-4, 1, false}}) {
@@ -108,11 +108,11 @@ TEST_CASE("slow but steady convergence is never ended early but slower than the 
     const PairRun<double> p = relax_pair<double>(m, theta, cfg);
     if (c.converges) {
       CHECK(p.r.converged() == 3);
-      CHECK(p.r.steps > 10000);  // many stall windows long: the stall test saw steady progress
+      CHECK(p.r.steps > 10000);  // two stall windows long: the stall test saw steady progress
     } else {
       CHECK(p.r.converged() == 0);
       CHECK(p.r.count(RelaxStatus::cycling) + p.r.count(RelaxStatus::stalled) == 3);
-      CHECK(p.r.steps < 5000);  // ended early, not at the budget
+      CHECK(p.r.steps < 20000);  // ended early, not at the budget
     }
   }
   // The oscillating η = 1e-3 relaxation in float, fused and per edge. Float cannot follow it
@@ -129,7 +129,7 @@ TEST_CASE("slow but steady convergence is never ended early but slower than the 
     cfg.fused = fused;
     const PairRun<float> pf = relax_pair<float>(m, theta, cfg);
     CHECK(pf.r.converged() == 3);
-    CHECK(pf.r.steps > 3000);  // three stall windows (measured 4,001)
+    CHECK(pf.r.steps > 3000);  // measured 4,001
   }
 }
 
@@ -152,7 +152,7 @@ TEST_CASE("a rounding floor above the tolerance is stalled, long before the budg
     cfg.fused = fused;
     const RelaxResult r = relax(f, u, cfg);
     CHECK(r.count(RelaxStatus::stalled) == B);
-    CHECK(r.steps < 5000);  // reaching the floor (a few hundred steps) plus one stall window
+    CHECK(r.steps < 10000);  // reaching the floor (a few hundred steps) plus one stall window (5000)
     CHECK(r.max_residual() < 1e-5);
   }
 }

@@ -124,7 +124,7 @@ TEST_CASE("hepsim relax: samples that do not settle are listed and fewer than ha
   CHECK(f.err.find("--dt/--solver") != std::string::npos);
   const auto k = f.json();
   CHECK(k["stalled"].get<long>() + k["cycling"].get<long>() == 6);
-  CHECK(k["mean_steps"].get<double>() < 5000);
+  CHECK(k["mean_steps"].get<double>() < 10000);  // the floor within a few hundred steps, then one stall window (5000)
 }
 
 TEST_CASE("hepsim --help and --version succeed") {
