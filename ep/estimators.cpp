@@ -112,8 +112,8 @@ IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CM
     t.setZero();
     add_recurrent_transpose<R>(net, theta, res.v, t);
     next = D.cwiseProduct(t) + Dg;
+    res.last_update = inf_norm(next - res.v);  // ‖A v + b − v‖∞, before damping (its update may round away)
     if (damped) next = res.v + h * (next - res.v);
-    res.last_update = inf_norm(next - res.v) / cfg.dt;  // ‖A v + b − v‖∞
     res.v.swap(next);
     ++res.steps;
     if (cfg.tol > 0 && res.last_update <= cfg.tol) break;
@@ -144,11 +144,11 @@ IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const
     add_recurrent<R>(net, theta, d, dun);
     add_loss_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), y, ones,
                          dun.middleRows(o.offset, o.size), work);
+    res.last_update = std::max(inf_norm(un - u), inf_norm(dun - du));  // before damping, as above
     if (damped) {
       un = u + h * (un - u);
       dun = du + h * (dun - du);
     }
-    res.last_update = std::max(inf_norm(un - u), inf_norm(dun - du)) / cfg.dt;
     u.swap(un);
     du.swap(dun);
     ++res.steps;

@@ -186,10 +186,13 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
         if (!m[h]) continue;
         u[h] = _mm512_maskz_mov_ps(m[h], u[h]);
         const __m512 old = _mm512_maskz_loadu_ps(m[h], o.U + off + 16 * h);
-        if (o.damped) u[h] = _mm512_fmadd_ps(_mm512_set1_ps(o.dt), _mm512_sub_ps(u[h], old), old);
+        // The residual F(u) = M(u) − u, before any damping: the damped update dt F may be
+        // absorbed by rounding (u' == u), which must not read as convergence.
+        const __m512 f = _mm512_sub_ps(u[h], old);
+        if (o.damped) u[h] = _mm512_fmadd_ps(_mm512_set1_ps(o.dt), f, old);
         // A NaN compares unordered with itself: report it as an infinite residual.
         if (_mm512_cmp_ps_mask(u[h], u[h], _CMP_UNORD_Q)) r = std::numeric_limits<float>::infinity();
-        rv = _mm512_max_ps(rv, _mm512_andnot_ps(sign, _mm512_sub_ps(u[h], old)));
+        rv = _mm512_max_ps(rv, _mm512_andnot_ps(sign, f));
         av = _mm512_max_ps(av, _mm512_andnot_ps(sign, u[h]));
         if (o.snap && o.watch[col + j])
           dv = _mm512_max_ps(dv, _mm512_andnot_ps(sign, _mm512_sub_ps(u[h], _mm512_maskz_loadu_ps(m[h], o.snap + off + 16 * h))));
@@ -214,13 +217,13 @@ inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, con
         __m512 uim = _mm512_maskz_mov_ps(m[h], _mm512_add_ps(acc_im[h], _mm512_maskz_loadu_ps(m[h], o.D + im_off + 16 * h)));
         const __m512 old_re = _mm512_maskz_loadu_ps(m[h], o.U + re_off + 16 * h);
         const __m512 old_im = _mm512_maskz_loadu_ps(m[h], o.U + im_off + 16 * h);
+        const __m512 dre = _mm512_sub_ps(ure, old_re);  // F(u) = M(u) − u, before any damping
+        const __m512 dim = _mm512_sub_ps(uim, old_im);
         if (o.damped) {
           const __m512 dtv = _mm512_set1_ps(o.dt);
-          ure = _mm512_fmadd_ps(dtv, _mm512_sub_ps(ure, old_re), old_re);
-          uim = _mm512_fmadd_ps(dtv, _mm512_sub_ps(uim, old_im), old_im);
+          ure = _mm512_fmadd_ps(dtv, dre, old_re);
+          uim = _mm512_fmadd_ps(dtv, dim, old_im);
         }
-        const __m512 dre = _mm512_sub_ps(ure, old_re);
-        const __m512 dim = _mm512_sub_ps(uim, old_im);
         const __m512 d2 = _mm512_fmadd_ps(dre, dre, _mm512_mul_ps(dim, dim));
         const __m512 u2 = _mm512_fmadd_ps(ure, ure, _mm512_mul_ps(uim, uim));
         if (_mm512_cmp_ps_mask(u2, u2, _CMP_UNORD_Q)) r = std::numeric_limits<float>::infinity();
@@ -517,11 +520,9 @@ struct FusedMap<S>::Impl {
     // Only the active slots were computed; U and U' trade places (settled samples live in F).
     U.swap(Un);
     Sc.swap(Sn);
-    // The damped step moved u by dt F(u): the residual is that size / dt (exactly r for dt = 1).
-    const double inv_dt = damped ? 1.0 / static_cast<double>(dt) : 1.0;
     for (Index slot = 0; slot < active; ++slot) {
       const Index j = col_at[static_cast<std::size_t>(slot)];
-      r_out[j] = static_cast<double>(r[static_cast<std::size_t>(slot * w)]) * inv_dt;
+      r_out[j] = r[static_cast<std::size_t>(slot * w)];
       a_out[j] = a[static_cast<std::size_t>(slot * w)];
       if (d_out) d_out[j] = dist[static_cast<std::size_t>(slot * w)];
     }

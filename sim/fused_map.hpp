@@ -48,8 +48,8 @@ class FusedMap {
   FusedMap& operator=(const FusedMap&) = delete;
 
   void load(const Mat<S>& u);
-  // One map step u ← u + dt (M(u) − u); r[j] = ‖M(u_old) − u_old‖∞ = ‖u_new − u_old‖∞ / dt,
-  // a[j] = ‖u_new‖∞ and, when d is given, d[j] = ‖u_new − snapshot_j‖∞ for the columns with
+  // One map step u ← u + dt (M(u) − u); r[j] = ‖M(u_old) − u_old‖∞ (before the damping, whose
+  // update may round away), a[j] = ‖u_new‖∞ and, when d is given, d[j] = ‖u_new − snapshot_j‖∞ for the columns with
   // watch[j] ≠ 0 (moduli for complex states), for every column still computed, all in the
   // GEMM's epilogue.
   void step(double* r, double* a, double* d = nullptr, const char* watch = nullptr);

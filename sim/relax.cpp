@@ -112,6 +112,7 @@ class ColumnMonitor {
     res_.status.assign(cols, RelaxStatus::max_steps);
     res_.col_steps.assign(cols, -1);
     thr_ = cfg.tol > 0 ? cfg.tol : cfg.report_tol;
+    dt_ = cfg.step();
     first_residual_.assign(cols, -1.0);
     held_.assign(cols, 0);
     excursion_.assign(cols, 0.0);
@@ -168,6 +169,10 @@ class ColumnMonitor {
       if (first_residual_[c] < 0) first_residual_[c] = r;
       auto& first = res_.col_steps[c];
       if (first < 0 && r <= thr_) first = res_.steps;
+      if (r <= thr_) {  // at the tolerance: progress, whatever comes next (tol = 0 keeps going)
+        mark_r_[c] = r;
+        mark_t_[c] = t;
+      }
       if (cfg_.tol > 0 && r <= cfg_.tol) {
         end_column(j, RelaxStatus::converged, hold);
         continue;
@@ -181,7 +186,9 @@ class ColumnMonitor {
       all_done = false;
     }
     report_progress(t);
-    return all_done && (cfg_.tol > 0 || ended_ > 0);
+    // With tol = 0 no column is held at the tolerance, so "all done" means every column was
+    // ended by the cycle or stall test or diverged: the rest of the budget would change nothing.
+    return all_done;
   }
 
   // The same from the matrices: `delta` (M(u) − u, or the last update) and the state `u`.
@@ -251,10 +258,12 @@ class ColumnMonitor {
   bool not_settling(std::size_t c, double r, double a, double d, long since_snap, double t, RelaxStatus& st) {
     using R = RealOf<S>;
     // d is known to about one rounding unit of the state, ε max(1, ‖u‖∞): a ratio d/e below
-    // cycle_rtol means something only when cycle_rtol · e is several such units (8), else a
-    // converging state whose steps are near rounding would "return" exactly.
-    const double resolvable = 8 * static_cast<double>(std::numeric_limits<R>::epsilon()) * std::max(1.0, a) / cfg_.cycle_rtol;
-    if (d >= 0 && since_snap >= 2 && excursion_[c] > resolvable && d <= cfg_.cycle_rtol * excursion_[c]) {
+    // the cycle ratio means something only when ratio · e is several such units (8), else a
+    // converging state whose steps are near rounding would "return" exactly. The ratio is per
+    // step and the stall window in time: with dt < 1 it shrinks with dt (relax.hpp).
+    const double rtol = cfg_.cycle_rtol * std::min(1.0, dt_);
+    const double resolvable = 8 * static_cast<double>(std::numeric_limits<R>::epsilon()) * std::max(1.0, a) / rtol;
+    if (d >= 0 && since_snap >= 2 && excursion_[c] > resolvable && d <= rtol * excursion_[c]) {
       st = RelaxStatus::cycling;
       return true;
     }
@@ -275,10 +284,7 @@ class ColumnMonitor {
     const auto c = static_cast<std::size_t>(j);
     res_.status[c] = st;
     held_[c] = 1;
-    if (st != RelaxStatus::converged) {
-      res_.col_steps[c] = res_.steps;
-      ++ended_;
-    }
+    if (st != RelaxStatus::converged) res_.col_steps[c] = res_.steps;
     hold(j);
     field_.freeze(j);
   }
@@ -302,10 +308,10 @@ class ColumnMonitor {
   const RelaxConfig& cfg_;
   RelaxResult& res_;
   double thr_ = 0;
+  double dt_ = 1;                       // the solver's time step (cfg.step())
   std::vector<double> first_residual_;  // the residual at the first check (-1: none yet)
   std::vector<double> r_, a_, d_;       // per-column scratch of update()
   std::vector<char> held_;              // columns ended and held (tol, cycling, stalled)
-  long ended_ = 0;                      // columns ended by the cycle or stall test
   // Cycle test: the step of the last snapshot (-1: none), the snapshot (update() only), each
   // column's excursion from it, whether it is watched in this window and its residual at the
   // snapshot.
