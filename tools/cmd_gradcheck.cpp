@@ -5,6 +5,7 @@
 // fixed point to be exact about: they are listed in free.not_settled and every metric is computed
 // on the others; with fewer than half settled the run ends with exit code 2 after its JSON.
 #include <chrono>
+#include <cstdio>
 #include <iomanip>
 #include <limits>
 #include <memory>
@@ -31,10 +32,10 @@ struct GradcheckOptions {
   std::string beta_list = "0.05,0.5";
   long T1 = 0, T2 = 0;            // 0: relax every phase to convergence
   double tol = 1e-12;             // convergence residual of every phase (and the iterations)
-  long max_steps = 10000;         // budget of a converged phase: the slowest settling rate the cycle
-                                  // and stall tests let through (2x per 1000 steps) reaches 1e-12
-                                  // from 1 in 40,000 steps; samples of the built-in networks need
-                                  // a few hundred to a few thousand. A whole run stays near a minute.
+  long max_steps = 10000;         // budget of a converged phase: samples of the built-in networks
+                                  // need a few hundred to a few thousand steps to 1e-12 (the
+                                  // slowest steady rate the stall test lets through, 2x per 5000
+                                  // steps, would need 200,000); a whole run stays near a minute.
   std::string solver = "map";     // map, rk4, dopri5, anderson
   double dt = 0;                  // the solver's time step (0: its default; the map: 1)
   double stall_window = RelaxConfig{}.stall_window;  // see add_stall_window
@@ -71,6 +72,8 @@ constexpr long kMaxFdDirections = 10000;
 // double; the stacked nudged states (⌊N/2⌋ + 1) × neurons × --batch in complex (1 GiB);
 // truncated BPTT's trajectory (steps + 1) × neurons × --batch in double (2 GiB).
 constexpr double kMaxBatchValues = 1 << 26, kMaxStackedValues = 1 << 26, kMaxTrajectoryValues = 1 << 28;
+// Networks up to this many neurons get dense-solve references (one n × n LU per sample).
+constexpr long kMaxDenseReference = 4096;
 
 // InputError naming `flag` when a matrix of `values` entries (a product of flags, computed in
 // double so that it cannot overflow) exceeds `limit`.
@@ -175,11 +178,11 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   const FreeState<double> fs_all = free_phase<double>(model, theta, x, y, free_cfg);
   free_status = fs_all.relax.status;
 
-  // Only the samples whose free phase settled are measured (in truncated mode: whose residual
-  // after T1 steps is below the report tolerance and which did not cycle, stall or diverge).
+  // Only the samples whose free phase settled are measured (with --T1: those that did not cycle,
+  // stall or diverge within their T1 steps; running out of them is the point).
   std::vector<Index> measured;
   for (Index j = 0; j < o.batch; ++j)
-    if (settled(fs_all.relax.status[static_cast<std::size_t>(j)], truncated)) measured.push_back(j);
+    if (settled(fs_all.relax.status[static_cast<std::size_t>(j)], o.T1 > 0)) measured.push_back(j);
   nlohmann::json j;
   j["arch"] = o.arch;
   j["angle"] = o.angle;
@@ -192,7 +195,7 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   j["dt"] = free_cfg.step();
   double free_max = 0;
   for (Index c : measured) free_max = std::max(free_max, fs_all.relax.residual[c]);
-  j["free"] = status_json(fs_all.relax.status, truncated);
+  j["free"] = status_json(fs_all.relax.status, o.T1 > 0);
   j["free"]["steps"] = fs_all.relax.steps;
   j["free"]["max_residual"] = measured.empty() ? nlohmann::json(nullptr) : nlohmann::json(free_max);
   if (measured.empty()) {  // nothing to measure
@@ -209,18 +212,32 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   const Index B = static_cast<Index>(measured.size());
 
   // ---- exact references
-  const double iter_dt = map_step(converged);
-  const IterationConfig iter = o.T2 > 0 ? IterationConfig{o.T2, 0, iter_dt} : IterationConfig{o.max_steps, o.tol, iter_dt};
-  const auto delta_it = rbp_adjoint<double>(model, theta, fs.u, fs.y, iter);
-  // Converged mode: BPTT runs as many steps as this iteration took (below); refuse before the
-  // expensive references rather than end in std::bad_alloc.
-  if (o.T2 == 0)
+  // The adjoint and tangent-linear iterations (and BPTT) follow the dynamics: damped like the map
+  // (map_step). A fixed point that another solver found may be unstable for them: an eigenvalue of
+  // D J_G below −1 makes the plain iteration diverge although the flow settles there. In converged
+  // mode an iteration that misses --tol is therefore retried with its damping halved, up to dt/8
+  // (a damped eigenvalue is 1 − dt (1 − λ)); at a saddle (an eigenvalue above 1) no damping
+  // converges, and the iterative references are reported as not converged.
+  double iter_dt = map_step(converged);
+  IterationConfig iter;
+  IterationResult<double> delta_it, vstar_it;
+  bool iterations_converged = true;
+  for (int attempt = 0;; ++attempt) {
+    iter = o.T2 > 0 ? IterationConfig{o.T2, 0, iter_dt} : IterationConfig{o.max_steps, o.tol, iter_dt};
+    delta_it = rbp_adjoint<double>(model, theta, fs.u, fs.y, iter);
+    vstar_it = exact_response<double>(model, theta, fs.drive, fs.u, fs.y, iter);
+    iterations_converged = o.T2 > 0 || (delta_it.last_update <= o.tol && vstar_it.last_update <= o.tol);
+    if (iterations_converged || attempt == 3) break;
+    iter_dt /= 2;
+  }
+  // Converged mode: BPTT runs as many steps as the adjoint took (below); refuse before it rather
+  // than end in std::bad_alloc.
+  if (o.T2 == 0 && iterations_converged)
     check_size(static_cast<double>(delta_it.steps + 1) * static_cast<double>(net.neurons) * static_cast<double>(B),
                kMaxTrajectoryValues, "--batch",
                "truncated BPTT's trajectory over the adjoint's " + std::to_string(delta_it.steps) + " steps × " +
                    std::to_string(net.neurons) + " neurons × --batch");
-  const auto vstar_it = exact_response<double>(model, theta, fs.drive, fs.u, fs.y, iter);
-  const bool dense = net.neurons <= 4096;
+  const bool dense = net.neurons <= kMaxDenseReference;
   // The references: dense solves when the network is small and the phases converged; otherwise
   // the iterations (which is what a truncated run computes).
   const Mat<double> delta = dense && !truncated ? rbp_dense<double>(model, theta, fs.u, fs.y) : delta_it.v;
@@ -234,6 +251,8 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   exact["grad_cos_vstar_rbp"] = cosine(g_vstar, g_rbp);
   exact["rbp_iterations"] = delta_it.steps;
   exact["response_iterations"] = vstar_it.steps;
+  exact["iteration_dt"] = iter_dt;
+  exact["iterations_converged"] = iterations_converged;
   if (dense && !truncated) {
     exact["rbp_iter_vs_dense_rel_err"] = (delta_it.v - delta).norm() / delta.norm();
     exact["vstar_iter_vs_dense_rel_err"] = (vstar_it.v - vstar).norm() / vstar.norm();
@@ -262,12 +281,18 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
     // Relaxations at θ ± step that did not reach the tolerance.
     exact["fd_not_settled"] = std::accumulate(unsettled.begin(), unsettled.end(), 0L);
   }
-  // Truncated BPTT over as many steps as the adjoint iteration took (or --T2).
-  const long bptt_steps = o.T2 > 0 ? o.T2 : delta_it.steps;
-  const BpttResult<double> bptt =
-      truncated_bptt<double>(model, theta, fs.x, fs.drive, fs.u, fs.y, bptt_steps, iter_dt);
-  exact["bptt_vs_rbp_rel_err"] = (bptt.grad - g_rbp).norm() / g_rbp.norm();
-  exact["bptt_steps"] = bptt_steps;
+  // Truncated BPTT over as many (equally damped) steps as the adjoint took (or --T2); not when the
+  // adjoint itself did not converge (BPTT would unroll the same divergence).
+  if (iterations_converged) {
+    const long bptt_steps = o.T2 > 0 ? o.T2 : delta_it.steps;
+    const BpttResult<double> bptt =
+        truncated_bptt<double>(model, theta, fs.x, fs.drive, fs.u, fs.y, bptt_steps, iter_dt);
+    exact["bptt_vs_rbp_rel_err"] = (bptt.grad - g_rbp).norm() / g_rbp.norm();
+    exact["bptt_steps"] = bptt_steps;
+  } else {
+    exact["bptt_vs_rbp_rel_err"] = nullptr;
+    exact["bptt_steps"] = nullptr;
+  }
 
   // ---- estimators, one (N, |β|) per thread
   std::vector<std::pair<int, double>> settings;
@@ -282,8 +307,10 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
       e["beta"] = beta;
       Mat<double> v;
       if (N == 0) {
-        v = vstar_it.v;  // the exact response by the tangent-linear iteration
-        e["diverged"] = 0;
+        v = vstar_it.v;  // the exact response by the tangent-linear iteration (one relaxation-free estimate)
+        for (const char* k : {"diverged", "cycling", "stalled", "max_steps"}) e[k] = 0;
+        e["relaxations"] = 0;
+        e["max_residual"] = nullptr;
       } else {
         EstimatorConfig cfg;
         cfg.N = N;
@@ -324,16 +351,27 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
 // whose every measured sample diverged measured nothing (the nudge |β| is too large for the
 // network). Estimators with only some samples diverged are legitimate measurements at large β:
 // their counts stand.
-void check_outcome(const nlohmann::json& j, const std::vector<RelaxStatus>& free_status) {
-  check_settled("gradcheck", free_status, "the free phase", "are left out of every metric", j.at("mode") == "truncated");
+void check_outcome(const nlohmann::json& j, const std::vector<RelaxStatus>& free_status, bool free_truncated) {
+  check_settled("gradcheck", free_status, "the free phase", "are left out of every metric", free_truncated);
   const long measured = j.at("measured").get<long>();
   std::string dead;
   for (const auto& e : j.at("estimators"))
-    if (e.at("diverged").get<long>() == measured)
+    if (e.at("diverged").get<long>() + e.at("cycling").get<long>() == measured)
       dead += (dead.empty() ? "" : ", ") + std::string("N=") + e.at("N").dump() + " |beta|=" + e.at("beta").dump();
   if (!dead.empty())
     throw InputError("--beta", "every one of the " + std::to_string(measured) +
-                                   " measured samples diverged in the nudged phases (" + dead + "): use a smaller |beta|");
+                                   " measured samples diverged or cycled in the nudged phases (" + dead +
+                                   "): use a smaller |beta| (or --dt 0.5 if they cycled)");
+  // Without dense solves the iterations are the references: if they did not converge, nothing
+  // was measured against an exact reference.
+  const auto& ex = j.at("exact");
+  if (ex.is_null() || ex.at("iterations_converged").get<bool>()) return;
+  const std::string why = "the adjoint and tangent-linear iterations do not converge at the fixed points found, even damped "
+                          "to dt " + ex.at("iteration_dt").dump() + " (an unstable fixed point, such as a saddle that "
+                          "Anderson can find)";
+  if (j.at("neurons").get<long>() > kMaxDenseReference) throw InputError("--solver", why + ": use --solver map or dopri5");
+  std::fprintf(stderr, "hepsim gradcheck: %s; the dense solves remain the references, the iterative ones and BPTT are not "
+               "measured\n", why.c_str());
 }
 
 }  // namespace
@@ -396,7 +434,7 @@ void register_gradcheck(CLI::App& app) {
     std::vector<RelaxStatus> free_status;
     const nlohmann::json j = run_gradcheck(o, free_status);
     print_json(j);  // the counts are useful even when samples diverged
-    check_outcome(j, free_status);
+    check_outcome(j, free_status, o.T1 > 0);
   });
 }
 

@@ -149,7 +149,7 @@ nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_s
       // Only samples that settled under both are compared (a cycling map has no fixed point).
       Mat<R> v = Mat<R>::Zero(n, cols);
       std::vector<char> compare(static_cast<std::size_t>(cols), 1);
-      if (cfg.solver != Solver::map) {
+      if (cfg.solver != Solver::map || cfg.step() != 1) {  // the damped map is compared with the plain one too
         const RelaxResult rf = relax(free_field, v, map_cfg);
         for (Index k = 0; k < cols; ++k) compare[static_cast<std::size_t>(k)] = rf.status[static_cast<std::size_t>(k)] == RelaxStatus::converged;
         if (nudge) {

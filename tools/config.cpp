@@ -57,6 +57,18 @@ const nlohmann::json& train_defaults() {
   return d;
 }
 
+void migrate_config(nlohmann::json& config, const std::string& written_by) {
+  if (!config.is_object() || !config.contains("dt")) return;
+  bool old = written_by == "0.1.0";
+  if (written_by.empty()) {
+    old = !config.contains("stall-window");
+    for (const auto& [key, value] : train_defaults().items())
+      if (key != "stall-window" && !config.contains(key)) old = false;
+  }
+  const std::string solver = config.value("solver", std::string("map"));
+  if (old && (solver == "map" || solver == "anderson")) config["dt"] = 0.0;
+}
+
 ConfigBuilder::ConfigBuilder() : cfg_(train_defaults()) {}
 
 void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
@@ -83,6 +95,7 @@ void ConfigBuilder::merge_file(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     throw InputError(path, std::string("invalid JSON: ") + e.what());
   }
+  migrate_config(j, "");  // a config.json of a 0.1.0 run reused as --config
   merge(j, path);
 }
 

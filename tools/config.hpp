@@ -21,6 +21,13 @@ namespace hepsim::tools {
 // Every key with its default value (the type of the default is the key's type).
 const nlohmann::json& train_defaults();
 
+// A configuration written by hepsim 0.1.0, in today's terms. Its "dt" was only the ODE solvers'
+// step (0.5 unless set): since 0.2.0 it also damps the map and Anderson, so for those it becomes
+// 0 (their plain step). `written_by` is the version that wrote it (a checkpoint's attribute),
+// or "" when unknown: then a configuration holding every key of 0.1.0 but none added since
+// ("stall-window") is taken for a 0.1.0 config.json. Anything else is left as it is.
+void migrate_config(nlohmann::json& config, const std::string& written_by);
+
 // Collects a configuration from defaults, a base object (a --config file or a resumed run's
 // config.json) and command-line flags, remembering where each value came from.
 class ConfigBuilder {

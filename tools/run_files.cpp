@@ -13,6 +13,7 @@
 
 #include "datasets/h5_io.hpp"
 #include "sim/error.hpp"
+#include "tools/config.hpp"
 
 namespace hepsim::tools {
 namespace {
@@ -226,12 +227,7 @@ Checkpoint read_checkpoint(const std::string& path) {
   } catch (const nlohmann::json::exception&) {
     throw InputError(path, "the checkpoint has no valid config attribute");
   }
-  // Before 0.2.0 the map and Anderson ignored "dt" (it was the ODE solvers' step, default 0.5);
-  // it now damps them, so an older run's "dt" is read as theirs: the solver's default (plain map).
-  const std::string version = h5::read_string_attribute(file.get(), "hepsim_version");
-  if ((version.empty() || version == "0.1.0") && c.config.is_object() && c.config.contains("dt") &&
-      c.config.contains("solver") && (c.config["solver"] == "map" || c.config["solver"] == "anderson"))
-    c.config["dt"] = 0.0;
+  migrate_config(c.config, h5::read_string_attribute(file.get(), "hepsim_version"));
   c.architecture = h5::read_string_attribute(file.get(), "architecture");
   if (c.architecture.empty()) throw InputError(path, "the checkpoint has no architecture attribute");
   c.input_size = h5::read_int_attribute(file.get(), "input_size", 0);

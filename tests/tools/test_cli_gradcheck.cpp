@@ -154,6 +154,19 @@ TEST_CASE("hepsim gradcheck: a free phase that cycles is named and left out, the
   // It said so on stderr, in one line naming the sample and the remedies.
   CHECK(r.err.find("7 (cycling)") != std::string::npos);
   CHECK(r.err.find("--dt") != std::string::npos);
+  // Anderson finds saddles here (unstable for the flow): the linear iterations converge at no
+  // damping, so the iterative references and BPTT are not measured, the dense solves still are,
+  // and one line says so.
+  const RunResult a = run_hepsim("gradcheck --arch mlp_2-256 --angle 0 --seed 3 --dataset fmnist --batch 8 --N 1 "
+                                 "--beta 0.05 --solver anderson --max-steps 2000 --fd-directions 1",
+                                 tmp);
+  REQUIRE_MESSAGE(a.code == 0, a.err);
+  const auto aj = a.json();
+  CHECK(aj["exact"]["iterations_converged"] == false);
+  CHECK(aj["exact"]["iteration_dt"] == 0.125);  // halved three times
+  CHECK(aj["exact"]["bptt_vs_rbp_rel_err"].is_null());
+  CHECK(aj["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);  // the dense δ is still exact
+  CHECK(a.err.find("do not converge") != std::string::npos);
   // The damped map settles all 16 at the same exactness.
   const RunResult d = run_hepsim(cmd + " --dt 0.5", tmp);
   REQUIRE_MESSAGE(d.code == 0, d.err);
@@ -178,6 +191,12 @@ TEST_CASE("hepsim gradcheck: fewer than half settled ends with exit code 2 after
   CHECK(j["free"]["max_steps"] == 4);
   CHECK(j["free"]["not_settled"]["samples"] == nlohmann::json::array({0, 1, 2, 3}));
   CHECK(j["exact"].is_null());
+  // --T2 alone: the free phase still relaxes to --tol, so running out of --max-steps there is
+  // not settling (only --T1 makes a budget the point).
+  const RunResult t2 = run_hepsim("gradcheck --arch loop_mnist --dataset random --batch 4 --T2 10 --max-steps 5", tmp);
+  CHECK(t2.code == 2);
+  CHECK(t2.err.find("--max-steps") != std::string::npos);
+  CHECK(t2.json()["measured"] == 0);
   for (const std::string bad : {"--dt -1", "--dt nan", "--solver euler"}) {
     CAPTURE(bad);
     const RunResult b = run_hepsim("gradcheck --arch loop_mnist --dataset random " + bad, tmp);

@@ -293,6 +293,28 @@ TEST_CASE("a checkpoint written before 0.2.0 keeps its map undamped (its dt was 
   // Resumed, the run continues with the plain map and says so in its configuration.
   const RunResult e = run_hepsim("train --resume " + out + " --epochs 2 --quiet", runs);
   REQUIRE_MESSAGE(e.code == 0, e.err);
-  std::ifstream cj(out + "/config.json");
-  CHECK(nlohmann::json::parse(cj)["dt"] == 0.0);
+  nlohmann::json config;
+  {
+    std::ifstream cj(out + "/config.json");
+    config = nlohmann::json::parse(cj);
+  }
+  CHECK(config["dt"] == 0.0);
+  // A config.json written by 0.1.0 (every key of that version, none added since) reused with
+  // --config keeps its map undamped; a configuration that sets dt on purpose is damped.
+  config.erase("stall-window");
+  config["dt"] = 0.5;
+  config["epochs"] = 1;
+  config["out"] = runs.file("old");
+  std::ofstream(runs.file("old.json")) << config.dump();
+  const RunResult o = run_hepsim("train --config " + runs.file("old.json") + " --quiet", runs);
+  REQUIRE_MESSAGE(o.code == 0, o.err);
+  std::ifstream oj(runs.file("old") + "/config.json");
+  CHECK(nlohmann::json::parse(oj)["dt"] == 0.0);
+  std::ofstream(runs.file("new.json")) << nlohmann::json{{"dt", 0.5}, {"solver", "map"}}.dump();
+  const RunResult n = run_hepsim("train " + base_flags(data) + " --epochs 1 --config " + runs.file("new.json") +
+                                     " --out " + runs.file("new"),
+                                 runs);
+  REQUIRE_MESSAGE(n.code == 0, n.err);
+  std::ifstream nj(runs.file("new") + "/config.json");
+  CHECK(nlohmann::json::parse(nj)["dt"] == 0.5);
 }
