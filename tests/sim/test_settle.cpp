@@ -191,8 +191,11 @@ TEST_CASE("the cycle and stall tests change nothing on converging batches and th
     cfg.tol = 1e-14;
     check_tests_change_nothing<double>(ref.model, ref.theta, drive, ref.y, Vec<double>::Zero(ref.batch), cfg);
     cfg.tol = 0;
-    cfg.max_steps = 3000;    // a fixed budget: every column keeps moving to the end, and
-    cfg.report_tol = 1e-300;  // stays above the "tolerance": the tests watch every column throughout
+    cfg.max_steps = 3000;  // a fixed budget: every column keeps moving to the end, and stays above
+    // the "tolerance" at its rounding floor, so the tests watch every column throughout without
+    // ending any: 3000 steps are < 5000 time units of stall window, except for Dormand–Prince,
+    // whose steps grow large at a fixed point (there the floor would rightly be stalled).
+    if (solver != Solver::dopri5) cfg.report_tol = 1e-300;
     check_tests_change_nothing<double>(ref.model, ref.theta, drive, ref.y, Vec<double>::Constant(ref.batch, 0.3), cfg);
   }
   // mlp_2-256 at both angles, float through the fused engine (real and complex nudges) and double.
