@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "sim/error.hpp"
+#include "sim/json_strict.hpp"
 #include "sim/random.hpp"
 
 namespace hepsim {
@@ -49,6 +50,22 @@ void check_keys(const nlohmann::json& j, std::initializer_list<const char*> allo
   }
 }
 
+// Layer names become HDF5 object names (/alignment/cos_delta_mean/<layer>, /params/<pre>-<post>.K)
+// and keys of --lr-mult: a path separator, a name of only dots, a NUL or a control character
+// cannot be stored, and nobody needs a layer name of more than 64 characters.
+void check_layer_name(const std::string& name, const std::string& where) {
+  constexpr std::size_t kMaxName = 64;
+  auto bad = [&](const std::string& why) { throw InputError(where, "invalid layer name '" + name + "': " + why); };
+  if (name.empty()) bad("empty");
+  if (name == "in") bad("'in' is the input");
+  if (name.size() > kMaxName) bad("longer than " + std::to_string(kMaxName) + " characters");
+  if (name.find_first_not_of('.') == std::string::npos) bad("only dots");
+  for (unsigned char ch : name) {
+    if (ch == '/') bad("'/' cannot be part of an HDF5 name");
+    if (ch < 0x20 || ch == 0x7f) bad("control character");
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> builtin_architecture_names() { return {"mlp_2-256", "loop_mnist"}; }
@@ -58,18 +75,14 @@ constexpr long long kMaxLayerSize = 1LL << 24;
 
 Architecture parse_architecture(const std::string& json_text, const std::string& where, Index input_size,
                                 Index classes) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::exception& e) {  // syntax, or a number out of range (1e999)
-    throw InputError(where, std::string("invalid JSON: ") + e.what());
-  }
+  const nlohmann::json j = parse_json_strict(json_text, where);  // syntax, 1e999, trailing text, repeated keys
   if (!j.is_object()) throw InputError(where, "an architecture must be a JSON object");
   if (j.contains("name") && !j["name"].is_string()) throw InputError(where, "'name' must be a string");
   check_keys(j, {"name", "layers", "edges"}, where, "architecture");
   Architecture a;
   a.input_size = input_size;
   a.classes = classes;
+  a.source = where;
   a.name = j.value("name", std::string("custom"));
   if (!j.contains("layers") || !j["layers"].is_array()) throw InputError(where, "missing array 'layers'");
   if (!j.contains("edges") || !j["edges"].is_array()) throw InputError(where, "missing array 'edges'");
@@ -157,7 +170,8 @@ std::vector<std::pair<int, int>> Network::reciprocal_pairs() const {
   return p;
 }
 
-Network compile(const Architecture& arch, const std::string& where) {
+Network compile(const Architecture& arch, const std::string& where_given) {
+  const std::string& where = where_given.empty() ? arch.source : where_given;
   Network net;
   net.name = arch.name;
   if (arch.input_size <= 0) throw InputError(where, "input size must be positive");
@@ -166,7 +180,7 @@ Network compile(const Architecture& arch, const std::string& where) {
   net.classes = arch.classes;
   std::set<std::string> seen;
   for (const auto& l : arch.layers) {
-    if (l.name.empty() || l.name == "in") throw InputError(where, "invalid layer name '" + l.name + "'");
+    check_layer_name(l.name, where);
     if (!seen.insert(l.name).second) throw InputError(where, "duplicate layer '" + l.name + "'");
     if (l.size <= 0) throw InputError(where, "layer '" + l.name + "' must have a positive size");
     net.layers.push_back({l.name, l.size, net.neurons});
@@ -176,6 +190,7 @@ Network compile(const Architecture& arch, const std::string& where) {
   if (net.out < 0) throw InputError(where, "the architecture has no layer named 'out'");
 
   std::set<std::pair<int, int>> edge_set;
+  std::set<std::string> edge_names;
   Index off = 0;
   for (const auto& es : arch.edges) {
     Edge e;
@@ -186,6 +201,11 @@ Network compile(const Architecture& arch, const std::string& where) {
     if (e.pre == -1 && es.pre != "in") throw InputError(where, "edge " + e.name + ": unknown layer '" + es.pre + "'");
     if (e.post < 0) throw InputError(where, "edge " + e.name + ": unknown layer '" + es.post + "'");
     if (!edge_set.insert({e.pre, e.post}).second) throw InputError(where, "duplicate edge " + e.name);
+    // Edges are named "pre-post" in the checkpoint and --lr-mult: layers "a-b", "c" and "a", "b-c"
+    // would give two edges one name.
+    if (!edge_names.insert(e.name).second)
+      throw InputError(where, "two edges are both named '" + e.name + "' (a layer name containing '-' makes "
+                                  "edge names ambiguous): rename a layer");
     e.bias = es.kind == EdgeKind::dense;
     e.rows = net.layers[static_cast<std::size_t>(e.post)].size;
     e.cols = e.pre == Network::kInput ? net.input_size : net.layers[static_cast<std::size_t>(e.pre)].size;
@@ -198,6 +218,22 @@ Network compile(const Architecture& arch, const std::string& where) {
       off += e.rows;
     }
     net.edges.push_back(e);
+  }
+  // `out` must receive the input through some path, or the network computes nothing from it
+  // (it would train at chance).
+  {
+    std::vector<char> reached(net.layers.size(), 0);
+    bool grew = true;
+    while (grew) {
+      grew = false;
+      for (const Edge& e : net.edges)
+        if ((e.pre == Network::kInput || reached[static_cast<std::size_t>(e.pre)]) &&
+            !reached[static_cast<std::size_t>(e.post)])
+          reached[static_cast<std::size_t>(e.post)] = grew = true;
+    }
+    if (!reached[static_cast<std::size_t>(net.out)])
+      throw InputError(where, net.edges.empty() ? "the architecture has no edges"
+                                                : "no path of edges leads from 'in' to 'out'");
   }
   const Index n_out = net.layers[static_cast<std::size_t>(net.out)].size;
   net.readout_w_offset = off;

@@ -41,6 +41,7 @@ struct Architecture {
   std::vector<EdgeSpec> edges;
   Index input_size = 0;  // size of "in" (from the dataset)
   Index classes = 0;     // readout classes (from the dataset)
+  std::string source = "--arch";  // where it came from (a file path), named by compile's errors
 };
 
 // Built-in architectures by name (SPEC 2.1). The MLP output layer `out` has `classes` neurons.
@@ -102,9 +103,11 @@ struct Network {
 // layer sizes), e.g. for checkpoints: parse_architecture(to_json(net), …) compiles to `net` again.
 std::string to_json(const Network& net);
 
-// Validates the architecture (unique names, existing endpoints, an `out` layer, no duplicate
-// edges, edges into "in"); throws InputError naming `where` (a file or flag).
-Network compile(const Architecture& arch, const std::string& where = "--arch");
+// Validates the architecture: layer names that HDF5 and the checkpoint can store (1–64
+// characters, no '/', no control character, not only dots, not "in"), unique layer and edge
+// names, existing endpoints, an `out` layer reached from `in` by some path of edges, no duplicate
+// edges, no edges into "in"; throws InputError naming `where` (default: arch.source).
+Network compile(const Architecture& arch, const std::string& where = "");
 
 // Views into θ (no copies).
 template <class R>

@@ -115,6 +115,7 @@ class ColumnMonitor {
     dt_ = cfg.step();
     first_residual_.assign(cols, -1.0);
     held_.assign(cols, 0);
+    flag_.assign(cols, 0);
     excursion_.assign(cols, 0.0);
     watch_.assign(cols, 0);
     snap_r_.assign(cols, std::numeric_limits<double>::infinity());
@@ -178,16 +179,24 @@ class ColumnMonitor {
         continue;
       }
       const double d = d_in && watch_[c] ? d_in[j] : -1.0;  // -1: not measured
-      if (r > thr_ && not_settling(c, r, a, d, since_snap, t, st)) {
-        end_column(j, st, hold);
-        continue;
+      if (r > thr_ && !flag_[c]) {
+        const RelaxStatus found = not_settling(c, r, a, d, since_snap, t);
+        if (found != RelaxStatus::converged) {
+          // With a tolerance the column ends here; with a fixed budget it runs on (its steps, and
+          // so every result, are those without the tests) and keeps the status unless it settles.
+          if (cfg_.tol > 0) {
+            end_column(j, found, hold);
+            continue;
+          }
+          flag_[c] = static_cast<char>(found);
+        }
       }
       excursion_[c] = std::max(excursion_[c], d);
       all_done = false;
     }
     report_progress(t);
-    // With tol = 0 no column is held at the tolerance, so "all done" means every column was
-    // ended by the cycle or stall test or diverged: the rest of the budget would change nothing.
+    // With tol = 0 no column is held, so "all done" means every column diverged: the rest of the
+    // budget would change nothing.
     return all_done;
   }
 
@@ -241,6 +250,12 @@ class ColumnMonitor {
       auto& st = res_.status[c];
       auto& first = res_.col_steps[c];
       if (st == RelaxStatus::cycling || st == RelaxStatus::stalled) continue;  // status and step set when ended
+      // A fixed-budget column that cycled or stalled and did not settle by the end keeps that status.
+      if (flag_[c] && st != RelaxStatus::diverged && res_.residual[j] > thr_) {
+        st = static_cast<RelaxStatus>(flag_[c]);
+        first = res_.steps;
+        continue;
+      }
       const double r0 = first_residual_[c];
       if (st != RelaxStatus::diverged && cfg_.growth_factor > 0 && r0 >= 0 &&
           res_.residual[j] > cfg_.growth_factor * std::max(r0, cfg_.report_tol)) {
@@ -254,8 +269,9 @@ class ColumnMonitor {
   }
 
  private:
-  // The cycle and stall tests of a live column above the tolerance (relax.hpp); sets `st`.
-  bool not_settling(std::size_t c, double r, double a, double d, long since_snap, double t, RelaxStatus& st) {
+  // The cycle and stall tests of a live column above the tolerance (relax.hpp): cycling, stalled,
+  // or converged for "neither".
+  RelaxStatus not_settling(std::size_t c, double r, double a, double d, long since_snap, double t) {
     using R = RealOf<S>;
     // d is known to about one rounding unit of the state, ε max(1, ‖u‖∞): a ratio d/e below
     // the cycle ratio means something only when ratio · e is several such units (8), else a
@@ -263,20 +279,16 @@ class ColumnMonitor {
     // step and the stall window in time: with dt < 1 it shrinks with dt (relax.hpp).
     const double rtol = cfg_.cycle_rtol * std::min(1.0, dt_);
     const double resolvable = 8 * static_cast<double>(std::numeric_limits<R>::epsilon()) * std::max(1.0, a) / rtol;
-    if (d >= 0 && since_snap >= 2 && excursion_[c] > resolvable && d <= rtol * excursion_[c]) {
-      st = RelaxStatus::cycling;
-      return true;
-    }
+    if (d >= 0 && since_snap >= 2 && excursion_[c] > resolvable && d <= rtol * excursion_[c]) return RelaxStatus::cycling;
     if (cfg_.stall_window > 0) {
       if (r <= cfg_.stall_factor * mark_r_[c] || !(mark_r_[c] < HUGE_VAL)) {
         mark_r_[c] = r;
         mark_t_[c] = t;
       } else if (t - mark_t_[c] >= cfg_.stall_window) {
-        st = RelaxStatus::stalled;
-        return true;
+        return RelaxStatus::stalled;
       }
     }
-    return false;
+    return RelaxStatus::converged;
   }
 
   template <class G>
@@ -312,6 +324,7 @@ class ColumnMonitor {
   std::vector<double> first_residual_;  // the residual at the first check (-1: none yet)
   std::vector<double> r_, a_, d_;       // per-column scratch of update()
   std::vector<char> held_;              // columns ended and held (tol, cycling, stalled)
+  std::vector<char> flag_;              // fixed budget: the status a column cycled or stalled with (0: none)
   // Cycle test: the step of the last snapshot (-1: none), the snapshot (update() only), each
   // column's excursion from it, whether it is watched in this window and its residual at the
   // snapshot.

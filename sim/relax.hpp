@@ -26,13 +26,16 @@
 //   stalled   — the smallest residual so far has not fallen by stall_factor within stall_window
 //               time units while above the tolerance (a rounding floor above tol, a quasi-periodic
 //               orbit, or convergence too slow to finish in any reasonable budget).
-// Cycling and stalled columns are ended at once (their last state is held), so a phase that
-// never settles costs a few windows of cycle_period steps (cycling) or one stall window
-// (stalled), not the whole budget. Both tests only look at a column whose residual is above the
-// tolerance, and only end it: on a batch where no column is ended, every result is bit-identical
-// with the tests on or off (tested). When some are ended, the others keep their fixed points but
-// not always their exact steps: Dormand–Prince's adaptive step is shared by the batch, and the
-// compaction of stopped columns (fused engine, Anderson) changes summation orders by rounding.
+// With a tolerance (tol > 0), cycling and stalled columns are ended at once (their last state is
+// held), so a phase that never settles costs a few windows of cycle_period steps (cycling) or one
+// stall window (stalled), not the whole budget. With a fixed budget (tol = 0: training's T1, T2)
+// every column runs the whole budget as it always did, and the tests only give it its status
+// (kept unless it settles by the end). Both tests only look at a column whose residual is above
+// the tolerance: with a fixed budget, and on any batch where no column is ended, every result is
+// bit-identical with the tests on or off (tested). When some are ended, the others keep their
+// fixed points but not always their exact steps: Dormand–Prince's adaptive step is shared by the
+// batch, and the compaction of stopped columns (fused engine, Anderson) changes summation orders
+// by rounding.
 //
 // Cycle test (per column, all solvers). Every cycle_period steps the state is saved (u_{k0}) and
 // the columns whose residual did not halve since the previous save are watched (a column that

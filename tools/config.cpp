@@ -4,9 +4,11 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "sim/error.hpp"
+#include "sim/json_strict.hpp"
 #include "tools/cli.hpp"
 
 namespace hepsim::tools {
@@ -69,6 +71,28 @@ void migrate_config(nlohmann::json& config, const std::string& written_by) {
   if (old && (solver == "map" || solver == "anderson")) config["dt"] = 0.0;
 }
 
+const std::map<std::string, std::pair<long long, long long>>& integer_bounds() {
+  // Every integer key's range, checked (from a flag or a file alike) before any narrowing: a
+  // typo then ends in one line naming the key, not in a wrapped value (4294967296 threads was 0,
+  // "all cores") or an allocation of terabytes.
+  static const std::map<std::string, std::pair<long long, long long>> b = {
+      {"N", {0, kMaxContourPoints}},
+      {"T1", {1, 1'000'000'000}},         // steps: time, not memory (bp's T2 is bounded by memory below)
+      {"T2", {1, 1'000'000'000}},
+      {"anderson-m", {1, 16}},
+      {"homeo-draws", {1, 1024}},        // probes per sample and step: draws × batch state columns
+      {"epochs", {1, 1'000'000}},
+      {"batch-size", {1, 1'000'000}},
+      {"seed", {0, std::numeric_limits<long long>::max()}},
+      {"threads", {0, 1024}},            // 0: all cores; libgomp fails far above 1024
+      {"train-limit", {0, 1LL << 40}},   // 0: all
+      {"test-limit", {0, 1LL << 40}},
+      {"probe-size", {0, 1'000'000}},
+      {"eval-chunk", {1, 1'000'000}},
+  };
+  return b;
+}
+
 ConfigBuilder::ConfigBuilder() : cfg_(train_defaults()) {}
 
 void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
@@ -80,6 +104,10 @@ void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
                     (def.is_number_integer() && value.is_number_integer()) ||
                     (def.is_number_float() && value.is_number());
     if (!ok) throw InputError(where, "key '" + key + "' must be " + std::string(def.type_name()));
+    // An integer above 2^63 − 1 (stored unsigned) would wrap when read as a signed integer.
+    if (value.is_number_unsigned() && value.get<unsigned long long>() > static_cast<unsigned long long>(
+                                                                          std::numeric_limits<long long>::max()))
+      throw InputError(where, "key '" + key + "' is out of range");
     cfg_[key] = def.is_number_float() ? nlohmann::json(value.get<double>()) : value;
     source_[key] = where + ": " + key;  // "run.json: lr"
   }
@@ -89,12 +117,11 @@ void ConfigBuilder::merge_file(const std::string& path) {
   if (std::filesystem::is_directory(path)) throw InputError(path, "is a directory, not a configuration file");
   std::ifstream f(path);
   if (!f) throw InputError(path, "cannot open the configuration file");
-  nlohmann::json j;
-  try {
-    f >> j;
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(path, std::string("invalid JSON: ") + e.what());
-  }
+  std::stringstream text;
+  text << f.rdbuf();
+  // The whole file is one JSON object: a second object or trailing text after it, or a key given
+  // twice, is an error naming the file and key (reading only the first value ignored the rest).
+  nlohmann::json j = parse_json_strict(text.str(), path);
   migrate_config(j, "");  // a config.json of a 0.1.0 run reused as --config
   merge(j, path);
 }
@@ -116,13 +143,7 @@ double parse_number(const std::string& text, const std::string& flag) {
 
 // "in-l1=25,readout=5" or a JSON object.
 nlohmann::json parse_multipliers(const std::string& text, const std::string& flag) {
-  if (!text.empty() && text.front() == '{') {
-    try {
-      return nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception&) {
-      throw InputError(flag, "invalid JSON object");
-    }
-  }
+  if (!text.empty() && text.front() == '{') return parse_json_strict(text, flag);
   nlohmann::json j = nlohmann::json::object();
   std::stringstream ss(text);
   std::string item;
@@ -186,13 +207,14 @@ RunSetup make_setup(const ConfigBuilder& b) {
     if (!(num(key) >= 0)) throw InputError(where(key), "must be ≥ 0");
     return num(key);
   };
-  auto pos_int = [&](const char* key) {
-    if (integer(key) <= 0) throw InputError(where(key), "must be a positive integer");
-    return integer(key);
-  };
-  auto nonneg_int = [&](const char* key) {
-    if (integer(key) < 0) throw InputError(where(key), "must be ≥ 0");
-    return integer(key);
+  // An integer key within its bounds (integer_bounds), as any integer type.
+  auto bounded = [&](const char* key) {
+    const auto [lo, hi] = integer_bounds().at(key);
+    const long long v = integer(key);
+    if (v < lo || v > hi)
+      throw InputError(where(key), "must be between " + std::to_string(lo) + " and " + std::to_string(hi) + " (got " +
+                                       std::to_string(v) + ")");
+    return v;
   };
 
   RunSetup s;
@@ -200,8 +222,8 @@ RunSetup make_setup(const ConfigBuilder& b) {
   s.kind = parse_dataset_kind(str("dataset"), where("dataset"));
   s.data_dir = str("data-dir").empty() ? default_data_dir(s.kind) : str("data-dir");
   if (s.data_dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(s.kind));
-  s.train_limit = nonneg_int("train-limit");
-  s.test_limit = nonneg_int("test-limit");
+  s.train_limit = bounded("train-limit");
+  s.test_limit = bounded("test-limit");
   s.arch = str("arch");
   s.angle = require_angle(num("angle"), where("angle"));
   s.activation = parse_activation(str("activation"), where("activation"));
@@ -213,18 +235,14 @@ RunSetup make_setup(const ConfigBuilder& b) {
 
   TrainConfig& t = s.train;
   t.algo = parse_algo(str("algo"), where("algo"));
-  if (integer("N") < 0 || integer("N") > kMaxContourPoints)
-    throw InputError(where("N"), "must be between 0 and " + std::to_string(kMaxContourPoints));
-  t.N = static_cast<int>(integer("N"));
+  t.N = static_cast<int>(bounded("N"));
   t.beta = positive("beta");
   t.free.solver = parse_solver(str("solver"), where("solver"));
-  t.free.max_steps = pos_int("T1");
+  t.free.max_steps = bounded("T1");
   t.free.tol = nonneg("tol");
   t.free.report_tol = positive("report-tol");
   t.free.dt = nonneg("dt");  // 0: the solver's default
-  if (integer("anderson-m") < 1 || integer("anderson-m") > 16)
-    throw InputError(where("anderson-m"), "must be between 1 and 16");
-  t.free.anderson_m = static_cast<int>(integer("anderson-m"));
+  t.free.anderson_m = static_cast<int>(bounded("anderson-m"));
   t.free.stall_window = nonneg("stall-window");
   const std::string warm = str("warm-start");
   if (warm != "on" && warm != "off") throw InputError(where("warm-start"), "must be on or off");
@@ -234,11 +252,9 @@ RunSetup make_setup(const ConfigBuilder& b) {
                      "needs a residual tolerance (--tol > 0): with a fixed T1 the state after T1 steps depends "
                      "on where it started, so a warm start would change the model, not only its cost");
   t.nudged = t.free;
-  t.nudged.max_steps = pos_int("T2");
+  t.nudged.max_steps = bounded("T2");
   t.homeostasis = nonneg("homeostasis");
-  t.homeo.draws = pos_int("homeo-draws");
-  // The Hutchinson probes of one step are draws × batch columns of the state's size.
-  if (t.homeo.draws > 1024) throw InputError(where("homeo-draws"), "must be at most 1024");
+  t.homeo.draws = static_cast<int>(bounded("homeo-draws"));
   const std::string hm = str("homeo-mode");
   if (hm == "hutchinson") t.homeo.mode = HomeoMode::hutchinson;
   else if (hm == "exact") t.homeo.mode = HomeoMode::exact;
@@ -260,15 +276,13 @@ RunSetup make_setup(const ConfigBuilder& b) {
     if (!v.is_number()) throw InputError(where("wd-mult"), "'" + k + "' must map to a number");
     o.wd_mult[k] = v.get<double>();
   }
-  t.epochs = pos_int("epochs");
-  t.batch_size = pos_int("batch-size");
-  if (t.batch_size > 1'000'000) throw InputError(where("batch-size"), "must be at most 1,000,000");
-  if (integer("seed") < 0) throw InputError(where("seed"), "must be ≥ 0");
-  t.seed = static_cast<std::uint64_t>(integer("seed"));
-  t.probe_size = nonneg_int("probe-size");
-  t.eval_chunk = pos_int("eval-chunk");
+  t.epochs = bounded("epochs");
+  t.batch_size = bounded("batch-size");
+  t.seed = static_cast<std::uint64_t>(bounded("seed"));
+  t.probe_size = bounded("probe-size");
+  t.eval_chunk = bounded("eval-chunk");
   t.on_diverge = parse_divergence_policy(str("on-diverge"), where("on-diverge"));
-  t.threads = set_threads(static_cast<int>(nonneg_int("threads")));
+  t.threads = set_threads(static_cast<int>(bounded("threads")));
   const std::string aug = str("augment");
   if (aug != "auto" && aug != "on" && aug != "off") throw InputError(where("augment"), "must be auto, on or off");
   return s;
@@ -293,7 +307,7 @@ DatasetSplits load_data(RunSetup& s) {
 
 Model make_model(const RunSetup& s, Index input_size, Index classes) {
   Model m;
-  m.net = compile(load_architecture(s.arch, input_size, classes), "--arch");
+  m.net = compile(load_architecture(s.arch, input_size, classes));
   m.activation = s.activation;
   m.loss = s.loss;
   check_loss(m.net, m.loss);

@@ -21,6 +21,9 @@ namespace hepsim::tools {
 // Every key with its default value (the type of the default is the key's type).
 const nlohmann::json& train_defaults();
 
+// The inclusive range of every integer key, checked in make_setup before any narrowing.
+const std::map<std::string, std::pair<long long, long long>>& integer_bounds();
+
 // A configuration written by hepsim 0.1.0, in today's terms. Its "dt" was only the ODE solvers'
 // step (0.5 unless set): since 0.2.0 it also damps the map and Anderson, so for those it becomes
 // 0 (their plain step). `written_by` is the version that wrote it (a checkpoint's attribute),
