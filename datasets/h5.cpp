@@ -139,9 +139,10 @@ Dataset read_h5_dataset(const std::string& path, Index limit) {
         H5Aread(attr.get(), H5T_NATIVE_INT32, &classes) < 0)
       throw InputError(path, "attribute 'classes' must be one integer");
   }
-  // The bound keeps a corrupt value from sizing a gigantic one-hot matrix downstream.
+  // The bound keeps a corrupt value from sizing a gigantic one-hot matrix downstream; a softmax
+  // over one class has no gradient (the model could learn nothing).
   constexpr std::int32_t max_classes = 1 << 16;
-  if (classes < 1 || classes > max_classes)
+  if (classes < 2 || classes > max_classes)
     throw InputError(path, "attribute 'classes' is " + std::to_string(classes) + ", must be in 1.." +
                                std::to_string(max_classes));
 
@@ -171,8 +172,18 @@ DatasetKind h5_source_kind(const std::string& path) {
   const std::string name = read_string_attribute(file.get(), "name");
   const std::string prefix = name.substr(0, name.find('/'));
   for (const DatasetKind k : {DatasetKind::fmnist, DatasetKind::mnist, DatasetKind::cifar10, DatasetKind::cifar100,
-                              DatasetKind::imagenet32, DatasetKind::imagenet64})
-    if (prefix == to_string(k)) return k;
+                              DatasetKind::imagenet32, DatasetKind::imagenet64}) {
+    if (prefix != to_string(k)) continue;
+    // The source's normalisation has one entry per channel of that source: a file whose name
+    // claims another source than its images' channel count would be normalised wrongly.
+    const int expected = k == DatasetKind::fmnist || k == DatasetKind::mnist ? 1 : 3;
+    hsize_t dims[4] = {0, 0, 0, 0};
+    H5Id images = open_integer_dataset(file.get(), path, "images", 4, dims);
+    if (static_cast<int>(dims[1]) != expected)
+      throw InputError(path, "attribute 'name' says '" + name + "' (" + std::to_string(expected) +
+                                 " channels) but /images has " + std::to_string(dims[1]) + " channels");
+    return k;
+  }
   return DatasetKind::h5;
 }
 

@@ -96,6 +96,21 @@ void Optimizer<R>::step(Vec<R>& theta, const Vec<R>& g, long k, long K, int thre
   for (int c = 0; c < chunks; ++c) update(bound(c), bound(c + 1) - bound(c));
 }
 
+template <class R>
+std::pair<std::string, std::string> Optimizer<R>::blame(const Network& net, const Vec<R>& theta) const {
+  Index i = 0;
+  while (i < theta.size() && std::isfinite(static_cast<double>(theta[i]))) ++i;
+  std::string block = "?";
+  for (const ParamBlock& b : net.blocks)
+    if (i >= b.offset && i < b.offset + b.size()) block = b.name;
+  const double lf = i < theta.size() ? static_cast<double>(lr_factor_[i]) : 1;
+  const double wf = i < theta.size() ? static_cast<double>(wd_factor_[i]) : 1;
+  if (lf != 1) return {cfg_.lr_mult_source, block};
+  if (cfg_.wd > 0 && wf != 1) return {cfg_.wd_mult_source, block};
+  if (cfg_.wd > 0 && cfg_.lr * cfg_.wd >= 1) return {"--wd", block};  // the decay alone overshoots: |1 − lr wd| ≥ 1
+  return {"--lr", block};
+}
+
 template class Optimizer<float>;
 template class Optimizer<double>;
 

@@ -11,6 +11,7 @@
 // edge name ("l1-l2", both K and b) or "readout".
 #include <map>
 #include <string>
+#include <utility>
 
 #include "sim/network.hpp"
 
@@ -45,6 +46,10 @@ class Optimizer {
   // update split over `threads` threads (bit-identical for any split).
   void step(Vec<R>& theta, const Vec<R>& g, long k, long K, int threads = 1);
   double lr_at(long k, long K) const;
+  // When θ became non-finite after a step with a finite gradient: the setting to blame for the
+  // first non-finite parameter (its block's learning-rate or weight-decay multiplier, the weight
+  // decay, or the learning rate: a flag or "file: key") and that parameter's block.
+  std::pair<std::string, std::string> blame(const Network& net, const Vec<R>& theta) const;
 
   // State for checkpoints: the moments and the step counter.
   Vec<R>& m() { return m_; }

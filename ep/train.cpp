@@ -130,26 +130,40 @@ template <class R>
 Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
     : model_(model), cfg_(cfg), theta_(std::move(theta)), opt_(model.net, cfg.optimizer), grad_(model.net.n_params) {
   if (theta_.size() != model.net.n_params) throw std::invalid_argument("Trainer: θ has the wrong size");
-  if (cfg_.homeostasis > 0) {
-    HomeoConfig hc = cfg_.homeo;
-    hc.lambda = cfg_.homeostasis;
-    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, cfg_.batch_size);
-  }
 }
 
 template <class R>
 typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total,
                                                 const Index* samples) {
   const StepStats st = gradient(x, y, grad_, samples);
-  if (homeo_) (void)homeo_->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(index), grad_);
+  if (cfg_.homeostasis > 0 && !homeo_) {
+    // Probe buffers for draws × (the first batch's columns): a nominal batch larger than the data
+    // never materialises (before, --batch-size 1000000 on 200 samples allocated 15 GB of probes).
+    HomeoConfig hc = cfg_.homeo;
+    hc.lambda = cfg_.homeostasis;
+    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, std::min<Index>(cfg_.batch_size, x.cols()));
+  }
+  // Non-finite values are blamed on what produced them: the task gradient (the dynamics overflowed
+  // the precision: the nudge or the step), the homeostasis term, or the optimizer's step.
+  const std::string at = " at step " + std::to_string(index + 1);
+  if (!grad_.allFinite())
+    throw InputError(cfg_.free.solver == Solver::map ? "--beta" : "--dt/--beta",
+                     "the gradient became non-finite" + at + " (the relaxation overflowed " +
+                         (sizeof(R) == 4 ? std::string("float; --precision double may help") : std::string("double")) + ")");
+  if (homeo_) {
+    (void)homeo_->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(index), grad_);
+    if (!grad_.allFinite())
+      throw InputError("--homeostasis", "the homeostasis gradient became non-finite" + at + "; lower λ");
+  }
   if (st.diverged + st.nudged_cycling > 0 && cfg_.on_diverge == DivergencePolicy::abort)
     throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged and " +
                                          std::to_string(st.nudged_cycling) + " cycled in a nudged phase at step " +
                                          std::to_string(index + 1) + " (policy abort; lower --beta or use skip)");
   opt_.step(theta_, grad_, index, total, cfg_.threads);
-  if (!theta_.allFinite())
-    throw InputError("--lr", "the parameters became non-finite at step " + std::to_string(index + 1) +
-                                 "; lower the learning rate");
+  if (!theta_.allFinite()) {
+    const auto [flag, block] = opt_.blame(model_.net, theta_);
+    throw InputError(flag, "the parameters of block " + block + " became non-finite" + at + "; lower it");
+  }
   return st;
 }
 
@@ -397,6 +411,51 @@ template Mat<double> algorithm_error_vector<double>(const Model&, const Vec<doub
 }  // namespace hepsim
 
 namespace hepsim {
+
+std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg, Index train_n, Index test_n,
+                                     std::size_t scalar) {
+  const double n = static_cast<double>(net.neurons), r = static_cast<double>(scalar);
+  const double dim = static_cast<double>(net.input_size), classes = static_cast<double>(net.classes);
+  const double T = std::max(1, cfg.threads);
+  const double B = static_cast<double>(std::min<Index>(cfg.batch_size, std::max<Index>(train_n, 1)));
+  const double Bc = std::ceil(B / T);  // columns per thread
+  std::vector<MemoryPart> parts;
+  // θ-sized vectors: θ, the gradient, the optimizer's moments and one gradient per thread in
+  // the training precision; in double the checkpoint's θ, m, v and the alignment metrics' θ and
+  // gradients (about eight).
+  std::size_t largest = 0;
+  for (std::size_t i = 1; i < net.blocks.size(); ++i)
+    if (net.blocks[i].size() > net.blocks[largest].size()) largest = i;
+  const ParamBlock& big = net.blocks[largest];
+  parts.push_back({"the parameters (" + std::to_string(net.n_params) + "; the largest block " + big.name + " is " +
+                       std::to_string(big.rows) + " x " + std::to_string(big.cols) + ")",
+                   big.name.rfind("readout", 0) == 0 ? "--dataset (its classes size the readout)" : "--arch",
+                   static_cast<double>(net.n_params) * (r * (4 + T) + 8 * 8)});
+  // One relaxation per thread: the batch (inputs, targets), about 14 state-sized matrices of the
+  // free phase (drive, u, σ(u), the fused engine's buffers) and of each nudged phase, whose
+  // ⌊N/2⌋ + 1 contour points relax stacked, the complex ones at twice the size.
+  const double points = cfg.algo == Algo::hep && cfg.N > 0 ? cfg.N / 2 + 1 : 1;
+  const double states = (dim + classes + 14 * n) * Bc * r + 14 * n * Bc * points * 2 * r;
+  parts.push_back({"the training relaxations (" + std::to_string(static_cast<long>(B)) + " samples per batch)",
+                   "--batch-size", states * T});
+  if (cfg.algo == Algo::bp)  // truncated BPTT keeps every unrolled state
+    parts.push_back({"truncated BPTT's unrolled states", "--T2",
+                     static_cast<double>(cfg.nudged.max_steps + 1) * n * Bc * r * T});
+  const double E = static_cast<double>(std::min<Index>(cfg.eval_chunk, std::max<Index>(test_n, 1)));
+  parts.push_back({"evaluation (" + std::to_string(static_cast<long>(E)) + " test samples per chunk and thread)",
+                   "--eval-chunk", (dim + classes + 14 * n) * E * r * T});
+  const double P = static_cast<double>(std::min<Index>(cfg.probe_size, test_n));
+  const double dense = net.neurons <= 2048 ? 2 * n * n * 8 : 0;  // rbp_dense's H and one LU
+  parts.push_back({"the alignment metrics (" + std::to_string(static_cast<long>(P)) + " probe samples, double)",
+                   "--probe-size", (dim + classes + 14 * n * points * 2) * P * 8 + dense});
+  if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson)
+    parts.push_back({"the homeostasis probes (" + std::to_string(cfg.homeo.draws) + " draws per sample)",
+                     "--homeo-draws", 4 * n * static_cast<double>(cfg.homeo.draws) * B * r});
+  if (cfg.warm_start)
+    parts.push_back({"the warm-start states (one per training sample)", "--warm-start",
+                     n * static_cast<double>(train_n) * r});
+  return parts;
+}
 
 double train_step_flops(const Network& net, const TrainConfig& cfg, Index B) {
   double rec = 0, inp = 0;  // per column: recurrent and input GEMM flops of one evaluation

@@ -136,11 +136,22 @@ class Trainer {
   TrainConfig cfg_;
   Vec<R> theta_;
   Optimizer<R> opt_;
-  std::unique_ptr<Homeostasis<R>> homeo_;  // when cfg.homeostasis > 0
+  std::unique_ptr<Homeostasis<R>> homeo_;  // when cfg.homeostasis > 0, created by the first step
   Vec<R> grad_;
   mutable std::vector<Vec<R>> chunk_grads_;  // per-thread gradient buffers of `gradient`, kept between steps
   mutable Mat<R> warm_;  // with cfg.warm_start: the last free state of every training sample (neurons x n)
 };
+
+// An upper bound of the memory a run of `cfg` allocates (bytes), by part, computed before any of
+// it is: the parameter-sized vectors, each thread's relaxations, evaluation, the alignment
+// metrics, homeostasis probes, warm-start states. `where` names what sets the part (a flag).
+// `scalar`: sizeof the training precision. The dataset (uint8, loaded before) is not included.
+struct MemoryPart {
+  std::string what, where;
+  double bytes = 0;
+};
+std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg, Index train_n, Index test_n,
+                                     std::size_t scalar);
 
 // Floating-point operations of one training step on a batch of B samples (GEMMs only, 2mkn each;
 // a real kernel on complex states counts twice): the free phase, the nudged phases or

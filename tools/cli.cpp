@@ -9,6 +9,7 @@
 #include <new>
 #include <string>
 #include <omp.h>
+#include <unistd.h>
 
 namespace hepsim::tools {
 
@@ -51,6 +52,25 @@ TestSamples load_test_samples(const std::string& dataset, const std::string& dat
 }
 
 void print_json(const nlohmann::json& j) { std::cout << j.dump() << std::endl; }
+
+double machine_memory() {
+  return static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+}
+
+void check_memory(const std::vector<MemoryPart>& parts, double already) {
+  double total = already;
+  const MemoryPart* largest = nullptr;
+  for (const MemoryPart& p : parts) {
+    total += p.bytes;
+    if (!largest || p.bytes > largest->bytes) largest = &p;
+  }
+  const double have = machine_memory();
+  if (total <= have || !largest) return;
+  char msg[512];
+  std::snprintf(msg, sizeof msg, "the run needs about %.1f GB, more than this machine's %.1f GB; the largest part is %s (%.1f GB)",
+                total / 1e9, have / 1e9, largest->what.c_str(), largest->bytes / 1e9);
+  throw InputError(largest->where, msg);
+}
 
 namespace {
 constexpr RelaxStatus kStatuses[] = {RelaxStatus::converged, RelaxStatus::max_steps, RelaxStatus::diverged,

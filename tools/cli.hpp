@@ -10,6 +10,7 @@
 #include <string>
 
 #include "datasets/dataset.hpp"
+#include "ep/train.hpp"
 #include "sim/error.hpp"
 #include "sim/relax.hpp"
 
@@ -71,6 +72,12 @@ TestSamples load_test_samples(const std::string& dataset, const std::string& dat
 
 // Prints one JSON object on stdout.
 void print_json(const nlohmann::json& j);
+
+// The machine's physical memory in bytes.
+double machine_memory();
+// InputError naming the largest part's flag when the parts (ep/train.hpp train_memory) plus
+// `already` bytes (the loaded dataset) exceed the machine's memory; the message gives the estimate.
+void check_memory(const std::vector<MemoryPart>& parts, double already);
 
 // body(i) for i = 0 … n − 1 on the OpenMP threads (dynamic schedule: the items may differ in
 // cost); the first exception thrown by any item is rethrown once all have finished (an exception

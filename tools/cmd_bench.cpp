@@ -36,28 +36,41 @@ double gemm_peak(const Network& net, Index batch, int threads, double min_second
   for (const auto& s : shapes) flops_per_round += 2.0 * static_cast<double>(s[0] * s[1] * cols);
   long rounds = 0;
   double elapsed = 0;
+  std::exception_ptr error;  // an exception must not leave an OpenMP region
+  bool failed = false;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<Mat<float>> A, X, Y;
-    for (const auto& s : shapes) {
-      A.push_back(Mat<float>::Random(s[0], s[1]));
-      X.push_back(Mat<float>::Random(s[1], cols));
-      Y.push_back(Mat<float>(s[0], cols));
+    try {
+      for (const auto& s : shapes) {
+        A.push_back(Mat<float>::Random(s[0], s[1]));
+        X.push_back(Mat<float>::Random(s[1], cols));
+        Y.push_back(Mat<float>(s[0], cols));
+      }
+    } catch (...) {
+#pragma omp critical(hepsim_bench)
+      {
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
     }
 #pragma omp barrier
-    const auto t0 = Clock::now();
-    long r = 0;
-    do {
-      for (int rep = 0; rep < 50; ++rep, ++r)
-        for (std::size_t i = 0; i < shapes.size(); ++i) Y[i].noalias() = A[i] * X[i];
-    } while (seconds_since(t0) < min_seconds);
-    const double dt = seconds_since(t0);
+    if (!failed) {  // every thread sees the same value after the barrier
+      const auto t0 = Clock::now();
+      long r = 0;
+      do {
+        for (int rep = 0; rep < 50; ++rep, ++r)
+          for (std::size_t i = 0; i < shapes.size(); ++i) Y[i].noalias() = A[i] * X[i];
+      } while (seconds_since(t0) < min_seconds);
+      const double dt = seconds_since(t0);
 #pragma omp critical(hepsim_bench)
-    {
-      rounds += r;
-      elapsed = std::max(elapsed, dt);
+      {
+        rounds += r;
+        elapsed = std::max(elapsed, dt);
+      }
     }
   }
+  if (error) std::rethrow_exception(error);
   return flops_per_round * static_cast<double>(rounds) / elapsed / 1e9;
 }
 
@@ -98,6 +111,8 @@ void register_bench(CLI::App& app) {
                            " training samples" +
                            (limited ? " (" + b.where("train-limit") + " " + std::to_string(s.train_limit) + ")" : ""));
     const Model model = make_model(s, data.train.dim(), data.train.classes);
+    check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, 4),
+                 static_cast<double>(data.train.images.size() + data.test.images.size()));
     Trainer<float> trainer(model, s.train, init_params<float>(model.net, s.train.seed, s.angle));
     const Index B = s.train.batch_size;
     const std::vector<Index> perm = shuffled_indices(data.train.n, s.train.seed, 1);
@@ -129,14 +144,12 @@ void register_bench(CLI::App& app) {
     for (long r = 0; r < *repeats; ++r) {
       const long phases = std::max(1L, *batches / 4);
       const auto t0 = Clock::now();
-      for (long p = 0; p < phases; ++p) {
-#pragma omp parallel for schedule(static, 1) num_threads(threads)
-        for (int c = 0; c < threads; ++c) {
+      for (long p = 0; p < phases; ++p)
+        parallel_items(threads, [&](long c) {
           const Index first = B * c / threads, count = B * (c + 1) / threads - first;
           (void)free_phase<float>(model, trainer.theta(), x.middleCols(first, count), y.middleCols(first, count),
                                   s.train.free);
-        }
-      }
+        });
       relax_rates.push_back(static_cast<double>(phases) * static_cast<double>(s.train.free.max_steps) * rec_flops *
                             static_cast<double>(B) / seconds_since(t0) / 1e9);
     }

@@ -87,7 +87,14 @@ std::vector<EpochRecord> resumed_history(const RunSetup& s, const Network& net, 
     if (!log_config.contains(key) || log_config.at(key) != s.config.at(key))
       throw InputError(log_path, std::string("it belongs to another run than checkpoint.h5 (they differ in '") +
                                      key + "')");
-  std::vector<EpochRecord> history = TrainLog::read_records(log_path, ck.epoch);
+  std::vector<EpochRecord> history = TrainLog::read_records(log_path, std::numeric_limits<long>::max());
+  // One epoch beyond the checkpoint is a kill between the two writes (dropped and trained again);
+  // more means the checkpoint is older than the log (a restored copy?): dropping logged epochs
+  // silently would lose them.
+  if (!history.empty() && history.back().epoch > ck.epoch + 1)
+    throw InputError(ckpt_path, "it is at epoch " + std::to_string(ck.epoch) + " but log.h5 records epochs up to " +
+                                    std::to_string(history.back().epoch) + ": the checkpoint is older than the log");
+  while (!history.empty() && history.back().epoch > ck.epoch) history.pop_back();
   for (std::size_t i = 0; i < history.size(); ++i)
     if (history[i].epoch != static_cast<long>(i) + 1)
       throw InputError(log_path, "its epochs are not 1, 2, … (epoch " + std::to_string(history[i].epoch) +
@@ -98,9 +105,24 @@ std::vector<EpochRecord> resumed_history(const RunSetup& s, const Network& net, 
   return history;
 }
 
+// A resumed run's model: the checkpoint's own architecture (a relative --arch path need not
+// resolve from where the run is resumed), on data of the checkpoint's shape.
+Model checkpoint_model(const RunSetup& s, const Checkpoint& ck, const std::string& ckpt_path, const Dataset& train) {
+  Model m;
+  m.net = compile(parse_architecture(ck.architecture, ckpt_path, ck.input_size, ck.classes));
+  m.activation = s.activation;
+  m.loss = s.loss;
+  check_loss(m.net, m.loss);
+  if (train.dim() != ck.input_size || train.classes != ck.classes)
+    throw InputError(s.data_dir, "its images have " + std::to_string(train.dim()) + " inputs and " +
+                                     std::to_string(train.classes) + " classes; the run's network (" + ckpt_path +
+                                     ") has " + std::to_string(ck.input_size) + " and " + std::to_string(ck.classes));
+  return m;
+}
+
 template <class R>
 nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model, const Checkpoint* resume,
-                     const std::vector<EpochRecord>& history, bool quiet) {
+                     const std::vector<EpochRecord>& history, bool quiet, RunDirectory& dir) {
   const Network& net = model.net;
   Vec<R> theta = resume ? Vec<R>(resume->theta.cast<R>()) : init_params<R>(net, s.train.seed, s.angle);
   Trainer<R> trainer(model, s.train, theta);
@@ -132,6 +154,7 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
         c.m = trainer.optimizer().m().template cast<double>();
         c.v = trainer.optimizer().v().template cast<double>();
         write_checkpoint(ckpt_path, c, net);
+        dir.keep();  // the run's first epoch is on disk: the directory is a run now
       });
   return summary(s, net, log.records());
 }
@@ -171,22 +194,19 @@ void register_train(CLI::App& app) {
       flags->apply(*cmd, b);
     }
     RunSetup s = make_setup(b);
-    if (!ck && fs::exists(s.out + "/checkpoint.h5"))
-      throw InputError("--out", s.out + " already holds a run; continue it with --resume " + s.out +
-                                    " or choose another --out");
-    if (!ck && fs::exists(s.out + "/log.h5"))  // killed between the first log and checkpoint writes
-      throw InputError("--out", s.out + " holds a log but no checkpoint (a run stopped in its first epoch); "
-                                        "delete it or choose another --out");
-    std::error_code ec;
-    fs::create_directories(s.out, ec);
-    if (ec || !fs::is_directory(s.out)) throw InputError("--out", "cannot create directory " + s.out);
+    RunDirectory dir(s.out, ck != nullptr);  // refuses foreign or busy directories; locked from here on
     const DatasetSplits data = load_data(s);
-    const Model model = make_model(s, data.train.dim(), data.train.classes);
+    const Model model = ck ? checkpoint_model(s, *ck, s.out + "/checkpoint.h5", data.train)
+                           : make_model(s, data.train.dim(), data.train.classes);
+    // Before anything of the run's size is allocated: refused with the estimate, naming the flag.
+    check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, s.precision == "double" ? 8 : 4),
+                 static_cast<double>(data.train.images.size() + data.test.images.size()));
     // Checked before anything in the directory changes: a refused resume leaves the run as it was.
     const std::vector<EpochRecord> history = ck ? resumed_history(s, model.net, *ck) : std::vector<EpochRecord>{};
-    write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
-    const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), history, *quiet)
-                                                       : train<float>(s, data, model, ck.get(), history, *quiet);
+    // A resume with nothing left to train (--epochs at or below the finished ones) changes nothing.
+    if (!ck || s.train.epochs > ck->epoch) write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
+    const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), history, *quiet, dir)
+                                                       : train<float>(s, data, model, ck.get(), history, *quiet, dir);
     print_json(out);
   });
 }
@@ -227,6 +247,8 @@ void register_eval(CLI::App& app) {
                                         std::to_string(test.classes) + " classes; the checkpoint's network expects " +
                                         std::to_string(ck.input_size) + " and " + std::to_string(ck.classes));
     check_parameters(ck, model.net, *checkpoint, s.precision == "float");
+    check_memory(train_memory(model.net, s.train, 0, test.n, s.precision == "double" ? 8 : 4),
+                 static_cast<double>(test.images.size()));
     const EvalResult r = s.precision == "double"
                              ? Trainer<double>(model, s.train, ck.theta).evaluate(test)
                              : Trainer<float>(model, s.train, ck.theta.cast<float>()).evaluate(test);

@@ -3,10 +3,13 @@
 #include <limits>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -22,6 +25,8 @@ namespace {
 h5::Id open_for_reading(const std::string& path, const std::string& what) {
   h5::silence_errors();
   if (!std::filesystem::exists(path)) throw InputError(path, "no such " + what + " file");
+  // HDF5 needs a seekable file; opening a FIFO would wait for a writer for ever.
+  if (!std::filesystem::is_regular_file(path)) throw InputError(path, "not a regular file (a " + what + " is an HDF5 file)");
   if (H5Fis_hdf5(path.c_str()) <= 0) throw InputError(path, "not an HDF5 file");
   h5::Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!file.valid()) throw InputError(path, "cannot open the " + what);
@@ -75,6 +80,78 @@ constexpr IntColumn kIntColumns[] = {
     {"stalled", &EpochRecord::stalled, false}, {"nudged_cycling", &EpochRecord::nudged_cycling, false}};
 
 }  // namespace
+
+namespace {
+constexpr const char* kLockName = ".hepsim.lock";
+
+// What a run that stopped before its first epoch leaves: its config.json (a complete hepsim
+// configuration) and the lock file.
+bool leftover_of_unstarted_run(const std::filesystem::path& entry) {
+  const std::string name = entry.filename().string();
+  if (name == kLockName) return true;
+  if (name != "config.json") return false;
+  try {
+    std::ifstream f(entry);
+    const nlohmann::json j = nlohmann::json::parse(f);
+    if (!j.is_object()) return false;
+    for (const auto& [key, value] : train_defaults().items())
+      if (!j.contains(key)) return false;
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+}  // namespace
+
+RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)), resume_(resume) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(dir_, ec)) {
+    if (!fs::is_directory(dir_, ec)) throw InputError("--out", dir_ + " exists and is not a directory");
+    if (!resume_) {
+      if (fs::exists(dir_ + "/checkpoint.h5"))
+        throw InputError("--out", dir_ + " already holds a run; continue it with --resume " + dir_ +
+                                      " or choose another --out");
+      if (fs::exists(dir_ + "/log.h5"))  // killed between the first log and checkpoint writes
+        throw InputError("--out", dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
+                                         "delete it or choose another --out");
+      for (const auto& entry : fs::directory_iterator(dir_, ec))
+        if (!leftover_of_unstarted_run(entry.path()))
+          throw InputError("--out", dir_ + " is not empty and holds no hepsim run (it has '" +
+                                        entry.path().filename().string() + "'): choose another --out");
+    }
+  } else {
+    fs::create_directories(dir_, ec);
+    if (ec || !fs::is_directory(dir_)) throw InputError("--out", "cannot create directory " + dir_);
+    created_ = true;
+  }
+  const std::string lock = dir_ + "/" + kLockName;
+  lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) throw InputError("--out", "cannot create " + lock + ": " + std::strerror(errno));
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {0};
+    const ssize_t n = ::pread(lock_fd_, pid, sizeof pid - 1, 0);
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    throw InputError("--out", dir_ + " is in use by another hepsim run" +
+                                  (n > 0 ? " (process " + std::string(pid, static_cast<std::size_t>(n)) + ")" : std::string()));
+  }
+  const std::string me = std::to_string(::getpid());
+  if (::ftruncate(lock_fd_, 0) == 0 && ::pwrite(lock_fd_, me.data(), me.size(), 0) < 0) {
+    // The pid only helps the message of a second run; the lock holds without it.
+  }
+}
+
+RunDirectory::~RunDirectory() {
+  if (!keep_ && !resume_) {  // a new run that never wrote its first epoch: leave nothing behind
+    std::error_code ec;
+    std::filesystem::remove(dir_ + "/config.json", ec);
+    std::filesystem::remove(dir_ + "/config.json.tmp", ec);
+    std::filesystem::remove(dir_ + "/" + kLockName, ec);
+    if (created_) std::filesystem::remove(dir_, ec);  // only if empty: never a user's file
+  }
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the lock
+}
 
 void write_text_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";

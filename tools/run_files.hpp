@@ -66,4 +66,28 @@ Checkpoint read_checkpoint(const std::string& path);
 // Writes `text` to `path` atomically (tmp file, fsync, rename).
 void write_text_atomic(const std::string& path, const std::string& text);
 
+// The run directory of one `hepsim train`, owned for the run's lifetime:
+//   - a new run needs a directory that does not exist, is empty, or holds only what a run that
+//     stopped before its first epoch leaves (its own config.json, the lock file); anything else
+//     (a user's files, another run's log or checkpoint) is an InputError naming --out;
+//   - the run holds an exclusive lock (flock on DIR/.hepsim.lock) until it ends, so a second run
+//     on the same directory is refused instead of mixing two runs' files (released by the kernel
+//     even when the process is killed);
+//   - a new run that fails before its first epoch is written leaves nothing behind: its
+//     config.json and lock file are removed, and the directory too if the run created it.
+class RunDirectory {
+ public:
+  RunDirectory(std::string dir, bool resume);
+  ~RunDirectory();
+  RunDirectory(const RunDirectory&) = delete;
+  RunDirectory& operator=(const RunDirectory&) = delete;
+  // The first epoch is on disk: from now on the directory is a run and stays.
+  void keep() { keep_ = true; }
+
+ private:
+  std::string dir_;
+  bool resume_ = false, created_ = false, keep_ = false;
+  int lock_fd_ = -1;
+};
+
 }  // namespace hepsim::tools
