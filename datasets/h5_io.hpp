@@ -13,7 +13,7 @@ namespace hepsim::h5 {
 // Owns an HDF5 identifier and closes it with the matching H5?close function.
 class Id {
  public:
-  Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  Id(hid_t id, herr_t (*closer)(hid_t)) : id_(id), close_(closer) {}
   ~Id() {
     if (id_ >= 0) close_(id_);
   }
@@ -23,6 +23,12 @@ class Id {
   Id& operator=(Id&&) = delete;
   hid_t get() const { return id_; }
   bool valid() const { return id_ >= 0; }
+  // Closes now and reports the result (a file's close writes what is still buffered).
+  herr_t close() {
+    const herr_t r = id_ >= 0 ? close_(id_) : 0;
+    id_ = -1;
+    return r;
+  }
 
  private:
   hid_t id_;

@@ -23,7 +23,23 @@ class InputError : public std::runtime_error {
   static std::string format(const std::string& where, const std::string& message, std::int64_t record) {
     std::string s = where.empty() ? std::string("input") : where;
     if (record >= 0) s += ": record " + std::to_string(record);
-    return s + ": " + message;
+    return one_line(s + ": " + message);
+  }
+  // The message is printed as one line: control characters that came from the input (a NUL
+  // would end it, a newline split it) are shown as \xNN.
+  static std::string one_line(const std::string& text) {
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned char ch : text) {
+      if (ch < 0x20 || ch == 0x7f) {
+        out += "\\x";
+        out += hex[ch >> 4];
+        out += hex[ch & 15];
+      } else {
+        out += static_cast<char>(ch);
+      }
+    }
+    return out;
   }
   std::string where_;
   std::int64_t record_;

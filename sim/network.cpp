@@ -55,7 +55,9 @@ void check_keys(const nlohmann::json& j, std::initializer_list<const char*> allo
 // cannot be stored, and nobody needs a layer name of more than 64 characters.
 void check_layer_name(const std::string& name, const std::string& where) {
   constexpr std::size_t kMaxName = 64;
-  auto bad = [&](const std::string& why) { throw InputError(where, "invalid layer name '" + name + "': " + why); };
+  // At most 80 characters of it in the message (InputError shows control characters as \xNN).
+  const std::string shown = name.size() > 80 ? name.substr(0, 80) + "…" : name;
+  auto bad = [&](const std::string& why) { throw InputError(where, "invalid layer name '" + shown + "': " + why); };
   if (name.empty()) bad("empty");
   if (name == "in") bad("'in' is the input");
   if (name.size() > kMaxName) bad("longer than " + std::to_string(kMaxName) + " characters");

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -49,8 +50,37 @@ void commit(const std::string& tmp, const std::string& path) {
   fsync_path(dir.empty() ? "." : dir.string());
 }
 
+// The one-line message of a failed write: the failing call's errno and, on a full filesystem,
+// that fact by name (HDF5 does not always leave errno at ENOSPC).
+std::string write_failure(const std::string& path, const std::string& what, int err) {
+  std::string msg = path + ": cannot write " + what;
+  const auto parent = std::filesystem::path(path).parent_path();
+  const std::string dir = parent.empty() ? "." : parent.string();
+  struct statvfs vfs {};
+  const bool full = err == ENOSPC || (::statvfs(dir.c_str(), &vfs) == 0 &&
+                                      static_cast<double>(vfs.f_bavail) * static_cast<double>(vfs.f_frsize) < 1 << 20);
+  if (full)
+    msg += ": No space left on device (ENOSPC); the previous epoch's files are intact: free space and --resume";
+  else if (err != 0)
+    msg += std::string(": ") + std::strerror(err);
+  return msg;
+}
+
 void require(bool ok, const std::string& path, const std::string& what) {
-  if (!ok) throw std::runtime_error(path + ": cannot write " + what);
+  if (!ok) throw std::runtime_error(write_failure(path, what, errno));
+}
+
+// Runs `write` (which creates `tmp`); on any failure removes the partial tmp file, so that a full
+// disk keeps only the last valid files, and rethrows.
+template <class F>
+void write_or_clean(const std::string& tmp, F&& write) {
+  try {
+    write();
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw;
+  }
 }
 
 // The scalar columns of /epochs: name and accessor.
@@ -106,8 +136,28 @@ bool leftover_of_unstarted_run(const std::filesystem::path& entry) {
 RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)), resume_(resume) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  const std::string lock = dir_ + "/" + kLockName;
+  // A run that holds the directory: nothing else about it matters.
+  auto take_lock = [&] {
+    lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd_ < 0) throw InputError("--out", "cannot create " + lock + ": " + std::strerror(errno));
+    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      char pid[32] = {0};
+      const ssize_t n = ::pread(lock_fd_, pid, sizeof pid - 1, 0);
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+      throw InputError("--out", dir_ + " is in use by another hepsim run" +
+                                    (n > 0 ? " (process " + std::string(pid, static_cast<std::size_t>(n)) + ")"
+                                           : std::string()));
+    }
+    const std::string me = std::to_string(::getpid());
+    if (::ftruncate(lock_fd_, 0) == 0 && ::pwrite(lock_fd_, me.data(), me.size(), 0) < 0) {
+      // The pid only helps the message of a second run; the lock holds without it.
+    }
+  };
   if (fs::exists(dir_, ec)) {
     if (!fs::is_directory(dir_, ec)) throw InputError("--out", dir_ + " exists and is not a directory");
+    if (fs::exists(lock, ec)) take_lock();
     if (!resume_) {
       if (fs::exists(dir_ + "/checkpoint.h5"))
         throw InputError("--out", dir_ + " already holds a run; continue it with --resume " + dir_ +
@@ -125,21 +175,7 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
     if (ec || !fs::is_directory(dir_)) throw InputError("--out", "cannot create directory " + dir_);
     created_ = true;
   }
-  const std::string lock = dir_ + "/" + kLockName;
-  lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd_ < 0) throw InputError("--out", "cannot create " + lock + ": " + std::strerror(errno));
-  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    char pid[32] = {0};
-    const ssize_t n = ::pread(lock_fd_, pid, sizeof pid - 1, 0);
-    ::close(lock_fd_);
-    lock_fd_ = -1;
-    throw InputError("--out", dir_ + " is in use by another hepsim run" +
-                                  (n > 0 ? " (process " + std::string(pid, static_cast<std::size_t>(n)) + ")" : std::string()));
-  }
-  const std::string me = std::to_string(::getpid());
-  if (::ftruncate(lock_fd_, 0) == 0 && ::pwrite(lock_fd_, me.data(), me.size(), 0) < 0) {
-    // The pid only helps the message of a second run; the lock holds without it.
-  }
+  if (lock_fd_ < 0) take_lock();
 }
 
 RunDirectory::~RunDirectory() {
@@ -155,11 +191,13 @@ RunDirectory::~RunDirectory() {
 
 void write_text_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
-  {
+  write_or_clean(tmp, [&] {
+    errno = 0;
     std::ofstream f(tmp, std::ios::trunc);
     f << text;
-    if (!f) throw std::runtime_error("cannot write " + tmp);
-  }
+    f.flush();
+    if (!f) throw std::runtime_error(write_failure(tmp, "the file", errno));
+  });
   commit(tmp, path);
 }
 
@@ -169,42 +207,45 @@ TrainLog::TrainLog(std::string path, nlohmann::json config, std::vector<std::str
 void TrainLog::write() const {
   h5::silence_errors();
   const std::string tmp = path_ + ".tmp";
-  {
+  write_or_clean(tmp, [&] {
     h5::Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
     require(file.valid(), tmp, "the log");
-    require(h5::write_string_attribute(file.get(), "config", config_.dump()), tmp, "attribute config");
-    require(h5::write_string_attribute(file.get(), "layers", nlohmann::json(layers_).dump()), tmp, "attribute layers");
-    require(h5::write_string_attribute(file.get(), "hepsim_version", HEPSIM_VERSION), tmp, "attribute hepsim_version");
-    h5::Id epochs = h5::create_group(file.get(), "epochs");
-    require(epochs.valid(), tmp, "/epochs");
-    for (const IntColumn& c : kIntColumns) {
-      std::vector<std::int64_t> v;
-      for (const EpochRecord& r : records_) v.push_back(r.*(c.field));
-      require(h5::write_vector(epochs.get(), c.name, v), tmp, std::string("/epochs/") + c.name);
-    }
-    for (const Column& c : kColumns) {
-      std::vector<double> v;
-      for (const EpochRecord& r : records_) v.push_back(r.*(c.field));
-      require(h5::write_vector(epochs.get(), c.name, v), tmp, std::string("/epochs/") + c.name);
-    }
-    h5::Id align = h5::create_group(file.get(), "alignment");
-    h5::Id mean = h5::create_group(align.get(), "cos_delta_mean");
-    h5::Id sd = h5::create_group(align.get(), "cos_delta_std");
-    require(align.valid() && mean.valid() && sd.valid(), tmp, "/alignment");
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      std::vector<double> m, s;
-      for (const EpochRecord& r : records_) {
-        m.push_back(l < r.cos_delta_mean.size() ? r.cos_delta_mean[l] : std::nan(""));
-        s.push_back(l < r.cos_delta_std.size() ? r.cos_delta_std[l] : std::nan(""));
+    {  // every group and dataset is closed before the file
+      require(h5::write_string_attribute(file.get(), "config", config_.dump()), tmp, "attribute config");
+      require(h5::write_string_attribute(file.get(), "layers", nlohmann::json(layers_).dump()), tmp, "attribute layers");
+      require(h5::write_string_attribute(file.get(), "hepsim_version", HEPSIM_VERSION), tmp, "attribute hepsim_version");
+      h5::Id epochs = h5::create_group(file.get(), "epochs");
+      require(epochs.valid(), tmp, "/epochs");
+      for (const IntColumn& c : kIntColumns) {
+        std::vector<std::int64_t> v;
+        for (const EpochRecord& r : records_) v.push_back(r.*(c.field));
+        require(h5::write_vector(epochs.get(), c.name, v), tmp, std::string("/epochs/") + c.name);
       }
-      require(h5::write_vector(mean.get(), layers_[l].c_str(), m), tmp, "/alignment/cos_delta_mean/" + layers_[l]);
-      require(h5::write_vector(sd.get(), layers_[l].c_str(), s), tmp, "/alignment/cos_delta_std/" + layers_[l]);
+      for (const Column& c : kColumns) {
+        std::vector<double> v;
+        for (const EpochRecord& r : records_) v.push_back(r.*(c.field));
+        require(h5::write_vector(epochs.get(), c.name, v), tmp, std::string("/epochs/") + c.name);
+      }
+      h5::Id align = h5::create_group(file.get(), "alignment");
+      h5::Id mean = h5::create_group(align.get(), "cos_delta_mean");
+      h5::Id sd = h5::create_group(align.get(), "cos_delta_std");
+      require(align.valid() && mean.valid() && sd.valid(), tmp, "/alignment");
+      for (std::size_t l = 0; l < layers_.size(); ++l) {
+        std::vector<double> m, s;
+        for (const EpochRecord& r : records_) {
+          m.push_back(l < r.cos_delta_mean.size() ? r.cos_delta_mean[l] : std::nan(""));
+          s.push_back(l < r.cos_delta_std.size() ? r.cos_delta_std[l] : std::nan(""));
+        }
+        require(h5::write_vector(mean.get(), layers_[l].c_str(), m), tmp, "/alignment/cos_delta_mean/" + layers_[l]);
+        require(h5::write_vector(sd.get(), layers_[l].c_str(), s), tmp, "/alignment/cos_delta_std/" + layers_[l]);
+      }
+      std::vector<double> g;
+      for (const EpochRecord& r : records_) g.push_back(r.cos_grad_total);
+      require(h5::write_vector(align.get(), "cos_grad_total", g), tmp, "/alignment/cos_grad_total");
     }
-    std::vector<double> g;
-    for (const EpochRecord& r : records_) g.push_back(r.cos_grad_total);
-    require(h5::write_vector(align.get(), "cos_grad_total", g), tmp, "/alignment/cos_grad_total");
     require(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, tmp, "(flush)");
-  }
+    require(file.close() >= 0, tmp, "(close)");
+  });
   commit(tmp, path_);
 }
 
@@ -268,31 +309,34 @@ std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long ke
 void write_checkpoint(const std::string& path, const Checkpoint& c, const Network& net) {
   h5::silence_errors();
   const std::string tmp = path + ".tmp";
-  {
+  write_or_clean(tmp, [&] {
     h5::Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
     require(file.valid(), tmp, "the checkpoint");
-    require(h5::write_string_attribute(file.get(), "config", c.config.dump()) &&
-                h5::write_string_attribute(file.get(), "architecture", c.architecture) &&
-                h5::write_string_attribute(file.get(), "hepsim_version", HEPSIM_VERSION) &&
-                h5::write_int_attribute(file.get(), "input_size", c.input_size) &&
-                h5::write_int_attribute(file.get(), "classes", c.classes) &&
-                h5::write_int_attribute(file.get(), "epoch", c.epoch) &&
-                h5::write_int_attribute(file.get(), "optimizer_steps", c.optimizer_steps),
-            tmp, "attributes");
-    auto vec = [](const Vec<double>& x) { return std::vector<double>(x.data(), x.data() + x.size()); };
-    require(h5::write_vector(file.get(), "theta", vec(c.theta)), tmp, "/theta");
-    h5::Id opt = h5::create_group(file.get(), "optimizer");
-    require(opt.valid() && h5::write_vector(opt.get(), "m", vec(c.m)) && h5::write_vector(opt.get(), "v", vec(c.v)),
-            tmp, "/optimizer");
-    h5::Id params = h5::create_group(file.get(), "params");
-    require(params.valid(), tmp, "/params");
-    const Vec<float> th = c.theta.cast<float>();
-    for (const ParamBlock& b : net.blocks)
-      require(h5::write_matrix(params.get(), b.name.c_str(), th.data() + b.offset, static_cast<std::size_t>(b.rows),
-                               static_cast<std::size_t>(b.cols)),
-              tmp, "/params/" + b.name);
+    {  // every group and dataset is closed before the file
+      require(h5::write_string_attribute(file.get(), "config", c.config.dump()) &&
+                  h5::write_string_attribute(file.get(), "architecture", c.architecture) &&
+                  h5::write_string_attribute(file.get(), "hepsim_version", HEPSIM_VERSION) &&
+                  h5::write_int_attribute(file.get(), "input_size", c.input_size) &&
+                  h5::write_int_attribute(file.get(), "classes", c.classes) &&
+                  h5::write_int_attribute(file.get(), "epoch", c.epoch) &&
+                  h5::write_int_attribute(file.get(), "optimizer_steps", c.optimizer_steps),
+              tmp, "attributes");
+      auto vec = [](const Vec<double>& x) { return std::vector<double>(x.data(), x.data() + x.size()); };
+      require(h5::write_vector(file.get(), "theta", vec(c.theta)), tmp, "/theta");
+      h5::Id opt = h5::create_group(file.get(), "optimizer");
+      require(opt.valid() && h5::write_vector(opt.get(), "m", vec(c.m)) && h5::write_vector(opt.get(), "v", vec(c.v)),
+              tmp, "/optimizer");
+      h5::Id params = h5::create_group(file.get(), "params");
+      require(params.valid(), tmp, "/params");
+      const Vec<float> th = c.theta.cast<float>();
+      for (const ParamBlock& b : net.blocks)
+        require(h5::write_matrix(params.get(), b.name.c_str(), th.data() + b.offset, static_cast<std::size_t>(b.rows),
+                                 static_cast<std::size_t>(b.cols)),
+                tmp, "/params/" + b.name);
+    }
     require(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, tmp, "(flush)");
-  }
+    require(file.close() >= 0, tmp, "(close)");
+  });
   commit(tmp, path);
 }
 

@@ -116,6 +116,50 @@ TEST_CASE("architecture JSON: parsed, and every malformed file rejected with its
                        doctest::Contains("/nonexistent/dir/net.json"), InputError);
 }
 
+TEST_CASE("compile refuses what later stages cannot store or use, naming the architecture file") {
+  // Each would have been accepted, then failed after an epoch (HDF5 names, a checkpoint with two
+  // blocks of one name) or trained at chance (no path from the input to the output).
+  auto arch = [](const std::string& layers, const std::string& edges) {
+    return R"({"layers": [)" + layers + R"(], "edges": [)" + edges + "]}";
+  };
+  auto with_hidden = [&](const std::string& name) {
+    return arch(R"({"name": )" + name + R"(, "size": 2}, {"name": "out", "size": 3})",
+                R"({"pre": "in", "post": )" + name + R"(}, {"pre": )" + name + R"(, "post": "out"})");
+  };
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {with_hidden(R"("a/b")"), "'/'"},
+      {with_hidden(R"(".")"), "only dots"},
+      {with_hidden(R"("..")"), "only dots"},
+      {with_hidden(R"("a\u0000b")"), "control character"},
+      {with_hidden(R"("tab\there")"), "control character"},
+      {with_hidden("\"" + std::string(65, 'x') + "\""), "longer than 64"},
+      // Layers "a-b", "a", "b-c", "c": the edges a-b → c and a → b-c are both named "a-b-c".
+      {arch(R"({"name": "a-b", "size": 2}, {"name": "a", "size": 2}, {"name": "b-c", "size": 2}, {"name": "c", "size": 2},
+               {"name": "out", "size": 3})",
+            R"({"pre": "in", "post": "a-b"}, {"pre": "in", "post": "a"}, {"pre": "a-b", "post": "c"},
+               {"pre": "a", "post": "b-c"}, {"pre": "c", "post": "out"})"),
+       "both named 'a-b-c'"},
+      {arch(R"({"name": "h", "size": 2}, {"name": "out", "size": 3})", R"({"pre": "in", "post": "h"})"),
+       "no path of edges leads from 'in' to 'out'"},
+      {arch(R"({"name": "h", "size": 2}, {"name": "out", "size": 3})",
+            R"({"pre": "in", "post": "h"}, {"pre": "out", "post": "h"})"),
+       "no path"},
+      {arch(R"({"name": "out", "size": 3})", ""), "no edges"},
+      // One JSON value, each key once (nlohmann would keep the last silently).
+      {arch(R"({"name": "out", "size": 3})", R"({"pre": "in", "post": "out"})") + R"( {"layers": []})", "invalid JSON"},
+      {R"({"layers": [{"name": "out", "size": 3, "size": 4}], "edges": [{"pre": "in", "post": "out"}]})",
+       "key 'size' appears twice"},
+  };
+  for (const auto& [text, msg] : bad) {
+    CAPTURE(text);
+    CHECK_THROWS_WITH_AS(compile(parse_architecture(text, "net.json", 6, 3)), doctest::Contains(msg.c_str()), InputError);
+    CHECK_THROWS_WITH_AS(compile(parse_architecture(text, "net.json", 6, 3)), doctest::Contains("net.json"), InputError);
+  }
+  // The ring and names that HDF5 takes (dots inside, '+', unicode) compile.
+  CHECK_NOTHROW(compile(parse_architecture(with_hidden(R"("h.1+é")"), "net.json", 6, 3)));
+  CHECK_NOTHROW(compile(load_architecture("loop_mnist", 6, 3)));
+}
+
 TEST_CASE("to_json round-trips a compiled network") {
   for (const char* arch : {"mlp_2-256", "loop_mnist"}) {
     const Network a = compile(load_architecture(arch, 784, 10));

@@ -1,0 +1,290 @@
+// Hardening from the audit (issue 16), end to end: input accepted at the start that used to fail
+// or eat memory later. Configurations are one JSON value with unique keys; integers are bounded
+// before narrowing; run directories belong to one run (refused when foreign, locked while a run
+// lives, gone when a new run fails before its first epoch, valid after a full disk); memory is
+// estimated before it is allocated; special files are refused; the right flag is blamed; and the
+// smaller cases (resume without work, an older checkpoint, a relative architecture path, one
+// class, an hour-long spectrum).
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "cli_helpers.hpp"
+#include "datasets/dataset.hpp"
+#include "tools/run_files.hpp"
+
+using namespace hepsim;
+using namespace hepsim::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A 16-neuron network: every run below takes a second or two.
+std::string small_arch(const TempDir& dir) {
+  const std::string path = dir.file("small.json");
+  std::ofstream(path) << R"({"name": "small", "layers": [{"name": "h", "size": 16}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  return path;
+}
+
+std::string flags(const TempDir& data, const std::string& arch) {
+  return "--dataset fmnist --data-dir " + data.str() + " --arch " + arch +
+         " --N 2 --beta 0.1 --T1 30 --T2 8 --batch-size 20 --threads 2 --probe-size 10 --quiet";
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// Runs a shell command line (not through run_hepsim: a working directory or a limit in front).
+int shell(const std::string& cmd) {
+  const int status = std::system(cmd.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+TEST_CASE("configuration files are one JSON value with unique keys, and integers are bounded before narrowing") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 1);
+  const std::string arch = small_arch(tmp);
+  auto config = [&](const std::string& name, const std::string& text) {
+    std::ofstream(tmp.file(name)) << text;
+    return "train " + flags(data, arch) + " --out " + tmp.file("run") + " --config " + tmp.file(name);
+  };
+  const std::vector<BadInput> cases = {
+      {config("two.json", R"({"lr": 0.1} {"lr": 0.2})"), tmp.file("two.json")},
+      {config("trail.json", R"({"lr": 0.1} trailing)"), tmp.file("trail.json")},
+      {config("dup.json", R"({"lr": 0.1, "momentum": 0.5, "lr": 0.2})"), "key 'lr' appears twice"},
+      {config("chunk.json", R"({"eval-chunk": 4294967296})"), tmp.file("chunk.json")},
+      {config("huge.json", R"({"eval-chunk": 18446744073709551615})"), tmp.file("huge.json")},
+      {config("seed.json", R"({"seed": -1})"), tmp.file("seed.json")},
+      {"train " + flags(data, arch) + " --out " + tmp.file("run") + " --threads 4294967296", "--threads"},
+      {"train " + flags(data, arch) + " --out " + tmp.file("run") + " --T2 4294967297", "--T2"},
+      {"train " + flags(data, arch) + " --out " + tmp.file("run") + " --lr-mult '{\"readout\": 1, \"readout\": 2}'",
+       "--lr-mult"},
+  };
+  check_bad_input(cases, tmp);
+  CHECK(!fs::exists(tmp.file("run")));
+  // eval reads --threads through the same bounds.
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("ok"), tmp).code == 0);
+  check_bad_input({{"eval --checkpoint " + tmp.file("ok") + "/checkpoint.h5 --threads 4294967296", "--threads"}}, tmp);
+}
+
+TEST_CASE("run directories: foreign ones refused, one run at a time, nothing left by a run that never started") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 200, 40, 2);
+  const std::string arch = small_arch(tmp);
+  // A directory with the user's own files is not a run: refused, untouched.
+  fs::create_directories(tmp.file("mine"));
+  std::ofstream(tmp.file("mine/config.json")) << R"({"lr": 1})";
+  check_bad_input({{"train " + flags(data, arch) + " --out " + tmp.file("mine"), "--out"}}, tmp);
+  CHECK(slurp(tmp.file("mine/config.json")) == R"({"lr": 1})");
+  CHECK(!fs::exists(tmp.file("mine/log.h5")));
+  // A new run that fails before its first epoch leaves no directory (and no file) behind.
+  const RunResult bad = run_hepsim("train " + flags(data, arch) + " --data-dir " + tmp.file("nodata") + " --out " +
+                                       tmp.file("new/run"),
+                                   tmp);
+  CHECK(bad.code == 2);
+  CHECK(!fs::exists(tmp.file("new/run")));
+  // Two runs on one directory: the second is refused while the first lives; the first ends well.
+  const std::string out = tmp.file("shared");
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const std::string cmd = std::string(HEPSIM_BINARY) + " train " + flags(data, arch) + " --epochs 6 --out " + out +
+                            " >/dev/null 2>&1";
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!fs::exists(out + "/.hepsim.lock") && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const RunResult second = run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + out, tmp);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CHECK(second.code == 2);
+  CHECK(second.err.find("in use by another hepsim run") != std::string::npos);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(tools::TrainLog::read_records(out + "/log.h5", 100).size() == 6);
+  // Resuming it takes the lock too, and succeeds once it is free.
+  CHECK(run_hepsim("train --resume " + out + " --epochs 7", tmp).code == 0);
+}
+
+TEST_CASE("a full disk names its cause and leaves the last epoch's files valid for --resume") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 3);
+  const std::string arch = small_arch(tmp);
+  // The size of one epoch's files, measured on the normal disk.
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("probe"), tmp).code == 0);
+  const double ckpt = static_cast<double>(fs::file_size(tmp.file("probe/checkpoint.h5")));
+  const double log = static_cast<double>(fs::file_size(tmp.file("probe/log.h5")));
+  // A filesystem that holds epoch 1's files but not a second checkpoint beside the first.
+  const std::string mnt = tmp.file("disk");
+  fs::create_directories(mnt);
+  const std::string size = "size=" + std::to_string(static_cast<long>(1.5 * ckpt + 3 * log + 16384));
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, size.c_str()) != 0) {
+    MESSAGE("cannot mount a tmpfs here (needs root): skipped");
+    return;
+  }
+  const RunResult r = run_hepsim("train " + flags(data, arch) + " --epochs 3 --out " + mnt + "/run", tmp);
+  CAPTURE(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err_lines() == 1);
+  CHECK(r.err.find("No space left on device") != std::string::npos);
+  CHECK(r.err.find("ENOSPC") != std::string::npos);
+  CHECK(!fs::exists(mnt + "/run/checkpoint.h5.tmp"));  // the partial file is gone
+  // What is left resumes (on a disk with room) and finishes the run.
+  fs::copy(mnt + "/run", tmp.file("moved"), fs::copy_options::recursive);
+  umount(mnt.c_str());
+  fs::remove(tmp.file("moved/.hepsim.lock"));
+  const RunResult resumed = run_hepsim("train --resume " + tmp.file("moved"), tmp);
+  CHECK_MESSAGE(resumed.code == 0, resumed.err);
+  CHECK(tools::TrainLog::read_records(tmp.file("moved/log.h5"), 100).size() == 3);
+}
+
+TEST_CASE("memory: buffers sized by the samples used, a run's estimate refused before it is allocated") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 200, 20, 4);
+  const std::string arch = small_arch(tmp);
+  // --batch-size 1000000 on 200 samples with homeostasis: the probes were sized by the nominal
+  // batch (5 draws × 10^6 × 18 neurons × 4 buffers, 1.4 GB here, 15 GB for mlp_2-256). Under a
+  // 1 GB address-space limit the run must succeed.
+  const int code = shell("prlimit --as=1000000000 " + std::string(HEPSIM_BINARY) + " train " + flags(data, arch) +
+                         " --batch-size 1000000 --homeostasis 1 --epochs 1 --threads 1 --out " + tmp.file("big") +
+                         " >/dev/null 2>" + tmp.file("big.err"));
+  CHECK_MESSAGE(code == 0, slurp(tmp.file("big.err")));
+  // 65,536 classes: the readout alone is 65,536² parameters (17 GB in float, more with the
+  // optimizer): refused at once with the estimate, naming what sets it.
+  Dataset d;
+  d.name = "h5/train";
+  d.n = 4;
+  d.channels = 1;
+  d.height = d.width = 4;
+  d.classes = 65536;
+  d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 7);
+  d.labels = {0, 1, 2, 65535};
+  fs::create_directories(tmp.file("h5"));
+  write_h5_dataset(d, tmp.file("h5/train.h5"));
+  d.name = "h5/test";
+  write_h5_dataset(d, tmp.file("h5/test.h5"));
+  const std::string h5 = "--dataset h5 --data-dir " + tmp.file("h5") + " --quiet";
+  const RunResult many = run_hepsim("train " + h5 + " --out " + tmp.file("many"), tmp);
+  CAPTURE(many.err);
+  CHECK(many.code == 2);
+  CHECK(many.err_lines() == 1);
+  CHECK(many.err.find("--dataset") != std::string::npos);
+  CHECK(many.err.find("readout.W") != std::string::npos);
+  CHECK(many.err.find(" GB") != std::string::npos);
+  CHECK(!fs::exists(tmp.file("many")));
+  // bench on an architecture of 16 million neurons: refused before its parallel regions allocate.
+  std::ofstream(tmp.file("huge.json")) << R"({"layers": [{"name": "h", "size": 16000000}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}]})";
+  const RunResult bench = run_hepsim("bench --dataset fmnist --data-dir " + data.str() + " --arch " +
+                                         tmp.file("huge.json") + " --batches 1 --batch-size 20",
+                                     tmp);
+  CAPTURE(bench.err);
+  CHECK(bench.code == 2);
+  CHECK(bench.err.find("--arch") != std::string::npos);
+}
+
+TEST_CASE("special files: a FIFO as checkpoint or log is refused at once") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 5);
+  const std::string arch = small_arch(tmp);
+  REQUIRE(mkfifo(tmp.file("fifo.h5").c_str(), 0644) == 0);
+  // `timeout` ends the hang of the old behaviour (opening a FIFO waits for a writer).
+  const int code = shell("timeout 20 " + std::string(HEPSIM_BINARY) + " eval --checkpoint " + tmp.file("fifo.h5") +
+                         " 2>" + tmp.file("fifo.err"));
+  CHECK(code == 2);
+  CHECK(slurp(tmp.file("fifo.err")).find("not a regular file") != std::string::npos);
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("run"), tmp).code == 0);
+  fs::remove(tmp.file("run/log.h5"));
+  REQUIRE(mkfifo(tmp.file("run/log.h5").c_str(), 0644) == 0);
+  const int resume = shell("timeout 20 " + std::string(HEPSIM_BINARY) + " train --resume " + tmp.file("run") +
+                           " --epochs 2 2>" + tmp.file("resume.err"));
+  CHECK(resume == 2);
+  CHECK(slurp(tmp.file("resume.err")).find("log.h5") != std::string::npos);
+}
+
+TEST_CASE("non-finite parameters and inconsistent files blame the right flag or file") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 6);
+  const std::string arch = small_arch(tmp);
+  const std::string t = "train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("run");
+  // 1e39 and 1e300 are finite in the configuration (double) and infinite in the float run.
+  check_bad_input({{t + " --lr-mult readout=1e39", "--lr-mult"},
+                   {t + " --wd 1e37", "--wd"},
+                   {t + " --homeostasis 1e37", "--homeostasis"},
+                   {t + " --lr 1e300", "--lr"}},
+                  tmp);
+  // An h5 file whose name claims CIFAR-10 (3 channels) but holds 1-channel images.
+  Dataset d;
+  d.name = "cifar10/train";
+  d.n = 4;
+  d.channels = 1;
+  d.height = d.width = 4;
+  d.classes = 10;
+  d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 9);
+  d.labels = {0, 1, 2, 3};
+  fs::create_directories(tmp.file("h5"));
+  write_h5_dataset(d, tmp.file("h5/train.h5"));
+  d.name = "cifar10/test";
+  write_h5_dataset(d, tmp.file("h5/test.h5"));
+  // A 1-class dataset: a softmax over one class has no gradient.
+  d.classes = 1;
+  d.labels = {0, 0, 0, 0};
+  d.name = "one/train";
+  fs::create_directories(tmp.file("one"));
+  write_h5_dataset(d, tmp.file("one/train.h5"));
+  d.name = "one/test";
+  write_h5_dataset(d, tmp.file("one/test.h5"));
+  check_bad_input({{"train --dataset h5 --data-dir " + tmp.file("h5") + " --arch " + arch + " --quiet --out " +
+                        tmp.file("h5run"),
+                    tmp.file("h5/test.h5")},
+                   {"train --dataset h5 --data-dir " + tmp.file("one") + " --arch " + arch + " --quiet --out " +
+                        tmp.file("onerun"),
+                    tmp.file("one/")}},
+                  tmp);
+}
+
+TEST_CASE("resume: nothing rewritten without work, an older checkpoint refused, a relative --arch resolved anywhere") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 7);
+  (void)small_arch(tmp);
+  // Trained from inside tmp with a relative architecture path; resumed from elsewhere.
+  const std::string bin = HEPSIM_BINARY;
+  REQUIRE(shell("cd " + tmp.str() + " && " + bin + " train " + flags(data, "small.json") + " --epochs 1 --out run") == 0);
+  fs::copy_file(tmp.file("run/checkpoint.h5"), tmp.file("epoch1.h5"));
+  const RunResult two = run_hepsim("train --resume " + tmp.file("run") + " --epochs 2", tmp);
+  REQUIRE_MESSAGE(two.code == 0, two.err);
+  // Nothing left to train: config.json stays as it was (--epochs 1 is not recorded).
+  const std::string before = slurp(tmp.file("run/config.json"));
+  CHECK(run_hepsim("train --resume " + tmp.file("run") + " --epochs 1", tmp).code == 0);
+  CHECK(slurp(tmp.file("run/config.json")) == before);
+  CHECK(tools::TrainLog::read_records(tmp.file("run/log.h5"), 100).size() == 2);
+  // A checkpoint of epoch 1 beside a log of 3 epochs is older than the log: refused, not truncated.
+  REQUIRE(run_hepsim("train --resume " + tmp.file("run") + " --epochs 3", tmp).code == 0);
+  fs::copy_file(tmp.file("epoch1.h5"), tmp.file("run/checkpoint.h5"), fs::copy_options::overwrite_existing);
+  check_bad_input({{"train --resume " + tmp.file("run") + " --epochs 4", "checkpoint.h5"}}, tmp);
+  CHECK(tools::TrainLog::read_records(tmp.file("run/log.h5"), 100).size() == 3);
+}
+
+TEST_CASE("jacobian refuses dense spectra that would take far longer than a few minutes") {
+  TempDir tmp;
+  std::ofstream(tmp.file("wide.json")) << R"({"layers": [{"name": "h", "size": 8000}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  const auto t0 = std::chrono::steady_clock::now();
+  check_bad_input({{"jacobian --arch " + tmp.file("wide.json") + " --max-dense 16384 --probes 10", "--max-dense"}}, tmp);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
+}
