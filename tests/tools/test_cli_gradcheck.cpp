@@ -19,6 +19,18 @@ std::string data_flags() {
 
 double total(const nlohmann::json& e, const char* key) { return e[key]["total"].get<double>(); }
 
+// The exactness of a symmetric network's references and estimators (the estimators issue): v* = δ,
+// the RBP gradient = finite differences, BPTT → RBP, and each estimator's error falling with N.
+void check_exact_symmetric(const nlohmann::json& j, std::size_t estimators) {
+  CHECK(total(j["exact"], "cos_vstar_delta") > 0.99999);
+  CHECK(j["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);
+  CHECK(j["exact"]["bptt_vs_rbp_rel_err"].get<double>() < 1e-6);
+  const auto& est = j["estimators"];
+  REQUIRE(est.size() == estimators);
+  for (std::size_t i = 1; i < est.size(); ++i)
+    CHECK(total(est[i], "rel_err_vs_vstar") < total(est[i - 1], "rel_err_vs_vstar"));
+}
+
 }  // namespace
 
 TEST_CASE("hepsim gradcheck: symmetric mlp_2-256, estimators converge to v* = delta with N") {
@@ -29,15 +41,10 @@ TEST_CASE("hepsim gradcheck: symmetric mlp_2-256, estimators converge to v* = de
   const auto j = r.json();
   CHECK(j["mode"] == "converged");
   CHECK(j["free"]["converged"] == 8);
-  CHECK(total(j["exact"], "cos_vstar_delta") > 0.99999);
-  CHECK(j["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);
-  CHECK(j["exact"]["bptt_vs_rbp_rel_err"].get<double>() < 1e-6);
-  const auto& est = j["estimators"];
-  REQUIRE(est.size() == 4);
   // Measured (real data, batch 16): 5.6e-2, 6.1e-3, 7.0e-5, 5.2e-6; an independent NumPy check
   // of this setting gives about 6e-2, 4e-3, 7e-5, 4e-6.
-  for (std::size_t i = 1; i < est.size(); ++i)
-    CHECK(total(est[i], "rel_err_vs_vstar") < total(est[i - 1], "rel_err_vs_vstar"));
+  check_exact_symmetric(j, 4);
+  const auto& est = j["estimators"];
   CHECK(total(est[2], "rel_err_vs_vstar") < 3e-4);
   for (const auto& e : est) CHECK(e["diverged"] == 0);
 }
@@ -143,14 +150,7 @@ TEST_CASE("hepsim gradcheck: a free phase that cycles is named and left out, the
   CHECK(j["free"]["not_settled"]["samples"] == nlohmann::json::array({7}));
   CHECK(j["free"]["not_settled"]["status"] == nlohmann::json::array({"cycling"}));
   CHECK(j["free"]["max_residual"].get<double>() <= 1e-12);  // over the measured samples
-  // The exactness of the estimators issue, on the other 15.
-  CHECK(total(j["exact"], "cos_vstar_delta") > 0.99999);
-  CHECK(j["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);
-  CHECK(j["exact"]["bptt_vs_rbp_rel_err"].get<double>() < 1e-6);
-  const auto& est = j["estimators"];
-  REQUIRE(est.size() == 4);
-  for (std::size_t i = 1; i < est.size(); ++i)
-    CHECK(total(est[i], "rel_err_vs_vstar") < total(est[i - 1], "rel_err_vs_vstar"));
+  check_exact_symmetric(j, 4);  // the exactness of the estimators issue, on the other 15
   // It said so on stderr, in one line naming the sample and the remedies.
   CHECK(r.err.find("7 (cycling)") != std::string::npos);
   CHECK(r.err.find("--dt") != std::string::npos);
@@ -173,8 +173,7 @@ TEST_CASE("hepsim gradcheck: a free phase that cycles is named and left out, the
   const auto k = d.json();
   CHECK(k["measured"] == 16);
   CHECK(k["free"]["not_settled"]["count"] == 0);
-  CHECK(total(k["exact"], "cos_vstar_delta") > 0.99999);
-  CHECK(k["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);
+  check_exact_symmetric(k, 4);
 }
 
 TEST_CASE("hepsim gradcheck: fewer than half settled ends with exit code 2 after the JSON, naming the flag") {

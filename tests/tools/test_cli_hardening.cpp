@@ -45,6 +45,24 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
+// DIR/train.h5 and DIR/test.h5 in hepsim's HDF5 layout: 4 single-channel 4x4 images each, named
+// "<source>/train" and "<source>/test", with `classes` classes and these labels.
+void write_h5_splits(const std::string& dir, const std::string& source, std::int32_t classes,
+                     const std::vector<std::int32_t>& labels) {
+  Dataset d;
+  d.n = static_cast<Index>(labels.size());
+  d.channels = 1;
+  d.height = d.width = 4;
+  d.classes = classes;
+  d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 7);
+  d.labels = labels;
+  fs::create_directories(dir);
+  for (const char* split : {"train", "test"}) {
+    d.name = source + "/" + split;
+    write_h5_dataset(d, dir + "/" + split + ".h5");
+  }
+}
+
 // Runs a shell command line (not through run_hepsim: a working directory or a limit in front).
 int shell(const std::string& cmd) {
   const int status = std::system(cmd.c_str());
@@ -166,18 +184,7 @@ TEST_CASE("memory: buffers sized by the samples used, a run's estimate refused b
   CHECK_MESSAGE(code == 0, slurp(tmp.file("big.err")));
   // 65,536 classes: the readout alone is 65,536² parameters (17 GB in float, more with the
   // optimizer): refused at once with the estimate, naming what sets it.
-  Dataset d;
-  d.name = "h5/train";
-  d.n = 4;
-  d.channels = 1;
-  d.height = d.width = 4;
-  d.classes = 65536;
-  d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 7);
-  d.labels = {0, 1, 2, 65535};
-  fs::create_directories(tmp.file("h5"));
-  write_h5_dataset(d, tmp.file("h5/train.h5"));
-  d.name = "h5/test";
-  write_h5_dataset(d, tmp.file("h5/test.h5"));
+  write_h5_splits(tmp.file("h5"), "h5", 65536, {0, 1, 2, 65535});
   const std::string h5 = "--dataset h5 --data-dir " + tmp.file("h5") + " --quiet";
   const RunResult many = run_hepsim("train " + h5 + " --out " + tmp.file("many"), tmp);
   CAPTURE(many.err);
@@ -229,26 +236,9 @@ TEST_CASE("non-finite parameters and inconsistent files blame the right flag or 
                    {t + " --lr 1e300", "--lr"}},
                   tmp);
   // An h5 file whose name claims CIFAR-10 (3 channels) but holds 1-channel images.
-  Dataset d;
-  d.name = "cifar10/train";
-  d.n = 4;
-  d.channels = 1;
-  d.height = d.width = 4;
-  d.classes = 10;
-  d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 9);
-  d.labels = {0, 1, 2, 3};
-  fs::create_directories(tmp.file("h5"));
-  write_h5_dataset(d, tmp.file("h5/train.h5"));
-  d.name = "cifar10/test";
-  write_h5_dataset(d, tmp.file("h5/test.h5"));
+  write_h5_splits(tmp.file("h5"), "cifar10", 10, {0, 1, 2, 3});
   // A 1-class dataset: a softmax over one class has no gradient.
-  d.classes = 1;
-  d.labels = {0, 0, 0, 0};
-  d.name = "one/train";
-  fs::create_directories(tmp.file("one"));
-  write_h5_dataset(d, tmp.file("one/train.h5"));
-  d.name = "one/test";
-  write_h5_dataset(d, tmp.file("one/test.h5"));
+  write_h5_splits(tmp.file("one"), "one", 1, {0, 0, 0, 0});
   check_bad_input({{"train --dataset h5 --data-dir " + tmp.file("h5") + " --arch " + arch + " --quiet --out " +
                         tmp.file("h5run"),
                     tmp.file("h5/test.h5")},
