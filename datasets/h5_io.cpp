@@ -1,6 +1,8 @@
 #include "datasets/h5_io.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 namespace hepsim::h5 {
 
@@ -30,6 +32,71 @@ bool write_string_attribute(hid_t obj, const char* name, const std::string& valu
   Id attr(H5Acreate2(obj, name, type.get(), scalar.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   const std::string padded = value.empty() ? std::string(1, '\0') : value;
   return attr.valid() && H5Awrite(attr.get(), type.get(), padded.data()) >= 0;
+}
+
+namespace {
+
+// The core driver's buffer, allocated and freed through these: at the file's close it is handed
+// to MemoryFile (the complete, closed image) instead of being freed.
+void* image_malloc(std::size_t size, H5FD_file_image_op_t, void*) { return std::malloc(size); }
+void* image_memcpy(void* dest, const void* src, std::size_t size, H5FD_file_image_op_t, void*) {
+  return std::memcpy(dest, src, size);
+}
+void* image_realloc(void* ptr, std::size_t size, H5FD_file_image_op_t, void*) { return std::realloc(ptr, size); }
+herr_t image_free(void* ptr, H5FD_file_image_op_t op, void* udata) {
+  void*& kept = *static_cast<void**>(udata);
+  if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE && kept == nullptr)
+    kept = ptr;
+  else
+    std::free(ptr);
+  return 0;
+}
+void* udata_copy(void* udata) { return udata; }
+herr_t udata_free(void*) { return 0; }
+
+// The end-of-file address of a version-2 superblock at offset 0 (8-byte offsets): the file's size.
+std::size_t superblock_eof(const unsigned char* p, std::size_t capacity) {
+  static constexpr unsigned char kSignature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  if (capacity < 48 || std::memcmp(p, kSignature, 8) != 0 || p[8] != 2 || p[9] != 8) return 0;
+  std::uint64_t eof = 0;
+  for (int i = 7; i >= 0; --i) eof = eof << 8 | p[28 + i];  // little-endian
+  return eof <= capacity ? static_cast<std::size_t>(eof) : 0;
+}
+
+// A file of the core driver whose buffer is handed to *kept at close.
+hid_t create_in_memory(void** kept) {
+  Id fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+  Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5FD_file_image_callbacks_t callbacks{image_malloc, image_memcpy, image_realloc, image_free,
+                                        udata_copy,   udata_free,   kept};
+  // Superblock version 2 (HDF5 1.8 format): dense attributes, and no "open for writing" flag in it.
+  if (!fcpl.valid() || !fapl.valid() || H5Pset_attr_phase_change(fcpl.get(), 0, 0) < 0 ||
+      H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V18) < 0 ||
+      H5Pset_fapl_core(fapl.get(), std::size_t{1} << 20, 0) < 0 ||
+      H5Pset_file_image_callbacks(fapl.get(), &callbacks) < 0)
+    return H5I_INVALID_HID;
+  return H5Fcreate("hepsim-memory-file", H5F_ACC_TRUNC, fcpl.get(), fapl.get());
+}
+
+}  // namespace
+
+MemoryFile::MemoryFile() : file_(create_in_memory(&image_), H5Fclose) {}
+
+MemoryFile::~MemoryFile() {
+  file_.close();
+  std::free(image_);
+}
+
+std::vector<char> MemoryFile::finish() {
+  hsize_t capacity = 0;
+  if (!file_.valid() || H5Fget_filesize(file_.get(), &capacity) < 0 || file_.close() < 0 || image_ == nullptr)
+    return {};
+  const auto* p = static_cast<const unsigned char*>(image_);
+  const std::size_t size = superblock_eof(p, static_cast<std::size_t>(capacity));
+  std::vector<char> image(p, p + size);
+  std::free(image_);
+  image_ = nullptr;
+  return image;
 }
 
 bool write_int_attribute(hid_t obj, const char* name, std::int64_t value) {

@@ -59,4 +59,26 @@ bool read_vector(hid_t loc, const char* name, std::vector<float>& out);
 // Creates a group (intermediate groups included). Invalid id on failure.
 Id create_group(hid_t loc, const char* name);
 
+// A new HDF5 file built in memory (core driver, no backing store), whose root-group attributes
+// are stored densely: a compact attribute cannot exceed 64 KB, which a large architecture's JSON
+// or a long configuration can (HDF5 1.8 file format; h5py reads it). Nothing reaches the disk
+// until the caller writes the image `finish` returns: a full disk then fails in one plain write,
+// never inside HDF5 (which cannot close a file whose flush failed, and crashes at exit on it).
+class MemoryFile {
+ public:
+  MemoryFile();
+  ~MemoryFile();
+  MemoryFile(const MemoryFile&) = delete;
+  MemoryFile& operator=(const MemoryFile&) = delete;
+  bool valid() const { return file_.valid(); }
+  hid_t get() const { return file_.get(); }
+  // Closes the file (every object in it must be closed) and returns its complete image; empty
+  // on failure.
+  std::vector<char> finish();
+
+ private:
+  void* image_ = nullptr;  // the driver's buffer, kept at close (declared before file_)
+  Id file_;
+};
+
 }  // namespace hepsim::h5

@@ -86,6 +86,7 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
   a.classes = classes;
   a.source = where;
   a.name = j.value("name", std::string("custom"));
+  if (a.name.size() > 256) throw InputError(where, "'name' is longer than 256 characters");
   if (!j.contains("layers") || !j["layers"].is_array()) throw InputError(where, "missing array 'layers'");
   if (!j.contains("edges") || !j["edges"].is_array()) throw InputError(where, "missing array 'edges'");
   for (const auto& l : j["layers"]) {
@@ -139,11 +140,7 @@ Architecture load_architecture(const std::string& name_or_path, Index input_size
     for (const auto& n : builtin_architecture_names()) names += (names.empty() ? "" : ", ") + n;
     throw InputError("--arch", "'" + name_or_path + "' is neither a built-in (" + names + ") nor a .json file");
   }
-  std::ifstream f(name_or_path);
-  if (!f) throw InputError(name_or_path, "cannot open architecture file");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parse_architecture(ss.str(), name_or_path, input_size, classes);
+  return parse_architecture(read_small_input(name_or_path, "an architecture file"), name_or_path, input_size, classes);
 }
 
 std::string to_json(const Network& net) {
@@ -237,6 +234,13 @@ Network compile(const Architecture& arch, const std::string& where_given) {
       throw InputError(where, net.edges.empty() ? "the architecture has no edges"
                                                 : "no path of edges leads from 'in' to 'out'");
   }
+  // --lr-mult and --wd-mult keys name a block ("a-b.K") or an edge ("a-b"): a layer "b.K" would
+  // make the edge "a-b.K" and the block "a-b.K" of edge "a-b" one key.
+  for (const Edge& e : net.edges)
+    for (const ParamBlock& b : net.blocks)
+      if (b.name == e.name)
+        throw InputError(where, "the edge '" + e.name + "' has the name of a parameter block of edge '" +
+                                    net.edges[static_cast<std::size_t>(b.edge)].name + "': rename a layer");
   const Index n_out = net.layers[static_cast<std::size_t>(net.out)].size;
   net.readout_w_offset = off;
   net.blocks.push_back({"readout.W", off, net.classes, n_out, -1, false});

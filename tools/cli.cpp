@@ -13,10 +13,22 @@
 
 namespace hepsim::tools {
 
+long long parse_integer(const std::string& text, const std::string& flag, long long lo, long long hi) {
+  long long v = 0;
+  const char* end = text.data() + text.size();
+  const auto [p, ec] = std::from_chars(text.data(), end, v);  // decimal only; no '+', spaces or hex
+  const std::string range = "between " + std::to_string(lo) + " and " + std::to_string(hi);
+  if (text.empty() || p != end || (ec != std::errc() && ec != std::errc::result_out_of_range))
+    throw InputError(flag, "must be an integer " + range + " (got '" + text + "')");
+  if (ec == std::errc::result_out_of_range || v < lo || v > hi)
+    throw InputError(flag, "must be " + range + " (got " + text + ")");
+  return v;
+}
+
 int set_threads(int threads) {
-  // libgomp cannot create tens of thousands of threads (it crashes above ~65,000); no machine
-  // this runs on has more than 1024 cores.
-  constexpr int kMaxThreads = 1024;
+  // libgomp aborts with its own message when it cannot create the threads (each reserves a stack:
+  // 1024 of them failed under an 8 GB address-space limit); 256 is far beyond any core count this
+  // runs on and still reproduces a run made with that many threads.
   if (threads < 0 || threads > kMaxThreads)
     throw InputError("--threads", "must be between 0 (all cores) and " + std::to_string(kMaxThreads));
   const int n = threads == 0 ? omp_get_num_procs() : threads;

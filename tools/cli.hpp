@@ -34,6 +34,24 @@ int run(int argc, char** argv);
 // Sets the number of threads used by OpenMP and Eigen (0 = all cores); returns that number.
 int set_threads(int threads);
 
+// Integers from flags and configuration values: plain decimal digits with an optional '-' (no
+// '+', spaces, hex, fraction or exponent), within [lo, hi], checked before any narrowing; anything
+// else is an InputError naming `flag`.
+long long parse_integer(const std::string& text, const std::string& flag, long long lo, long long hi);
+// An integer option read through parse_integer (CLI11 would cap 2^64 at the type's maximum and
+// read "" as 0).
+template <class T>
+CLI::Option* add_integer(CLI::App* cmd, const std::string& flag, T& target, long long lo, long long hi,
+                         const std::string& help) {
+  return cmd
+      ->add_option_function<std::string>(
+          flag, [&target, flag, lo, hi](const std::string& text) { target = static_cast<T>(parse_integer(text, flag, lo, hi)); },
+          help + " (" + std::to_string(lo) + " .. " + std::to_string(hi) + ")")
+      ->default_str(std::to_string(target));
+}
+// --threads: 0 (all cores) .. kMaxThreads.
+constexpr long long kMaxThreads = 256;
+
 // Validation helpers that throw InputError naming the flag.
 // A seed given as text: a plain decimal integer from 0 to 2^64 − 1 (CLI11 2.1 reads integer flags
 // with strtoull and no range check: "-1" would wrap to 2^64 − 1, "010" would be octal).

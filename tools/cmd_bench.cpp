@@ -82,13 +82,11 @@ void register_bench(CLI::App& app) {
   auto warmup = std::make_shared<long>(5);
   auto repeats = std::make_shared<long>(3);
   CLI::App* cmd = app.add_subcommand("bench", "Training-step throughput (examples/s, GFLOP/s) and the GEMM peak");
-  cmd->add_option("--batches", *batches, "Timed steps per round")->capture_default_str();
-  cmd->add_option("--warmup", *warmup, "Untimed steps first")->capture_default_str();
-  cmd->add_option("--repeats", *repeats, "Timed rounds (the median is reported)")->capture_default_str();
+  add_integer(cmd, "--batches", *batches, 1, 1000000, "Timed steps per round");
+  add_integer(cmd, "--warmup", *warmup, 0, 1000000, "Untimed steps first");
+  add_integer(cmd, "--repeats", *repeats, 1, 1000, "Timed rounds (the median is reported)");
   flags->add_to(*cmd);
   cmd->callback([cmd, flags, batches, warmup, repeats] {
-    require_positive(*batches, "--batches");
-    require_positive(*repeats, "--repeats");
     if (*warmup < 0) throw InputError("--warmup", "must be ≥ 0");
     ConfigBuilder b;
     b.set_flag("angle", "0");  // the paper's Table-1 setting unless given

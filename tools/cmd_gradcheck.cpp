@@ -85,16 +85,23 @@ void check_size(double values, double limit, const std::string& flag, const std:
   }
 }
 
+// Integer list items: within int, then each list's own range (require_range below).
+constexpr long long kMinListInt = -2147483648LL, kMaxListInt = 2147483647LL;
+
 template <class T>
 std::vector<T> parse_list(const std::string& text, const std::string& flag) {
   std::vector<T> out;
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ',')) {
-    std::stringstream is(item);
-    T v;
-    if (!(is >> v) || !is.eof()) throw InputError(flag, "'" + item + "' is not a number");
-    out.push_back(v);
+    if constexpr (std::is_integral_v<T>) {
+      out.push_back(static_cast<T>(parse_integer(item, flag, kMinListInt, kMaxListInt)));
+    } else {
+      std::stringstream is(item);
+      T v;
+      if (!(is >> v) || !is.eof()) throw InputError(flag, "'" + item + "' is not a number");
+      out.push_back(v);
+    }
   }
   if (out.empty()) throw InputError(flag, "empty list");
   return out;
@@ -383,47 +390,36 @@ void register_gradcheck(CLI::App& app) {
   cmd->add_option("--angle", opt->angle, "Initial feedback/forward angle (degrees, 0 .. 180)")->capture_default_str();
   cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the random batch and the FD directions (0 .. 2^64 − 1)")
       ->capture_default_str();
-  cmd->add_option("--batch", opt->batch, "Samples in the batch (1 .. 100000, less for large networks or N)")
-      ->capture_default_str();
+  add_integer(cmd, "--batch", opt->batch, 1, kMaxBatch, "Samples in the batch (less for large networks or N)");
   cmd->add_option("--dataset", opt->dataset, "fmnist, mnist, cifar10, …, or random")->capture_default_str();
   cmd->add_option("--data-dir", opt->data_dir, "Dataset directory");
   cmd->add_option("--N", opt->N_list, "Comma-separated numbers of contour points, each 0 .. 64 (0 = exact response)")
       ->capture_default_str();
   cmd->add_option("--beta", opt->beta_list, "Comma-separated nudge radii |beta|")->capture_default_str();
-  cmd->add_option("--T1", opt->T1, "Free-phase steps (0: relax to --tol)")->capture_default_str();
-  cmd->add_option("--T2", opt->T2, "Nudged-phase steps and iterations (0: to --tol)")->capture_default_str();
+  add_integer(cmd, "--T1", opt->T1, 0, 1000000000, "Free-phase steps (0: relax to --tol)");
+  add_integer(cmd, "--T2", opt->T2, 0, 1000000000, "Nudged-phase steps and iterations (0: to --tol)");
   cmd->add_option("--tol", opt->tol, "Residual at which a converged phase stops")->capture_default_str();
-  cmd->add_option("--max-steps", opt->max_steps, "Step budget of a converged phase")->capture_default_str();
+  add_integer(cmd, "--max-steps", opt->max_steps, 1, 1000000000, "Step budget of a converged phase");
   cmd->add_option("--solver", opt->solver, "map, rk4, dopri5 or anderson")->capture_default_str();
   add_stall_window(cmd, opt->stall_window);
   cmd->add_option("--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)")
       ->capture_default_str();
-  cmd->add_option("--fd-directions", opt->fd_directions, "Random directions of the finite-difference check (1 .. 10000)")
-      ->capture_default_str();
+  add_integer(cmd, "--fd-directions", opt->fd_directions, 1, kMaxFdDirections, "Random directions of the finite-difference check");
   cmd->add_option("--fd-step", opt->fd_step, "Finite-difference step")->capture_default_str();
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
-  cmd->add_option("--input-size", opt->input_size, "Input size of --dataset random (1 .. 65536)")->capture_default_str();
-  cmd->add_option("--classes", opt->classes, "Classes of --dataset random (2 .. 4096)")->capture_default_str();
-  cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
+  add_integer(cmd, "--input-size", opt->input_size, 1, kMaxInputSize, "Input size of --dataset random");
+  add_integer(cmd, "--classes", opt->classes, kMinClasses, kMaxClasses, "Classes of --dataset random");
+  add_integer(cmd, "--threads", opt->threads, 0, kMaxThreads, "Threads (0 = all cores)");
   cmd->callback([opt] {
     opt->seed = parse_seed(opt->seed_text);
     const GradcheckOptions& o = *opt;
-    require_range(o.batch, 1, kMaxBatch, "--batch");
     require_angle(o.angle, "--angle");
-    if (o.T1 < 0) throw InputError("--T1", "must be ≥ 0");
-    if (o.T2 < 0) throw InputError("--T2", "must be ≥ 0");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
-    require_positive(o.max_steps, "--max-steps");
     (void)parse_solver(o.solver);
     require_stall_window(o.stall_window);
     if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
-    require_range(o.fd_directions, 1, kMaxFdDirections, "--fd-directions");
     if (!(o.fd_step > 0) || !std::isfinite(o.fd_step)) throw InputError("--fd-step", "must be a finite positive number");
     for (int N : parse_list<int>(o.N_list, "--N")) require_range(N, 0, kMaxN, "--N");
-    if (o.dataset == "random") {
-      require_range(o.input_size, 1, kMaxInputSize, "--input-size");
-      require_range(o.classes, kMinClasses, kMaxClasses, "--classes");
-    }
     for (double b : parse_list<double>(o.beta_list, "--beta"))
       if (!(b > 0) || !std::isfinite(b)) throw InputError("--beta", "each |beta| must be a finite positive number");
     set_threads(o.threads);

@@ -146,31 +146,25 @@ void register_jacobian(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the probes and the random inputs (0 .. 2^64 − 1)")
       ->capture_default_str();
-  cmd->add_option("--probes", opt->probes, "Gaussian probes of the estimates (2 .. 100000)")->capture_default_str();
+  add_integer(cmd, "--probes", opt->probes, 2, kMaxProbes, "Gaussian probes of the estimates");
   cmd->add_option("--dataset", opt->dataset,
                   "Inputs of the dynamics: random, fmnist, mnist, cifar10, cifar100, imagenet32, imagenet64, h5")
       ->capture_default_str();
   cmd->add_option("--data-dir", opt->data_dir, "Dataset directory (default: the dataset's standard place)");
-  cmd->add_option("--samples", opt->samples, "Samples whose fixed point is linearised (1 .. 100000)")
-      ->capture_default_str();
+  add_integer(cmd, "--samples", opt->samples, 1, kMaxSamples, "Samples whose fixed point is linearised");
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
-  cmd->add_option("--max-dense", opt->max_dense, "Largest neuron count for which spectra are computed (0 .. 16384)")
-      ->capture_default_str();
+  add_integer(cmd, "--max-dense", opt->max_dense, 0, kMaxDenseLimit, "Largest neuron count for which spectra are computed");
   cmd->add_option("--tol", opt->tol, "Free-phase residual tolerance")->capture_default_str();
   cmd->add_option("--solver", opt->solver, "Free-phase solver: map, rk4, dopri5 or anderson")->capture_default_str();
-  cmd->add_option("--max-steps", opt->max_steps, "Free-phase step budget")->capture_default_str();
+  add_integer(cmd, "--max-steps", opt->max_steps, 1, 1000000000, "Free-phase step budget");
   add_stall_window(cmd, opt->stall_window);
   cmd->add_option("--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)")
       ->capture_default_str();
-  cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
+  add_integer(cmd, "--threads", opt->threads, 0, kMaxThreads, "Threads (0 = all cores)");
   cmd->callback([opt] {
     opt->seed = parse_seed(opt->seed_text);
     const JacobianOptions& o = *opt;
     require_angle(o.angle, "--angle");
-    require_range(o.probes, 2, kMaxProbes, "--probes");
-    require_range(o.samples, 1, kMaxSamples, "--samples");
-    require_positive(o.max_steps, "--max-steps");
-    require_range(o.max_dense, 0, kMaxDenseLimit, "--max-dense");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
     require_stall_window(o.stall_window);

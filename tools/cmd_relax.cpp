@@ -231,9 +231,9 @@ void register_relax(CLI::App& app) {
   cmd->add_option("--dataset", opt->dataset, "fmnist, mnist, cifar10, cifar100, imagenet32, imagenet64, h5")
       ->capture_default_str();
   cmd->add_option("--data-dir", opt->data_dir, "Dataset directory (default: the dataset's standard place)");
-  cmd->add_option("--samples", opt->samples, "Number of test samples to relax")->capture_default_str();
+  add_integer(cmd, "--samples", opt->samples, 1, 100000000, "Number of test samples to relax");
   cmd->add_option("--solver", opt->solver, "map, rk4, dopri5 or anderson")->capture_default_str();
-  cmd->add_option("--anderson-m", opt->anderson_m, "Anderson memory (1..16)")->capture_default_str();
+  add_integer(cmd, "--anderson-m", opt->anderson_m, 1, 16, "Anderson memory");
   add_stall_window(cmd, opt->stall_window);
   cmd->add_option("--beta", opt->beta, "Nudge of a second phase from the free fixed point (0: none)")
       ->capture_default_str();
@@ -242,22 +242,18 @@ void register_relax(CLI::App& app) {
   cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)")
       ->capture_default_str();
   cmd->add_option("--tol", opt->tol, "Residual tolerance of every phase")->capture_default_str();
-  cmd->add_option("--max-steps", opt->max_steps, "Step budget of every phase")->capture_default_str();
+  add_integer(cmd, "--max-steps", opt->max_steps, 1, 1000000000, "Step budget of every phase");
   cmd->add_option("--dt", opt->dt,
                   "Time step: map damping (1 = the paper's map) and Anderson mixing, rk4 step, dopri5 first step "
                   "(0: the solver's default, 1 for map/anderson, 0.5 for rk4/dopri5)")
       ->capture_default_str();
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
   cmd->add_option("--precision", opt->precision, "double or float")->capture_default_str();
-  cmd->add_option("--batch-size", opt->batch_size, "Samples relaxed together")->capture_default_str();
-  cmd->add_option("--threads", opt->threads, "Threads (0 = all cores)")->capture_default_str();
+  add_integer(cmd, "--batch-size", opt->batch_size, 1, 1000000, "Samples relaxed together");
+  add_integer(cmd, "--threads", opt->threads, 0, kMaxThreads, "Threads (0 = all cores)");
   cmd->callback([opt] {
     opt->seed = parse_seed(opt->seed_text);
     const RelaxOptions& o = *opt;
-    require_positive(o.samples, "--samples");
-    require_positive(o.max_steps, "--max-steps");
-    require_positive(o.batch_size, "--batch-size");
-    require_range(o.anderson_m, 1, 16, "--anderson-m");
     require_stall_window(o.stall_window);
     require_finite(o.beta, "--beta");
     require_angle(o.angle, "--angle");

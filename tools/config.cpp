@@ -84,7 +84,7 @@ const std::map<std::string, std::pair<long long, long long>>& integer_bounds() {
       {"epochs", {1, 1'000'000}},
       {"batch-size", {1, 1'000'000}},
       {"seed", {0, std::numeric_limits<long long>::max()}},
-      {"threads", {0, 1024}},            // 0: all cores; libgomp fails far above 1024
+      {"threads", {0, kMaxThreads}},     // 0: all cores (tools/cli.hpp)
       {"train-limit", {0, 1LL << 40}},   // 0: all
       {"test-limit", {0, 1LL << 40}},
       {"probe-size", {0, 1'000'000}},
@@ -103,7 +103,9 @@ void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
     const bool ok = (def.is_string() && value.is_string()) || (def.is_object() && value.is_object()) ||
                     (def.is_number_integer() && value.is_number_integer()) ||
                     (def.is_number_float() && value.is_number());
-    if (!ok) throw InputError(where, "key '" + key + "' must be " + std::string(def.type_name()));
+    if (!ok)
+      throw InputError(where, "key '" + key + "' must be " +
+                                  (def.is_number_integer() ? std::string("an integer") : std::string(def.type_name())));
     // An integer above 2^63 − 1 (stored unsigned) would wrap when read as a signed integer.
     if (value.is_number_unsigned() && value.get<unsigned long long>() > static_cast<unsigned long long>(
                                                                           std::numeric_limits<long long>::max()))
@@ -114,14 +116,9 @@ void ConfigBuilder::merge(const nlohmann::json& obj, const std::string& where) {
 }
 
 void ConfigBuilder::merge_file(const std::string& path) {
-  if (std::filesystem::is_directory(path)) throw InputError(path, "is a directory, not a configuration file");
-  std::ifstream f(path);
-  if (!f) throw InputError(path, "cannot open the configuration file");
-  std::stringstream text;
-  text << f.rdbuf();
   // The whole file is one JSON object: a second object or trailing text after it, or a key given
   // twice, is an error naming the file and key (reading only the first value ignored the rest).
-  nlohmann::json j = parse_json_strict(text.str(), path);
+  nlohmann::json j = parse_json_strict(read_small_input(path, "a configuration file"), path);
   migrate_config(j, "");  // a config.json of a 0.1.0 run reused as --config
   merge(j, path);
 }
@@ -167,9 +164,8 @@ void ConfigBuilder::set_flag(const std::string& key, const std::string& text) {
   } else if (def.is_object()) {
     cfg_[key] = parse_multipliers(text, flag);
   } else if (def.is_number_integer()) {
-    const double v = parse_number(text, flag);
-    if (v != std::floor(v) || std::abs(v) > 9e15) throw InputError(flag, "must be an integer");
-    cfg_[key] = static_cast<long long>(v);
+    // Decimal digits only, like in a configuration file; the key's own range is checked later.
+    cfg_[key] = parse_integer(text, flag, std::numeric_limits<long long>::min(), std::numeric_limits<long long>::max());
   } else {
     cfg_[key] = parse_number(text, flag);
   }

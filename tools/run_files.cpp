@@ -189,64 +189,91 @@ RunDirectory::~RunDirectory() {
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the lock
 }
 
-void write_text_atomic(const std::string& path, const std::string& text) {
+namespace {
+
+// Writes `size` bytes to `path` (created or truncated) and syncs them; a failure names errno.
+void write_bytes_atomic(const std::string& path, const char* data, std::size_t size) {
   const std::string tmp = path + ".tmp";
   write_or_clean(tmp, [&] {
-    errno = 0;
-    std::ofstream f(tmp, std::ios::trunc);
-    f << text;
-    f.flush();
-    if (!f) throw std::runtime_error(write_failure(tmp, "the file", errno));
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw std::runtime_error(write_failure(tmp, "the file", errno));
+    std::size_t done = 0;
+    int err = 0;
+    while (done < size && err == 0) {
+      const ssize_t n = ::write(fd, data + done, size - done);
+      if (n > 0)
+        done += static_cast<std::size_t>(n);
+      else if (n < 0 && errno != EINTR)
+        err = errno;
+    }
+    if (err == 0 && ::fsync(fd) != 0) err = errno;
+    if (::close(fd) != 0 && err == 0) err = errno;
+    if (err != 0) throw std::runtime_error(write_failure(tmp, "the file", err));
   });
   commit(tmp, path);
+}
+
+// A file built in memory by `fill` (which writes into the open HDF5 file), then written to
+// `path` atomically in one plain write.
+template <class F>
+void write_h5_atomic(const std::string& path, const std::string& what, F&& fill) {
+  h5::silence_errors();
+  std::vector<char> image;
+  {
+    h5::MemoryFile file;
+    require(file.valid(), path, what + " (in memory)");
+    fill(file.get());  // every group and dataset is closed inside `fill`
+    image = file.finish();
+    require(!image.empty(), path, what + " (in memory)");
+  }
+  write_bytes_atomic(path, image.data(), image.size());
+}
+
+}  // namespace
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  write_bytes_atomic(path, text.data(), text.size());
 }
 
 TrainLog::TrainLog(std::string path, nlohmann::json config, std::vector<std::string> layers)
     : path_(std::move(path)), config_(std::move(config)), layers_(std::move(layers)) {}
 
 void TrainLog::write() const {
-  h5::silence_errors();
-  const std::string tmp = path_ + ".tmp";
-  write_or_clean(tmp, [&] {
-    h5::Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-    require(file.valid(), tmp, "the log");
-    {  // every group and dataset is closed before the file
-      require(h5::write_string_attribute(file.get(), "config", config_.dump()), tmp, "attribute config");
-      require(h5::write_string_attribute(file.get(), "layers", nlohmann::json(layers_).dump()), tmp, "attribute layers");
-      require(h5::write_string_attribute(file.get(), "hepsim_version", HEPSIM_VERSION), tmp, "attribute hepsim_version");
-      h5::Id epochs = h5::create_group(file.get(), "epochs");
-      require(epochs.valid(), tmp, "/epochs");
+  write_h5_atomic(path_, "the log", [&](hid_t file) {
+    {
+      require(h5::write_string_attribute(file, "config", config_.dump()), path_, "attribute config");
+      require(h5::write_string_attribute(file, "layers", nlohmann::json(layers_).dump()), path_, "attribute layers");
+      require(h5::write_string_attribute(file, "hepsim_version", HEPSIM_VERSION), path_, "attribute hepsim_version");
+      h5::Id epochs = h5::create_group(file, "epochs");
+      require(epochs.valid(), path_, "/epochs");
       for (const IntColumn& c : kIntColumns) {
         std::vector<std::int64_t> v;
         for (const EpochRecord& r : records_) v.push_back(r.*(c.field));
-        require(h5::write_vector(epochs.get(), c.name, v), tmp, std::string("/epochs/") + c.name);
+        require(h5::write_vector(epochs.get(), c.name, v), path_, std::string("/epochs/") + c.name);
       }
       for (const Column& c : kColumns) {
         std::vector<double> v;
         for (const EpochRecord& r : records_) v.push_back(r.*(c.field));
-        require(h5::write_vector(epochs.get(), c.name, v), tmp, std::string("/epochs/") + c.name);
+        require(h5::write_vector(epochs.get(), c.name, v), path_, std::string("/epochs/") + c.name);
       }
-      h5::Id align = h5::create_group(file.get(), "alignment");
+      h5::Id align = h5::create_group(file, "alignment");
       h5::Id mean = h5::create_group(align.get(), "cos_delta_mean");
       h5::Id sd = h5::create_group(align.get(), "cos_delta_std");
-      require(align.valid() && mean.valid() && sd.valid(), tmp, "/alignment");
+      require(align.valid() && mean.valid() && sd.valid(), path_, "/alignment");
       for (std::size_t l = 0; l < layers_.size(); ++l) {
         std::vector<double> m, s;
         for (const EpochRecord& r : records_) {
           m.push_back(l < r.cos_delta_mean.size() ? r.cos_delta_mean[l] : std::nan(""));
           s.push_back(l < r.cos_delta_std.size() ? r.cos_delta_std[l] : std::nan(""));
         }
-        require(h5::write_vector(mean.get(), layers_[l].c_str(), m), tmp, "/alignment/cos_delta_mean/" + layers_[l]);
-        require(h5::write_vector(sd.get(), layers_[l].c_str(), s), tmp, "/alignment/cos_delta_std/" + layers_[l]);
+        require(h5::write_vector(mean.get(), layers_[l].c_str(), m), path_, "/alignment/cos_delta_mean/" + layers_[l]);
+        require(h5::write_vector(sd.get(), layers_[l].c_str(), s), path_, "/alignment/cos_delta_std/" + layers_[l]);
       }
       std::vector<double> g;
       for (const EpochRecord& r : records_) g.push_back(r.cos_grad_total);
-      require(h5::write_vector(align.get(), "cos_grad_total", g), tmp, "/alignment/cos_grad_total");
+      require(h5::write_vector(align.get(), "cos_grad_total", g), path_, "/alignment/cos_grad_total");
     }
-    require(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, tmp, "(flush)");
-    require(file.close() >= 0, tmp, "(close)");
   });
-  commit(tmp, path_);
 }
 
 nlohmann::json TrainLog::read_config(const std::string& path) {
@@ -307,37 +334,30 @@ std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long ke
 }
 
 void write_checkpoint(const std::string& path, const Checkpoint& c, const Network& net) {
-  h5::silence_errors();
-  const std::string tmp = path + ".tmp";
-  write_or_clean(tmp, [&] {
-    h5::Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-    require(file.valid(), tmp, "the checkpoint");
-    {  // every group and dataset is closed before the file
-      require(h5::write_string_attribute(file.get(), "config", c.config.dump()) &&
-                  h5::write_string_attribute(file.get(), "architecture", c.architecture) &&
-                  h5::write_string_attribute(file.get(), "hepsim_version", HEPSIM_VERSION) &&
-                  h5::write_int_attribute(file.get(), "input_size", c.input_size) &&
-                  h5::write_int_attribute(file.get(), "classes", c.classes) &&
-                  h5::write_int_attribute(file.get(), "epoch", c.epoch) &&
-                  h5::write_int_attribute(file.get(), "optimizer_steps", c.optimizer_steps),
-              tmp, "attributes");
+  write_h5_atomic(path, "the checkpoint", [&](hid_t file) {
+    {
+      require(h5::write_string_attribute(file, "config", c.config.dump()) &&
+                  h5::write_string_attribute(file, "architecture", c.architecture) &&
+                  h5::write_string_attribute(file, "hepsim_version", HEPSIM_VERSION) &&
+                  h5::write_int_attribute(file, "input_size", c.input_size) &&
+                  h5::write_int_attribute(file, "classes", c.classes) &&
+                  h5::write_int_attribute(file, "epoch", c.epoch) &&
+                  h5::write_int_attribute(file, "optimizer_steps", c.optimizer_steps),
+              path, "attributes");
       auto vec = [](const Vec<double>& x) { return std::vector<double>(x.data(), x.data() + x.size()); };
-      require(h5::write_vector(file.get(), "theta", vec(c.theta)), tmp, "/theta");
-      h5::Id opt = h5::create_group(file.get(), "optimizer");
+      require(h5::write_vector(file, "theta", vec(c.theta)), path, "/theta");
+      h5::Id opt = h5::create_group(file, "optimizer");
       require(opt.valid() && h5::write_vector(opt.get(), "m", vec(c.m)) && h5::write_vector(opt.get(), "v", vec(c.v)),
-              tmp, "/optimizer");
-      h5::Id params = h5::create_group(file.get(), "params");
-      require(params.valid(), tmp, "/params");
+              path, "/optimizer");
+      h5::Id params = h5::create_group(file, "params");
+      require(params.valid(), path, "/params");
       const Vec<float> th = c.theta.cast<float>();
       for (const ParamBlock& b : net.blocks)
         require(h5::write_matrix(params.get(), b.name.c_str(), th.data() + b.offset, static_cast<std::size_t>(b.rows),
                                  static_cast<std::size_t>(b.cols)),
-                tmp, "/params/" + b.name);
+                path, "/params/" + b.name);
     }
-    require(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, tmp, "(flush)");
-    require(file.close() >= 0, tmp, "(close)");
   });
-  commit(tmp, path);
 }
 
 Checkpoint read_checkpoint(const std::string& path) {
