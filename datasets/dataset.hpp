@@ -36,6 +36,10 @@ struct DatasetSplits {
   Dataset train, test;
 };
 
+// A 64-bit hash of a dataset's shape, labels and pixels (FNV-1a over 8-byte words): two loads
+// of the same files agree, different data disagree (checks that a resumed run sees its data).
+std::uint64_t fingerprint(const Dataset& d);
+
 // "fmnist" | "mnist" | "cifar10" | "cifar100" | "imagenet32" | "imagenet64" | "h5".
 DatasetKind parse_dataset_kind(const std::string& name, const std::string& where = "--dataset");
 const char* to_string(DatasetKind k);

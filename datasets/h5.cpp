@@ -143,7 +143,7 @@ Dataset read_h5_dataset(const std::string& path, Index limit) {
   // over one class has no gradient (the model could learn nothing).
   constexpr std::int32_t max_classes = 1 << 16;
   if (classes < 2 || classes > max_classes)
-    throw InputError(path, "attribute 'classes' is " + std::to_string(classes) + ", must be in 1.." +
+    throw InputError(path, "attribute 'classes' is " + std::to_string(classes) + ", must be in 2.." +
                                std::to_string(max_classes));
 
   const hsize_t keep = limit > 0 ? std::min<hsize_t>(n, static_cast<hsize_t>(limit)) : n;

@@ -40,6 +40,21 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The flag to blame, with advice, for samples whose relaxations diverged or cycled (the most
+// frequent cause): a free phase that diverges has no stable fixed point at its step (an ODE or
+// damped step too large: --dt) or with these weights (grown by --lr); a nudged phase that
+// diverges is pushed too hard (--beta); one that cycles follows the map's period-2 orbit.
+std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled) {
+  if (free > 0 && free >= nudged && free >= cycled) {
+    const bool stepped = cfg.free.solver == Solver::rk4 || cfg.free.solver == Solver::dopri5 ||
+                         (cfg.free.dt != 0 && cfg.free.dt != 1);
+    return stepped ? std::pair<std::string, std::string>{"--dt", "lower --dt (the free phase's step)"}
+                   : std::pair<std::string, std::string>{"--lr", "lower --lr (the free phase has no stable fixed point)"};
+  }
+  if (nudged >= cycled) return {"--beta", "lower --beta"};
+  return {"--dt", "damp the map (--dt 0.5) or use --solver dopri5"};
+}
+
 // Class scores of a free state: the logits (cross-entropy) or the output activations (mse).
 template <class R>
 Mat<R> class_scores(const Model& model, const Vec<R>& theta, const Mat<R>& u) {
@@ -155,10 +170,13 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
     if (!grad_.allFinite())
       throw InputError("--homeostasis", "the homeostasis gradient became non-finite" + at + "; lower λ");
   }
-  if (st.diverged + st.nudged_cycling > 0 && cfg_.on_diverge == DivergencePolicy::abort)
-    throw InputError("--on-diverge", std::to_string(st.diverged) + " sample(s) diverged and " +
-                                         std::to_string(st.nudged_cycling) + " cycled in a nudged phase at step " +
-                                         std::to_string(index + 1) + " (policy abort; lower --beta or use skip)");
+  if (st.diverged + st.nudged_cycling > 0 && cfg_.on_diverge == DivergencePolicy::abort) {
+    const auto [flag, advice] = divergence_cause(cfg_, st.free_diverged, st.diverged - st.free_diverged, st.nudged_cycling);
+    throw InputError(flag, std::to_string(st.diverged) + " sample(s) diverged (" + std::to_string(st.free_diverged) +
+                               " in the free phase) and " + std::to_string(st.nudged_cycling) +
+                               " cycled in a nudged phase at step " + std::to_string(index + 1) + ": " + advice +
+                               " (or --on-diverge skip)");
+  }
   opt_.step(theta_, grad_, index, total, cfg_.threads);
   if (!theta_.allFinite()) {
     const auto [flag, block] = opt_.blame(model_.net, theta_);
@@ -219,6 +237,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       const RelaxStatus ns = nudged.empty() ? RelaxStatus::converged : nudged[static_cast<std::size_t>(j)];
       const bool div = status == RelaxStatus::diverged || ns == RelaxStatus::diverged;
       st.diverged += div;
+      st.free_diverged += status == RelaxStatus::diverged;
       st.nudged_cycling += !div && ns == RelaxStatus::cycling;
     }
   });
@@ -236,6 +255,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     total.free_steps += st.free_steps;
     total.not_converged += st.not_converged;
     total.diverged += st.diverged;
+    total.free_diverged += st.free_diverged;
     total.cycling += st.cycling;
     total.stalled += st.stalled;
     total.nudged_cycling += st.nudged_cycling;
@@ -351,6 +371,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     prog.epoch = epoch;
     prog.batches = batches;
     double log_res = 0, free_steps = 0;
+    long free_diverged = 0;
     for (long b = 0; b < batches; ++b) {
       const Index first = b * B, count = std::min<Index>(B, train.n - first);
       Rng aug_rng(cfg_.seed, Stream::augment, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(b));
@@ -367,6 +388,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
       free_steps += st.free_steps;
       rec.not_converged += st.not_converged;
       rec.diverged += st.diverged;
+      free_diverged += st.free_diverged;
       rec.cycling += st.cycling;
       rec.stalled += st.stalled;
       rec.nudged_cycling += st.nudged_cycling;
@@ -389,15 +411,14 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     // Under the skip policy a diverged sample (or one whose nudged phase cycled) contributes
     // nothing; when none contributes the parameters no longer change and every further epoch
     // would repeat this one.
-    if (rec.diverged >= train.n)
-      throw InputError("training", "every sample diverged in epoch " + std::to_string(epoch) +
-                                       ": lower --lr or --beta, or --dt with an ODE solver (the epochs so far "
-                                       "are logged and checkpointed)");
-    if (rec.diverged + rec.nudged_cycling >= train.n)
-      throw InputError("--dt", "no sample contributed in epoch " + std::to_string(epoch) + " (" +
-                                   std::to_string(rec.diverged) + " diverged, " + std::to_string(rec.nudged_cycling) +
-                                   " cycled in a nudged phase): damp the map (--dt 0.5) or use --solver dopri5 (the "
-                                   "epochs so far are logged and checkpointed)");
+    if (rec.diverged + rec.nudged_cycling >= train.n) {
+      const auto [flag, advice] = divergence_cause(cfg_, free_diverged, rec.diverged - free_diverged, rec.nudged_cycling);
+      throw InputError(flag, "no sample contributed in epoch " + std::to_string(epoch) + " (" +
+                                 std::to_string(rec.diverged) + " diverged, " + std::to_string(free_diverged) +
+                                 " of them in the free phase; " + std::to_string(rec.nudged_cycling) +
+                                 " cycled in a nudged phase): " + advice +
+                                 " (the epochs so far are logged and checkpointed)");
+    }
   }
 }
 
@@ -454,6 +475,8 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   if (cfg.warm_start)
     parts.push_back({"the warm-start states (one per training sample)", "--warm-start",
                      n * static_cast<double>(train_n) * r});
+  // Each worker thread reserves a stack (8 MB by default; address space, counted by a limit).
+  parts.push_back({"the stacks of " + std::to_string(static_cast<long>(T)) + " threads", "--threads", T * 8e6});
   return parts;
 }
 

@@ -112,6 +112,7 @@ class Trainer {
     double log_residual = 0;
     double free_steps = 0;  // sum over samples of the step at which each free phase stopped
     long not_converged = 0, diverged = 0, cycling = 0, stalled = 0, nudged_cycling = 0;
+    long free_diverged = 0;  // of `diverged`: those whose free phase diverged
   };
   // One training step on a batch (x: input_size x B, y: classes x B): gradient, homeostasis,
   // optimizer update. `index` / `total` are the global step and the run's step count (the

@@ -127,7 +127,7 @@ std::string settle_advice(const std::vector<RelaxStatus>& status) {
   if (count_status(status, RelaxStatus::cycling) > 0)
     add("cycling samples settle with a damped map (--dt 0.5) or an ODE solver (--solver dopri5)");
   if (count_status(status, RelaxStatus::stalled) > 0)
-    add("stalled samples need a larger --tol, or --precision double, or another --solver");
+    add("stalled samples need a larger --tol, another --solver or, in float, --precision double");
   if (count_status(status, RelaxStatus::max_steps) > 0) add("a larger --max-steps or --solver anderson");
   if (count_status(status, RelaxStatus::diverged) > 0) add("diverged samples need a smaller --dt or another --solver");
   return advice;

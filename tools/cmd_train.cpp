@@ -1,5 +1,6 @@
 // `hepsim train` and `hepsim eval` (SPEC 9): flags -> config -> Trainer -> log, checkpoint, JSON.
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <memory>
@@ -105,6 +106,15 @@ std::vector<EpochRecord> resumed_history(const RunSetup& s, const Network& net, 
   return history;
 }
 
+// The fingerprints of both splits: a resumed run must see the data it was trained on, wherever
+// that data lives now.
+std::string data_fingerprint(const DatasetSplits& d) {
+  char text[40];
+  std::snprintf(text, sizeof text, "%016llx-%016llx", static_cast<unsigned long long>(fingerprint(d.train)),
+                static_cast<unsigned long long>(fingerprint(d.test)));
+  return text;
+}
+
 // A resumed run's model: the checkpoint's own architecture (a relative --arch path need not
 // resolve from where the run is resumed), on data of the checkpoint's shape.
 Model checkpoint_model(const RunSetup& s, const Checkpoint& ck, const std::string& ckpt_path, const Dataset& train) {
@@ -122,7 +132,8 @@ Model checkpoint_model(const RunSetup& s, const Checkpoint& ck, const std::strin
 
 template <class R>
 nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model, const Checkpoint* resume,
-                     const std::vector<EpochRecord>& history, bool quiet, RunDirectory& dir) {
+                     const std::vector<EpochRecord>& history, const std::string& fingerprint, bool quiet,
+                     RunDirectory& dir) {
   const Network& net = model.net;
   Vec<R> theta = resume ? Vec<R>(resume->theta.cast<R>()) : init_params<R>(net, s.train.seed, s.angle);
   Trainer<R> trainer(model, s.train, theta);
@@ -153,6 +164,7 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
         c.theta = trainer.theta().template cast<double>();
         c.m = trainer.optimizer().m().template cast<double>();
         c.v = trainer.optimizer().v().template cast<double>();
+        c.data_fingerprint = fingerprint;
         write_checkpoint(ckpt_path, c, net);
         dir.keep();  // the run's first epoch is on disk: the directory is a run now
       });
@@ -193,9 +205,18 @@ void register_train(CLI::App& app) {
       if (!config_path->empty()) b.merge_file(*config_path);
       flags->apply(*cmd, b);
     }
+    // Stored absolute: a resume from another working directory finds the same data.
+    const std::string given_dir = b.json().at("data-dir").get<std::string>();
+    if (!given_dir.empty() && (!ck || cmd->count("--data-dir") > 0))
+      b.set_flag("data-dir", fs::absolute(given_dir).lexically_normal().string());
     RunSetup s = make_setup(b);
     RunDirectory dir(s.out, ck != nullptr);  // refuses foreign or busy directories; locked from here on
     const DatasetSplits data = load_data(s);
+    const std::string fingerprint = data_fingerprint(data);
+    if (ck && !ck->data_fingerprint.empty() && ck->data_fingerprint != fingerprint)
+      throw InputError(cmd->count("--data-dir") > 0 ? "--data-dir" : s.data_dir,
+                       "holds other data than the run was trained on (" + s.data_dir +
+                           ": its fingerprint differs from the checkpoint's); give the run's data with --data-dir");
     const Model model = ck ? checkpoint_model(s, *ck, s.out + "/checkpoint.h5", data.train)
                            : make_model(s, data.train.dim(), data.train.classes);
     // Before anything of the run's size is allocated: refused with the estimate, naming the flag.
@@ -205,8 +226,8 @@ void register_train(CLI::App& app) {
     const std::vector<EpochRecord> history = ck ? resumed_history(s, model.net, *ck) : std::vector<EpochRecord>{};
     // A resume with nothing left to train (--epochs at or below the finished ones) changes nothing.
     if (!ck || s.train.epochs > ck->epoch) write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
-    const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), history, *quiet, dir)
-                                                       : train<float>(s, data, model, ck.get(), history, *quiet, dir);
+    const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), history, fingerprint, *quiet, dir)
+                                                       : train<float>(s, data, model, ck.get(), history, fingerprint, *quiet, dir);
     print_json(out);
   });
 }

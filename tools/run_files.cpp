@@ -136,58 +136,72 @@ bool leftover_of_unstarted_run(const std::filesystem::path& entry) {
 RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)), resume_(resume) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  const std::string flag = resume_ ? "--resume" : "--out";
   const std::string lock = dir_ + "/" + kLockName;
   // A run that holds the directory: nothing else about it matters.
   auto take_lock = [&] {
     lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd_ < 0) throw InputError("--out", "cannot create " + lock + ": " + std::strerror(errno));
+    if (lock_fd_ < 0) throw InputError(flag, "cannot create " + lock + ": " + std::strerror(errno));
     if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
       char pid[32] = {0};
       const ssize_t n = ::pread(lock_fd_, pid, sizeof pid - 1, 0);
       ::close(lock_fd_);
       lock_fd_ = -1;
-      throw InputError("--out", dir_ + " is in use by another hepsim run" +
-                                    (n > 0 ? " (process " + std::string(pid, static_cast<std::size_t>(n)) + ")"
-                                           : std::string()));
+      throw InputError(flag, dir_ + " is in use by another hepsim run" +
+                                 (n > 0 ? " (process " + std::string(pid, static_cast<std::size_t>(n)) + ")"
+                                        : std::string()));
     }
     const std::string me = std::to_string(::getpid());
     if (::ftruncate(lock_fd_, 0) == 0 && ::pwrite(lock_fd_, me.data(), me.size(), 0) < 0) {
       // The pid only helps the message of a second run; the lock holds without it.
     }
   };
-  if (fs::exists(dir_, ec)) {
-    if (!fs::is_directory(dir_, ec)) throw InputError("--out", dir_ + " exists and is not a directory");
-    if (fs::exists(lock, ec)) take_lock();
-    if (!resume_) {
-      if (fs::exists(dir_ + "/checkpoint.h5"))
-        throw InputError("--out", dir_ + " already holds a run; continue it with --resume " + dir_ +
-                                      " or choose another --out");
-      if (fs::exists(dir_ + "/log.h5"))  // killed between the first log and checkpoint writes
-        throw InputError("--out", dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
-                                         "delete it or choose another --out");
-      for (const auto& entry : fs::directory_iterator(dir_, ec))
-        if (!leftover_of_unstarted_run(entry.path()))
-          throw InputError("--out", dir_ + " is not empty and holds no hepsim run (it has '" +
-                                        entry.path().filename().string() + "'): choose another --out");
+  try {
+    if (fs::exists(dir_, ec)) {
+      if (!fs::is_directory(dir_, ec)) throw InputError(flag, dir_ + " exists and is not a directory");
+      if (fs::exists(lock, ec)) take_lock();
+      if (!resume_) {
+        if (fs::exists(dir_ + "/checkpoint.h5"))
+          throw InputError(flag, dir_ + " already holds a run; continue it with --resume " + dir_ +
+                                     " or choose another --out");
+        if (fs::exists(dir_ + "/log.h5"))  // killed between the first log and checkpoint writes
+          throw InputError(flag, dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
+                                        "delete it or choose another --out");
+        for (const auto& entry : fs::directory_iterator(dir_, ec))
+          if (!leftover_of_unstarted_run(entry.path()))
+            throw InputError(flag, dir_ + " is not empty and holds no hepsim run (it has '" +
+                                       entry.path().filename().string() + "'): choose another --out");
+      }
+    } else {
+      // The directories this run creates (the leaf first), removed again if it never starts.
+      for (fs::path p = fs::absolute(dir_, ec); !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+        created_.push_back(p.string());
+        if (p == p.parent_path()) break;
+      }
+      fs::create_directories(dir_, ec);
+      if (ec || !fs::is_directory(dir_)) throw InputError(flag, "cannot create directory " + dir_);
     }
-  } else {
-    fs::create_directories(dir_, ec);
-    if (ec || !fs::is_directory(dir_)) throw InputError("--out", "cannot create directory " + dir_);
-    created_ = true;
+    if (lock_fd_ < 0) take_lock();
+  } catch (...) {
+    if (created_.empty()) keep_ = true;  // refused an existing directory: touch nothing in it
+    release();
+    throw;
   }
-  if (lock_fd_ < 0) take_lock();
 }
 
-RunDirectory::~RunDirectory() {
+void RunDirectory::release() {
   if (!keep_ && !resume_) {  // a new run that never wrote its first epoch: leave nothing behind
     std::error_code ec;
     std::filesystem::remove(dir_ + "/config.json", ec);
     std::filesystem::remove(dir_ + "/config.json.tmp", ec);
-    std::filesystem::remove(dir_ + "/" + kLockName, ec);
-    if (created_) std::filesystem::remove(dir_, ec);  // only if empty: never a user's file
+    if (lock_fd_ >= 0) std::filesystem::remove(dir_ + "/" + kLockName, ec);  // ours: we hold it
+    for (const std::string& d : created_) std::filesystem::remove(d, ec);  // only if empty: never a user's file
   }
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the lock
+  lock_fd_ = -1;
 }
+
+RunDirectory::~RunDirectory() { release(); }
 
 namespace {
 
@@ -342,7 +356,8 @@ void write_checkpoint(const std::string& path, const Checkpoint& c, const Networ
                   h5::write_int_attribute(file, "input_size", c.input_size) &&
                   h5::write_int_attribute(file, "classes", c.classes) &&
                   h5::write_int_attribute(file, "epoch", c.epoch) &&
-                  h5::write_int_attribute(file, "optimizer_steps", c.optimizer_steps),
+                  h5::write_int_attribute(file, "optimizer_steps", c.optimizer_steps) &&
+                  h5::write_string_attribute(file, "data_fingerprint", c.data_fingerprint),
               path, "attributes");
       auto vec = [](const Vec<double>& x) { return std::vector<double>(x.data(), x.data() + x.size()); };
       require(h5::write_vector(file, "theta", vec(c.theta)), path, "/theta");
@@ -375,6 +390,7 @@ Checkpoint read_checkpoint(const std::string& path) {
   c.classes = h5::read_int_attribute(file.get(), "classes", 0);
   c.epoch = h5::read_int_attribute(file.get(), "epoch", -1);
   c.optimizer_steps = h5::read_int_attribute(file.get(), "optimizer_steps", -1);
+  c.data_fingerprint = h5::read_string_attribute(file.get(), "data_fingerprint");
   if (c.input_size <= 0 || c.classes <= 0 || c.epoch < 0 || c.optimizer_steps < 0)
     throw InputError(path, "the checkpoint lacks input_size / classes / epoch / optimizer_steps");
   auto load = [&](const char* name, Vec<double>& out) {

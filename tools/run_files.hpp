@@ -55,6 +55,9 @@ struct Checkpoint {
   long epoch = 0;
   long optimizer_steps = 0;
   Vec<double> theta, m, v;
+  // The training data's fingerprints (datasets/dataset.hpp), "train-test" in hex; "" in
+  // checkpoints written before 0.2.0.
+  std::string data_fingerprint;
 };
 
 void write_checkpoint(const std::string& path, const Checkpoint& c, const Network& net);
@@ -85,8 +88,11 @@ class RunDirectory {
   void keep() { keep_ = true; }
 
  private:
+  void release();  // what the destructor does (also when the constructor fails)
+
   std::string dir_;
-  bool resume_ = false, created_ = false, keep_ = false;
+  std::vector<std::string> created_;  // directories this run created, the leaf first
+  bool resume_ = false, keep_ = false;
   int lock_fd_ = -1;
 };
 

@@ -278,3 +278,122 @@ TEST_CASE("jacobian refuses dense spectra that would take far longer than a few 
   check_bad_input({{"jacobian --arch " + tmp.file("wide.json") + " --max-dense 16384 --probes 10", "--max-dense"}}, tmp);
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
 }
+
+// ---- The second audit: the same classes, other instances ----
+
+TEST_CASE("JSON inputs: NUL bytes, deep nesting, devices and silent FIFOs are refused naming the file") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 8);
+  const std::string arch = small_arch(tmp);
+  const std::string t = "train " + flags(data, arch) + " --out " + tmp.file("run");
+  // nlohmann's lexer ends the text at a NUL: the second key would be ignored.
+  std::ofstream(tmp.file("nul.json"), std::ios::binary) << std::string("{\"lr\": 0.1}\0{\"lr\": 9}", 22);
+  // 100,000 nested arrays exhaust the parser's stack (a crash on the old code).
+  std::ofstream(tmp.file("deep.json")) << std::string(100000, '[') << std::string(100000, ']');
+  check_bad_input({{t + " --config " + tmp.file("nul.json"), "NUL byte"},
+                   {t + " --config " + tmp.file("deep.json"), tmp.file("deep.json") + ": nested deeper"},
+                   {"relax --dataset fmnist --data-dir " + data.str() + " --samples 2 --arch " + tmp.file("deep.json"),
+                    tmp.file("deep.json")},
+                   {t + " --config /dev/zero", "/dev/zero"}},
+                  tmp);
+  // A FIFO that delivers its text is read (process substitution); one nobody writes to is an
+  // error after 10 s instead of a hang.
+  REQUIRE(mkfifo(tmp.file("cfg.fifo").c_str(), 0644) == 0);
+  const std::string bin = HEPSIM_BINARY;
+  CHECK(shell("(echo '{\"epochs\": 1}' > " + tmp.file("cfg.fifo") + " &) && timeout 60 " + bin + " " + t +
+              " --config " + tmp.file("cfg.fifo") + " >/dev/null 2>&1") == 0);
+  CHECK(tools::TrainLog::read_records(tmp.file("run/log.h5"), 100).size() == 1);
+  REQUIRE(mkfifo(tmp.file("silent.fifo").c_str(), 0644) == 0);
+  const int silent = shell("timeout 60 " + bin + " " + t + "2 --config " + tmp.file("silent.fifo") + " 2>" +
+                           tmp.file("fifo.err"));
+  CHECK(silent == 2);
+  CHECK(slurp(tmp.file("fifo.err")).find("no data arrived") != std::string::npos);
+}
+
+TEST_CASE("integer flags: one strict parser (decimal, in range) on every subcommand") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 20, 20, 13);
+  const std::string r = "relax --dataset fmnist --data-dir " + data.str() + " --arch loop_mnist --samples 2 ";
+  check_bad_input({{r + "--max-steps ''", "--max-steps"},
+                   {r + "--max-steps 18446744073709551617", "--max-steps"},
+                   {r + "--batch-size 0x10", "--batch-size"},
+                   {r + "--seed -1", "--seed"},
+                   {r + "--threads 257", "--threads"},
+                   {r + "--samples 2.5", "--samples"},
+                   {"gradcheck --arch loop_mnist --dataset random --batch 2 --N 1,0x2", "--N"},
+                   {"jacobian --arch loop_mnist --probes 1e3", "--probes"},
+                   {"bench --dataset fmnist --data-dir " + data.str() + " --batches ' 3'", "--batches"}},
+                  tmp);
+}
+
+TEST_CASE("architectures: a name clash between an edge and a block is refused, a large architecture trains and resumes") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 9);
+  // Layer "b.K" makes the edge "a-b.K", also the name of edge "a-b"'s block K (--lr-mult keys).
+  std::ofstream(tmp.file("clash.json")) << R"({"layers": [{"name": "a", "size": 4}, {"name": "b", "size": 4},
+      {"name": "b.K", "size": 4}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "a"}, {"pre": "a", "post": "b"}, {"pre": "a", "post": "b.K"},
+              {"pre": "b", "post": "out"}, {"pre": "b.K", "post": "out"}]})";
+  // 600 layers with 60-character names: the architecture's JSON (about 150 KB) exceeds the
+  // 64 KB of a compact HDF5 attribute, which failed the first checkpoint after epoch 1.
+  nlohmann::json big = {{"name", "long"}, {"layers", nlohmann::json::array()}, {"edges", nlohmann::json::array()}};
+  std::string prev = "in";
+  for (int i = 0; i < 600; ++i) {
+    const std::string name = std::string(56, static_cast<char>('a' + i % 26)) + std::to_string(1000 + i);
+    big["layers"].push_back({{"name", name}, {"size", 2}});
+    big["edges"].push_back({{"pre", prev}, {"post", name}});
+    prev = name;
+  }
+  big["layers"].push_back({{"name", "out"}, {"size", "classes"}});
+  big["edges"].push_back({{"pre", prev}, {"post", "out"}});
+  std::ofstream(tmp.file("big.json")) << big.dump();
+  REQUIRE(fs::file_size(tmp.file("big.json")) > 100000);
+  const std::string f = "--dataset fmnist --data-dir " + data.str() + " --T1 20 --T2 4 --batch-size 20 --quiet ";
+  const RunResult clash = run_hepsim("train " + f + "--arch " + tmp.file("clash.json") + " --out " + tmp.file("c"), tmp);
+  if (clash.code == 2) CHECK(clash.err.find(tmp.file("clash.json")) != std::string::npos);
+  CHECK(clash.code == 2);
+  const RunResult first = run_hepsim("train " + f + "--arch " + tmp.file("big.json") + " --epochs 1 --out " + tmp.file("big"), tmp);
+  REQUIRE_MESSAGE(first.code == 0, first.err);
+  const RunResult second = run_hepsim("train --resume " + tmp.file("big") + " --epochs 2", tmp);
+  CHECK_MESSAGE(second.code == 0, second.err);
+  CHECK(tools::TrainLog::read_records(tmp.file("big/log.h5"), 100).size() == 2);
+  CHECK(tools::read_checkpoint(tmp.file("big/checkpoint.h5")).architecture.size() > 65536);
+}
+
+TEST_CASE("run directories: created parents removed, the data found from anywhere and checked on resume") {
+  TempDir data, other, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 10);
+  write_tiny_fmnist(other.str(), 40, 20, 11);
+  const std::string arch = small_arch(tmp);
+  // A new run that fails before its first epoch removes every directory it created.
+  const RunResult bad = run_hepsim("train " + flags(data, arch) + " --data-dir " + tmp.file("nodata") + " --out " +
+                                       tmp.file("p/q/r/run"),
+                                   tmp);
+  CHECK(bad.code == 2);
+  CHECK(!fs::exists(tmp.file("p")));
+  // A relative --data-dir, resumed from another working directory.
+  fs::create_directories(tmp.file("work"));
+  fs::copy(data.str(), tmp.file("work/data"));
+  const std::string bin = HEPSIM_BINARY;
+  REQUIRE(shell("cd " + tmp.file("work") + " && " + bin + " train --dataset fmnist --data-dir data --arch " + arch +
+                " --N 2 --T1 20 --T2 4 --batch-size 20 --quiet --epochs 1 --out run >/dev/null 2>&1") == 0);
+  const RunResult resumed = run_hepsim("train --resume " + tmp.file("work/run") + " --epochs 2", tmp);
+  CHECK_MESSAGE(resumed.code == 0, resumed.err);
+  // The data moved: a resume names the new place; other data there is refused.
+  check_bad_input({{"train --resume " + tmp.file("work/run") + " --epochs 3 --data-dir " + other.str(), "--data-dir"}},
+                  tmp);
+  CHECK(tools::TrainLog::read_records(tmp.file("work/run/log.h5"), 100).size() == 2);
+  CHECK(run_hepsim("train --resume " + tmp.file("work/run") + " --epochs 3 --data-dir " + data.str(), tmp).code == 0);
+}
+
+TEST_CASE("divergence blames its cause: the free phase's step, the weights or the nudge") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 12);
+  const std::string arch = small_arch(tmp);
+  // Every case leaves its own run (the epochs before the error are kept).
+  auto t = [&](const std::string& out) { return "train " + flags(data, arch) + " --epochs 1 --out " + tmp.file(out); };
+  check_bad_input({{t("a") + " --solver rk4 --dt 50", "--dt: no sample contributed"},
+                   {t("b") + " --solver rk4 --dt 50 --on-diverge abort", "--dt: 20 sample(s) diverged (20 in the free phase)"},
+                   {t("c") + " --beta 1e300 --on-diverge abort", "--beta:"}},
+                  tmp);
+}

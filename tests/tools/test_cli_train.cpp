@@ -173,7 +173,7 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
       {base + " --homeostasis 0.1 --homeo-draws 1000000 --out " + runs.file("a"), "--homeo-draws"},
       {base + " --batch-size 1000000000 --out " + runs.file("a"), "--batch-size"},
       {base + " --config " + runs.str() + " --out " + runs.file("a"), runs.str()},  // a directory
-      {base + " --beta 1e300 --out " + runs.file("diverged"), "lower --lr or --beta"},  // every sample diverges
+      {base + " --beta 1e300 --out " + runs.file("diverged"), "--beta: no sample contributed"},  // every nudged phase diverges
       {"train --resume '' --quiet", "--resume"},
       {"eval --checkpoint ''", "--checkpoint"},
       {base + " --config " + runs.file("mult.json") + " --out " + runs.file("a"), "mult.json: lr-mult"},
