@@ -103,10 +103,37 @@ void softmax_pool_vjp(const MapShape& in, const CMatRef<S>& v, const CMatRef<S>&
   }
 }
 
+template <class S>
+void softmax_pool_hvp(const MapShape& in, const CMatRef<S>& v, const CMatRef<S>& g, const CMatRef<S>& dv,
+                      MatRef<S> out) {
+  check(in, v.rows(), g.rows(), v.cols(), g.cols());
+  check(in, dv.rows(), g.rows(), dv.cols(), g.cols());
+  check(in, out.rows(), g.rows(), out.cols(), g.cols());
+  for (Index b = 0; b < v.cols(); ++b) {
+    const S* gc = g.col(b).data();
+    const S* d = dv.col(b).data();
+    S* o = out.col(b).data();
+    for_windows<S>(in, v.col(b).data(), [&](const Window<S>& win, Index q, Index at) {
+      const Index idx[4] = {at, at + 1, at + in.w, at + in.w + 1};
+      S wdv(0), ddv(0);  // Σ_l w_l dv_l and Σ_l (∂P/∂v_l) dv_l
+      for (int l = 0; l < 4; ++l) {
+        wdv += win.w[l] * d[idx[l]];
+        ddv += win.deriv(l) * d[idx[l]];
+      }
+      for (int k = 0; k < 4; ++k) {
+        const S a = S(1) + win.v[k] - win.p;
+        o[idx[k]] = gc[q] * win.w[k] * ((a + S(1)) * d[idx[k]] - a * wdv - ddv);
+      }
+    });
+  }
+}
+
 #define HEPSIM_POOL(S)                                                                                   \
   template void softmax_pool<S>(const MapShape&, const CMatRef<S>&, MatRef<S>);                          \
   template void softmax_pool_jvp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>);   \
-  template void softmax_pool_vjp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>);
+  template void softmax_pool_vjp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>);   \
+  template void softmax_pool_hvp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, const CMatRef<S>&, \
+                                    MatRef<S>);
 HEPSIM_POOL(float)
 HEPSIM_POOL(double)
 HEPSIM_POOL(std::complex<float>)

@@ -139,3 +139,23 @@ TEST_CASE("softmax pooling: odd maps and mismatched matrices are refused") {
   Mat<double> w(3 * 4 * 4, 2), q(3 * 2 * 2, 1);
   CHECK_THROWS_AS(softmax_pool<double>(MapShape{3, 4, 4}, w, q), std::invalid_argument);
 }
+
+TEST_CASE_TEMPLATE("softmax pooling: the Hessian-vector product differentiates the VJP, and is symmetric", S, double,
+                   std::complex<double>) {
+  const MapShape in{2, 4, 4};
+  const Mat<S> v = sample_map<S>(in, 2, 7), g = sample_map<S>(pooled(in), 2, 8);
+  Mat<S> dv = sample_map<S>(in, 2, 9), dw = sample_map<S>(in, 2, 10);
+  if constexpr (is_complex_v<S>) dv *= S(0.6, -0.8);
+  Mat<S> hvp(in.size(), 2), plus(in.size(), 2), minus(in.size(), 2);
+  softmax_pool_hvp<S>(in, v, g, dv, hvp);
+  // d/dε [J_P(v + ε dv)ᵀ g] by central differences (same error budget as the JVP test).
+  const double eps = 1e-5;
+  softmax_pool_vjp<S>(in, v + S(eps) * dv, g, plus);
+  softmax_pool_vjp<S>(in, v - S(eps) * dv, g, minus);
+  const Mat<S> fd = (plus - minus) / S(2 * eps);
+  CHECK((hvp - fd).norm() <= 1e-8 * fd.norm());
+  // Σ_q g_q ∇²P_q is a symmetric matrix: ⟨dw, H dv⟩ = ⟨dv, H dw⟩.
+  Mat<S> hw(in.size(), 2);
+  softmax_pool_hvp<S>(in, v, g, dw, hw);
+  CHECK(dot_rel_err<S>(dw, hvp, dv, hw) < 1e-14);
+}

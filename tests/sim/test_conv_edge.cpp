@@ -1,0 +1,189 @@
+// The convolutional edges (sim/conv/conv_edge.hpp): every derivative against central differences
+// (real and complex states; complex directions check holomorphy), each VJP as the bilinear
+// transpose of its JVP, the feedback term as the gradient of Φ = ⟨P(conv_B s_low), s_up⟩, and the
+// property the CNN's EP rests on: with B = K the Jacobian of the pair is symmetric (also with a
+// forward bias: P(v + c) = P(v) + c for a constant c over a window, so the bias only adds ⟨b, s_up⟩
+// to Φ), and with B ≠ K it is not.
+#include <doctest/doctest.h>
+
+#include <complex>
+
+#include "sim/conv/conv_edge.hpp"
+#include "sim/random.hpp"
+
+using namespace hepsim;
+
+namespace {
+
+template <class S>
+Mat<S> random_mat(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
+  Mat<S> m(rows, cols);
+  Rng rng(seed, Stream::init);
+  for (Index i = 0; i < m.size(); ++i) {
+    const double re = scale * (2.0 * rng.uniform() - 1.0), im = 0.3 * scale * (2.0 * rng.uniform() - 1.0);
+    if constexpr (is_complex_v<S>)
+      m(i) = S(static_cast<RealOf<S>>(re), static_cast<RealOf<S>>(im));
+    else
+      m(i) = static_cast<S>(re);
+  }
+  return m;
+}
+
+template <class S>
+S dot(const Mat<S>& a, const Mat<S>& b) {
+  return (a.array() * b.array()).sum();
+}
+
+// Central differences: truncation ε² f‴/6 and rounding ε_mach/ε, both ≈ 1e-10 at ε = 1e-5 for
+// these order-1 maps; 1e-7 relative leaves room for the conv sums' growth.
+constexpr double kEps = 1e-5, kFdTol = 1e-7;
+
+const ConvEdgeGeometry kEdges[] = {
+    {{{2, 4, 4}, 3, 3, 1}, true},   // same 3x3, pooled: 2x4x4 -> 3x2x2
+    {{{3, 4, 4}, 2, 3, 0}, true},   // valid 3x3, pooled: 3x4x4 -> 2x1x1 (the paper's conv3-out)
+    {{{2, 4, 6}, 2, 3, 1}, false},  // no pooling
+};
+
+template <class S>
+struct Pair {
+  ConvEdgeGeometry g;
+  Mat<double> K, B;
+  Vec<double> b;
+  Mat<S> s_low, s_up;
+  ConvEdgeWork<S> work;
+  Mat<S> z;
+
+  Pair(const ConvEdgeGeometry& geom, std::uint64_t seed) : g(geom) {
+    K = random_mat<double>(g.conv.out_channels, g.conv.taps(), seed, 0.5);
+    B = random_mat<double>(g.conv.out_channels, g.conv.taps(), seed + 1, 0.5);
+    b = random_mat<double>(g.conv.out_channels, 1, seed + 2, 0.5);
+    s_low = random_mat<S>(g.pre().size(), 2, seed + 3);
+    s_up = random_mat<S>(g.post().size(), 2, seed + 4);
+  }
+  Mat<S> forward(const Mat<double>& k, const Vec<double>& bias, const Mat<S>& low) {
+    Mat<S> out = Mat<S>::Zero(g.post().size(), low.cols());
+    conv_edge_apply<S>(g, k, bias, low, out, z, work);
+    return out;
+  }
+  Mat<S> feedback(const Mat<double>& kb, const Mat<S>& low, const Mat<S>& up) {
+    Mat<S> out = Mat<S>::Zero(g.pre().size(), low.cols());
+    conv_feedback_apply<S>(g, kb, low, up, out, z, work);
+    return out;
+  }
+};
+
+template <class S>
+double rel(const Mat<S>& a, const Mat<S>& b) {
+  return (a - b).norm() / std::max(b.norm(), 1e-300);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("conv edge: forward JVP, VJP and parameter gradients against central differences", S, double,
+                   std::complex<double>) {
+  std::uint64_t seed = 100;
+  for (const ConvEdgeGeometry& geom : kEdges) {
+    CAPTURE(geom.pool);
+    CAPTURE(geom.conv.pad);
+    Pair<S> p(geom, seed += 10);
+    Mat<S> d = random_mat<S>(geom.pre().size(), 2, seed + 5);
+    if constexpr (is_complex_v<S>) d *= S(0.8, 0.6);
+    // JVP at s_low.
+    (void)p.forward(p.K, p.b, p.s_low);
+    const Mat<S> z = p.z;
+    Mat<S> jvp = Mat<S>::Zero(geom.post().size(), 2);
+    conv_edge_jvp<S>(geom, p.K, z, d, jvp, p.work);
+    const Mat<S> fd = (p.forward(p.K, p.b, p.s_low + S(kEps) * d) - p.forward(p.K, p.b, p.s_low - S(kEps) * d)) /
+                      S(2 * kEps);
+    CHECK(rel<S>(jvp, fd) < kFdTol);
+    // VJP: ⟨g, J d⟩ = ⟨Jᵀ g, d⟩.
+    const Mat<S> gpost = random_mat<S>(geom.post().size(), 2, seed + 6);
+    Mat<S> vjp = Mat<S>::Zero(geom.pre().size(), 2);
+    conv_edge_vjp<S>(geom, p.K, z, gpost, vjp, p.work);
+    CHECK(std::abs(dot<S>(gpost, jvp) - dot<S>(vjp, d)) < 1e-13 * gpost.norm() * jvp.norm() * 10);
+    // Parameters: ⟨gK, dK⟩ + ⟨gb, db⟩ = d/dε ⟨g, f(K + ε dK, b + ε db)⟩.
+    Mat<S> gK = Mat<S>::Zero(p.K.rows(), p.K.cols());
+    Vec<S> gb = Vec<S>::Zero(p.b.size());
+    conv_edge_param_vjp<S>(geom, p.s_low, z, gpost, gK, gb, p.work);
+    const Mat<double> dK = random_mat<double>(p.K.rows(), p.K.cols(), seed + 7);
+    const Vec<double> db = random_mat<double>(p.b.size(), 1, seed + 8);
+    const S analytic = (gK.array() * dK.cast<S>().array()).sum() + (gb.array() * db.cast<S>().array()).sum();
+    const S numeric = (dot<S>(gpost, p.forward(p.K + kEps * dK, p.b + kEps * db, p.s_low)) -
+                       dot<S>(gpost, p.forward(p.K - kEps * dK, p.b - kEps * db, p.s_low))) /
+                      S(2 * kEps);
+    CHECK(std::abs(analytic - numeric) < kFdTol * std::abs(numeric));
+  }
+}
+
+TEST_CASE_TEMPLATE("conv edge: the feedback term is ∇Φ, and its JVP, VJP and kernel gradient are exact", S, double,
+                   std::complex<double>) {
+  std::uint64_t seed = 300;
+  for (const ConvEdgeGeometry& geom : kEdges) {
+    CAPTURE(geom.pool);
+    CAPTURE(geom.conv.pad);
+    Pair<S> p(geom, seed += 10);
+    const Vec<double> none(0);
+    auto phi = [&](const Mat<S>& low) { return dot<S>(p.forward(p.B, none, low), p.s_up); };
+    Mat<S> dl = random_mat<S>(geom.pre().size(), 2, seed + 5), du = random_mat<S>(geom.post().size(), 2, seed + 6);
+    if constexpr (is_complex_v<S>) dl *= S(0.6, -0.8);
+    const Mat<S> f = p.feedback(p.B, p.s_low, p.s_up);
+    const Mat<S> z = p.z;
+    // f = ∇_{s_low} Φ: ⟨f, d⟩ = dΦ/dε.
+    const S dphi = (phi(p.s_low + S(kEps) * dl) - phi(p.s_low - S(kEps) * dl)) / S(2 * kEps);
+    CHECK(std::abs(dot<S>(f, dl) - dphi) < kFdTol * std::abs(dphi));
+    // JVP in both arguments.
+    Mat<S> jvp = Mat<S>::Zero(geom.pre().size(), 2);
+    conv_feedback_jvp<S>(geom, p.B, z, p.s_up, dl, du, jvp, p.work);
+    const Mat<S> fd = (p.feedback(p.B, p.s_low + S(kEps) * dl, p.s_up + S(kEps) * du) -
+                       p.feedback(p.B, p.s_low - S(kEps) * dl, p.s_up - S(kEps) * du)) /
+                      S(2 * kEps);
+    CHECK(rel<S>(jvp, fd) < kFdTol);
+    // VJP: ⟨g, J (dl, du)⟩ = ⟨Jᵀ_low g, dl⟩ + ⟨Jᵀ_up g, du⟩.
+    const Mat<S> g = random_mat<S>(geom.pre().size(), 2, seed + 7);
+    Mat<S> vl = Mat<S>::Zero(geom.pre().size(), 2), vu = Mat<S>::Zero(geom.post().size(), 2);
+    conv_feedback_vjp<S>(geom, p.B, z, p.s_up, g, vl, vu, p.work);
+    CHECK(std::abs(dot<S>(g, jvp) - dot<S>(vl, dl) - dot<S>(vu, du)) < 1e-12 * g.norm() * jvp.norm());
+    // The kernel gradient of ⟨g, f⟩.
+    Mat<S> gB = Mat<S>::Zero(p.B.rows(), p.B.cols());
+    conv_feedback_param_vjp<S>(geom, p.B, p.s_low, z, p.s_up, g, gB, p.work);
+    const Mat<double> dB = random_mat<double>(p.B.rows(), p.B.cols(), seed + 8);
+    const S analytic = (gB.array() * dB.cast<S>().array()).sum();
+    const S numeric = (dot<S>(g, p.feedback(p.B + kEps * dB, p.s_low, p.s_up)) -
+                       dot<S>(g, p.feedback(p.B - kEps * dB, p.s_low, p.s_up))) /
+                      S(2 * kEps);
+    CHECK(std::abs(analytic - numeric) < kFdTol * std::abs(numeric));
+  }
+}
+
+TEST_CASE_TEMPLATE("conv edge: with B = K the pair's Jacobian is symmetric, with B ≠ K it is not", S, double,
+                   std::complex<double>) {
+  std::uint64_t seed = 500;
+  for (const ConvEdgeGeometry& geom : kEdges) {
+    CAPTURE(geom.pool);
+    Pair<S> p(geom, seed += 10);
+    // J (c_low, c_up) = (∂f_low/∂s_low c_low + ∂f_low/∂s_up c_up, ∂f_up/∂s_low c_low)
+    auto apply_j = [&](const Mat<double>& fb, const Vec<double>& bias, const Mat<S>& cl, const Mat<S>& cu, Mat<S>& jl,
+                       Mat<S>& ju) {
+      Mat<S> zf, zb;
+      Mat<S> tmp_up = Mat<S>::Zero(geom.post().size(), 2), tmp_low = Mat<S>::Zero(geom.pre().size(), 2);
+      conv_edge_apply<S>(geom, p.K, bias, p.s_low, tmp_up, zf, p.work);
+      conv_feedback_apply<S>(geom, fb, p.s_low, p.s_up, tmp_low, zb, p.work);
+      jl = Mat<S>::Zero(geom.pre().size(), 2);
+      ju = Mat<S>::Zero(geom.post().size(), 2);
+      conv_feedback_jvp<S>(geom, fb, zb, p.s_up, cl, cu, jl, p.work);
+      conv_edge_jvp<S>(geom, p.K, zf, cl, ju, p.work);
+    };
+    const Mat<S> al = random_mat<S>(geom.pre().size(), 2, seed + 1), au = random_mat<S>(geom.post().size(), 2, seed + 2);
+    const Mat<S> cl = random_mat<S>(geom.pre().size(), 2, seed + 3), cu = random_mat<S>(geom.post().size(), 2, seed + 4);
+    auto asymmetry = [&](const Mat<double>& fb, const Vec<double>& bias) {
+      Mat<S> jal, jau, jcl, jcu;
+      apply_j(fb, bias, cl, cu, jcl, jcu);
+      apply_j(fb, bias, al, au, jal, jau);
+      const S a_jc = dot<S>(al, jcl) + dot<S>(au, jcu), c_ja = dot<S>(cl, jal) + dot<S>(cu, jau);
+      return std::abs(a_jc - c_ja) / (std::abs(a_jc) + std::abs(c_ja));
+    };
+    CHECK(asymmetry(p.K, Vec<double>::Zero(p.b.size())) < 1e-13);  // rounding only
+    CHECK(asymmetry(p.K, p.b) < 1e-13);
+    CHECK(asymmetry(p.B, p.b) > 1e-3);  // independent feedback kernels
+  }
+}
