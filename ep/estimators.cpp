@@ -99,6 +99,7 @@ Mat<R> loss_gradient_s(const Model& model, const Vec<R>& theta, const CMatRef<R>
 template <class R>
 IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star,
                                const CMatRef<R>& y, const IterationConfig& cfg) {
+  require_dense(model.net, "RBP");
   const Network& net = model.net;
   Mat<R> D(u_star.rows(), u_star.cols());
   activate_deriv<R>(model.activation, u_star, D);
@@ -124,6 +125,7 @@ IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CM
 template <class R>
 IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const CMatRef<R>& drive,
                                   const CMatRef<R>& u_start, const CMatRef<R>& y, const IterationConfig& cfg) {
+  require_dense(model.net, "the exact response");
   const Network& net = model.net;
   const Layer& o = out_layer<R>(net);
   const Index n = u_start.rows(), B = u_start.cols();
@@ -172,6 +174,7 @@ Mat<R> exact_response_dense(const Model& model, const Vec<R>& theta, const CMatR
 template <class R>
 void add_param_gradient(const Network& net, const CMatRef<R>& x, const CMatRef<R>& s, const CMatRef<R>& v, R weight,
                         Vec<R>& grad) {
+  require_dense(net, "the parameter gradient");
   for (std::size_t e = 0; e < net.edges.size(); ++e) {
     const Edge& ed = net.edges[e];
     const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
@@ -208,6 +211,7 @@ Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeSta
 template <class R>
 BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& drive,
                              const CMatRef<R>& u_start, const CMatRef<R>& y, long steps, double dt) {
+  require_dense(model.net, "truncated BPTT");
   const Network& net = model.net;
   const bool damped = dt != 1;
   const R h = static_cast<R>(dt);
@@ -256,6 +260,7 @@ BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMat
 template <class R>
 EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const FreeState<R>& fs,
                               const EstimatorConfig& cfg) {
+  require_dense(model.net, "EP estimation");
   using C = std::complex<R>;
   if (cfg.N < 1) throw std::invalid_argument("ep_estimate: N must be >= 1 (N = 0 is exact_response)");
   if (!(cfg.beta > 0)) throw std::invalid_argument("ep_estimate: |beta| must be > 0");

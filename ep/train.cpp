@@ -144,6 +144,7 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
 template <class R>
 Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
     : model_(model), cfg_(cfg), theta_(std::move(theta)), opt_(model.net, cfg.optimizer), grad_(model.net.n_params) {
+  require_dense(model.net, "training");
   if (theta_.size() != model.net.n_params) throw std::invalid_argument("Trainer: θ has the wrong size");
 }
 

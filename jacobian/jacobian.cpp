@@ -29,6 +29,7 @@ struct Moments {
 
 template <class R>
 void jvp(const Network& net, const Vec<R>& theta, const CMatRef<R>& v, MatRef<R> out) {
+  require_dense(net, "the Jacobian analysis");
   eigen_assert(v.rows() == net.neurons && out.rows() == net.neurons && out.cols() == v.cols());
   out.setZero();
   add_recurrent<R>(net, theta, v, out);
@@ -36,6 +37,7 @@ void jvp(const Network& net, const Vec<R>& theta, const CMatRef<R>& v, MatRef<R>
 
 template <class R>
 void vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& w, MatRef<R> out) {
+  require_dense(net, "the Jacobian analysis");
   eigen_assert(w.rows() == net.neurons && out.rows() == net.neurons && out.cols() == w.cols());
   out.setZero();
   add_recurrent_transpose<R>(net, theta, w, out);
@@ -43,6 +45,7 @@ void vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& w, MatRef<R>
 
 template <class R>
 Mat<R> dense_jacobian(const Network& net, const Vec<R>& theta) {
+  require_dense(net, "the Jacobian analysis");
   Mat<R> H = Mat<R>::Zero(net.neurons, net.neurons);
   for (std::size_t e = 0; e < net.edges.size(); ++e) {
     const Edge& ed = net.edges[e];
@@ -77,6 +80,7 @@ double JacobianNorms::jac_sym() const {
 // The identity is kept inside its block (no ‖H‖² − 2 tr H + n cancellation).
 template <class R>
 JacobianNorms exact_norms(const Network& net, const Vec<R>& theta) {
+  require_dense(net, "the Jacobian analysis");
   JacobianNorms r;
   r.neurons = net.neurons;
   std::vector<char> self_loop(net.layers.size(), 0);
@@ -110,6 +114,7 @@ double homeo_exact(const Network& net, const Vec<R>& theta) {
 // ∂(½‖H − Hᵀ‖²/n)/∂H = 2(H − Hᵀ)/n, read off each edge's block (see the header).
 template <class R>
 void add_homeo_exact_gradient(const Network& net, const Vec<R>& theta, R weight, Vec<R>& grad) {
+  require_dense(net, "homeostasis");
   eigen_assert(grad.size() == net.n_params && theta.size() == net.n_params);
   const R c = R(2) * weight / static_cast<R>(net.neurons);
   for (std::size_t e = 0; e < net.edges.size(); ++e) {
@@ -147,6 +152,7 @@ void Probes<R>::apply(const Network& net, const Vec<R>& theta) {
 
 template <class R>
 Estimate homeo_hutchinson(const Network& net, const Vec<R>& theta, Probes<R>& probes, R weight, Vec<R>* grad) {
+  require_dense(net, "homeostasis");
   probes.apply(net, theta);
   const Mat<R>& E = probes.E_;
   const Mat<R>& Y = probes.Y_;
@@ -179,6 +185,7 @@ Estimate homeo_hutchinson(const Network& net, const Vec<R>& theta, Probes<R>& pr
 
 template <class R>
 Estimate jac_sym_estimate(const Network& net, const Vec<R>& theta, Probes<R>& probes) {
+  require_dense(net, "the Jacobian analysis");
   probes.apply(net, theta);
   const Mat<R>& E = probes.E();
   const Mat<R>& Y = probes.Y();

@@ -1,5 +1,7 @@
 #include "sim/field.hpp"
 
+#include <stdexcept>
+
 namespace hepsim {
 
 template <class R>
@@ -9,25 +11,57 @@ void input_drive(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, M
     const Edge& ed = net.edges[e];
     const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
     auto Cp = C.middleRows(post.offset, post.size);
-    if (ed.pre == Network::kInput) Cp.noalias() += kernel(net, theta, static_cast<int>(e)) * x;
-    if (ed.bias) Cp.colwise() += Eigen::Map<const Vec<R>>(theta.data() + ed.b_offset, ed.rows);
+    const Eigen::Map<const Vec<R>> bias(theta.data() + (ed.bias ? ed.b_offset : 0), ed.bias ? ed.rows : 0);
+    if (!ed.is_conv()) {
+      if (ed.pre == Network::kInput) Cp.noalias() += kernel(net, theta, static_cast<int>(e)) * x;
+      if (ed.bias) Cp.colwise() += bias;
+    } else if (ed.pre == Network::kInput) {  // constant during a relaxation: P(conv_K x + b)
+      Mat<R> z;
+      ConvEdgeWork<R> work;
+      conv_edge_apply<R>(ed.conv, kernel(net, theta, static_cast<int>(e)), bias, x, Cp, z, work);
+    } else if (ed.bias) {  // P(conv_K s + b) = P(conv_K s) + b: the bias joins the drive
+      const Index area = post.shape.h * post.shape.w;
+      for (Index c = 0; c < post.shape.c; ++c) Cp.middleRows(c * area, area).array() += bias(c);
+    }
   }
 }
 
 template <class S>
-void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, MatRef<S> g) {
+void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, MatRef<S> g,
+                   ConvCache<S>* cache) {
+  ConvCache<S> local;
+  if (cache == nullptr) cache = &local;
+  if (net.has_conv() && cache->z.size() != net.edges.size()) {
+    cache->z.resize(net.edges.size());
+    cache->work.resize(net.edges.size());
+  }
+  using R = RealOf<S>;
   for (std::size_t e = 0; e < net.edges.size(); ++e) {
     const Edge& ed = net.edges[e];
     if (ed.pre == Network::kInput) continue;
     const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
     const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
-    g.middleRows(post.offset, post.size).noalias() +=
-        kernel(net, theta, static_cast<int>(e)) * s.middleRows(pre.offset, pre.size);
+    const auto K = kernel(net, theta, static_cast<int>(e));
+    switch (ed.kind) {
+      case EdgeKind::dense:
+      case EdgeKind::dense_nobias:
+        g.middleRows(post.offset, post.size).noalias() += K * s.middleRows(pre.offset, pre.size);
+        break;
+      case EdgeKind::conv:  // the bias is in the drive
+        conv_edge_apply<S>(ed.conv, K, Eigen::Map<const Vec<R>>(nullptr, 0), s.middleRows(pre.offset, pre.size),
+                           g.middleRows(post.offset, post.size), cache->z[e], cache->work[e]);
+        break;
+      case EdgeKind::conv_feedback:  // pre is the upper layer, post the lower one
+        conv_feedback_apply<S>(ed.conv, K, s.middleRows(post.offset, post.size), s.middleRows(pre.offset, pre.size),
+                               g.middleRows(post.offset, post.size), cache->z[e], cache->work[e]);
+        break;
+    }
   }
 }
 
 template <class S>
 void add_recurrent_transpose(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& w, MatRef<S> g) {
+  if (net.has_conv()) throw std::invalid_argument("add_recurrent_transpose: a conv network's Jacobian depends on the state");
   for (std::size_t e = 0; e < net.edges.size(); ++e) {
     const Edge& ed = net.edges[e];
     if (ed.pre == Network::kInput) continue;
@@ -54,7 +88,7 @@ void Field<S>::map(const Mat<S>& u, Mat<S>& out) {
   const Network& net = model_.net;
   activate<S>(model_.activation, u, s_);
   out = drive_.template cast<S>();
-  add_recurrent<S>(net, theta_, s_, out);
+  add_recurrent<S>(net, theta_, s_, out, &conv_);
   if (nudged_) {
     const Layer& o = net.layers[static_cast<std::size_t>(net.out)];
     add_loss_gradient<S>(net, theta_, model_.loss, s_.middleRows(o.offset, o.size), y_, beta_,
@@ -88,7 +122,8 @@ void Field<S>::unfreeze_all() {
 template void input_drive<float>(const Network&, const Vec<float>&, const CMatRef<float>&, MatRef<float>);
 template void input_drive<double>(const Network&, const Vec<double>&, const CMatRef<double>&, MatRef<double>);
 #define HEPSIM_INSTANTIATE(S)                                                                            \
-  template void add_recurrent<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, MatRef<S>);   \
+  template void add_recurrent<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, MatRef<S>,     \
+                                 ConvCache<S>*);                                                         \
   template void add_recurrent_transpose<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&,     \
                                            MatRef<S>);                                                   \
   template class Field<S>;

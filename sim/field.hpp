@@ -10,6 +10,8 @@
 // relaxation and computed once (`input_drive`); the recurrent part Σ K s_pre (`add_recurrent`)
 // is one GEMM per edge over all columns. β has one value per column, so several nudges (the
 // contour points of holomorphic EP) relax stacked side by side in the same GEMMs.
+#include <vector>
+
 #include "sim/activation.hpp"
 #include "sim/network.hpp"
 #include "sim/readout.hpp"
@@ -23,16 +25,30 @@ struct Model {
   Loss loss = Loss::cross_entropy;
 };
 
-// C = Σ_{edges in->post} K_e x + Σ_e b_e  (neurons x cols). x: input_size x cols.
+// C = Σ_{edges in->post} K_e x + Σ_e b_e  (neurons x cols). x: input_size x cols. A conv edge
+// from the input adds P(conv_K x + b); a recurrent conv edge's bias is constant too: the
+// pooling commutes with a per-channel shift, P(v + c) = P(v) + c.
 template <class R>
 void input_drive(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, MatRef<R> C);
 
-// g += Σ_{edges pre≠in} K_e s_pre: the Jacobian-vector product J_G s (state-independent for
-// dense networks).
+// Scratch of the convolutional edges: their pre-pool maps z at the last state (one per edge,
+// empty for dense edges) and work buffers, sized on first use and reused.
 template <class S>
-void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, MatRef<S> g);
+struct ConvCache {
+  std::vector<Mat<S>> z;
+  std::vector<ConvEdgeWork<S>> work;
+};
 
-// g += J_Gᵀ w, i.e. g_pre += K_eᵀ w_post (non-conjugating transpose: holomorphic).
+// g += Σ_{edges pre≠in} (the edge's term at s): K_e s_pre for dense edges, P(conv_K s_pre) for
+// conv edges, conv_Bᵀ(P'(conv_B s_post)ᵀ s_pre) for conv_feedback edges. For dense networks this
+// is also the Jacobian-vector product J_G s (state-independent); a conv network's G is nonlinear
+// in s. `cache` holds the conv edges' scratch (a temporary one when null).
+template <class S>
+void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, MatRef<S> g,
+                   ConvCache<S>* cache = nullptr);
+
+// g += J_Gᵀ w, i.e. g_pre += K_eᵀ w_post (non-conjugating transpose: holomorphic). Dense
+// networks only (a conv network's Jacobian depends on the state).
 template <class S>
 void add_recurrent_transpose(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& w, MatRef<S> g);
 
@@ -78,6 +94,7 @@ class Field {
   bool nudged_ = false;
   Mat<S> s_;      // σ(u)
   Mat<S> work_;   // classes x cols (readout)
+  ConvCache<S> conv_;
   std::vector<char> frozen_;
   bool any_frozen_ = false;
   Index evals_ = 0;

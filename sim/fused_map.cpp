@@ -616,7 +616,7 @@ void FusedMap<S>::store(Mat<S>& u) const {
 
 template <class S>
 bool fused_map_applies(const Field<S>& field, const RelaxConfig& cfg) {
-  if (!cfg.fused || cfg.solver != Solver::map) return false;
+  if (!cfg.fused || cfg.solver != Solver::map || field.model().net.has_conv()) return false;
   const Activation act = field.model().activation;
   return is_complex_v<S> ? act == Activation::sigmoid : (act == Activation::sigmoid || act == Activation::dsilu);
 }

@@ -76,13 +76,14 @@ std::vector<std::string> builtin_architecture_names() { return {"mlp_2-256", "lo
 constexpr long long kMaxLayerSize = 1LL << 24;
 
 Architecture parse_architecture(const std::string& json_text, const std::string& where, Index input_size,
-                                Index classes) {
+                                Index classes, MapShape input_shape) {
   const nlohmann::json j = parse_json_strict(json_text, where);  // syntax, 1e999, trailing text, repeated keys
   if (!j.is_object()) throw InputError(where, "an architecture must be a JSON object");
   if (j.contains("name") && !j["name"].is_string()) throw InputError(where, "'name' must be a string");
   check_keys(j, {"name", "layers", "edges"}, where, "architecture");
   Architecture a;
   a.input_size = input_size;
+  a.input_shape = input_shape;
   a.classes = classes;
   a.source = where;
   a.name = j.value("name", std::string("custom"));
@@ -90,12 +91,29 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
   if (!j.contains("layers") || !j["layers"].is_array()) throw InputError(where, "missing array 'layers'");
   if (!j.contains("edges") || !j["edges"].is_array()) throw InputError(where, "missing array 'edges'");
   for (const auto& l : j["layers"]) {
-    if (!l.is_object()) throw InputError(where, "each layer must be an object {\"name\", \"size\"}");
-    check_keys(l, {"name", "size"}, where, "layer");
+    if (!l.is_object()) throw InputError(where, "each layer must be an object {\"name\", \"size\" or \"shape\"}");
+    check_keys(l, {"name", "size", "shape"}, where, "layer");
     if (!l.contains("name") || !l["name"].is_string()) throw InputError(where, "layer without a string 'name'");
     LayerSpec ls;
     ls.name = l["name"].get<std::string>();
-    if (!l.contains("size")) throw InputError(where, "layer '" + ls.name + "' has no 'size'");
+    if (l.contains("size") == l.contains("shape"))
+      throw InputError(where, "layer '" + ls.name + "' needs exactly one of 'size' and 'shape'");
+    if (l.contains("shape")) {
+      const auto& sh = l["shape"];
+      long long dims[3] = {0, 0, 0};
+      bool ok = sh.is_array() && sh.size() == 3;
+      for (std::size_t i = 0; ok && i < 3; ++i) {
+        ok = sh[i].is_number_integer() && sh[i].get<long long>() > 0 && sh[i].get<long long>() <= 65536;
+        if (ok) dims[i] = sh[i].get<long long>();
+      }
+      if (!ok || dims[0] * dims[1] * dims[2] > kMaxLayerSize)
+        throw InputError(where, "layer '" + ls.name + "': 'shape' must be [C, H, W] with positive integers and at most " +
+                                    std::to_string(kMaxLayerSize) + " neurons");
+      ls.shape = {static_cast<Index>(dims[0]), static_cast<Index>(dims[1]), static_cast<Index>(dims[2])};
+      ls.size = ls.shape.size();
+      a.layers.push_back(ls);
+      continue;
+    }
     const auto& sz = l["size"];
     if (sz.is_string() && sz.get<std::string>() == "classes") {
       ls.size = classes;
@@ -109,30 +127,55 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
   }
   for (const auto& e : j["edges"]) {
     if (!e.is_object()) throw InputError(where, "each edge must be an object {\"pre\", \"post\", \"type\"}");
-    check_keys(e, {"pre", "post", "type"}, where, "edge");
     if (!e.contains("pre") || !e["pre"].is_string() || !e.contains("post") || !e["post"].is_string())
       throw InputError(where, "edge without string 'pre' and 'post'");
     EdgeSpec es;
     es.pre = e["pre"].get<std::string>();
     es.post = e["post"].get<std::string>();
-    if (e.contains("type") && !e["type"].is_string()) throw InputError(where, "edge 'type' must be a string");
+    const std::string name = "edge " + es.pre + "-" + es.post;
+    if (e.contains("type") && !e["type"].is_string()) throw InputError(where, name + ": 'type' must be a string");
     const std::string type = e.value("type", std::string("dense"));
-    if (type == "dense") {
-      es.kind = EdgeKind::dense;
-    } else if (type == "dense_nobias") {
-      es.kind = EdgeKind::dense_nobias;
+    if (type == "dense" || type == "dense_nobias") {
+      check_keys(e, {"pre", "post", "type"}, where, name);
+      es.kind = type == "dense" ? EdgeKind::dense : EdgeKind::dense_nobias;
     } else if (type == "conv" || type == "conv_feedback") {
-      throw InputError(where, "edge " + es.pre + "-" + es.post + ": type '" + type +
-                                  "' (convolutional networks) is not supported by this version; dense edges only");
+      const bool forward = type == "conv";
+      if (forward)
+        check_keys(e, {"pre", "post", "type", "kernel", "padding", "pool", "bias"}, where, name);
+      else
+        check_keys(e, {"pre", "post", "type", "kernel", "padding", "pool"}, where, name + " (a conv_feedback edge has no bias)");
+      es.kind = forward ? EdgeKind::conv : EdgeKind::conv_feedback;
+      if (e.contains("kernel")) {
+        if (!e["kernel"].is_number_integer() || e["kernel"].get<long long>() < 1 || e["kernel"].get<long long>() > 15 ||
+            e["kernel"].get<long long>() % 2 == 0)
+          throw InputError(where, name + ": 'kernel' must be an odd integer from 1 to 15");
+        es.kernel = static_cast<Index>(e["kernel"].get<long long>());
+      }
+      if (e.contains("padding")) {
+        const std::string pad = e["padding"].is_string() ? e["padding"].get<std::string>() : "";
+        if (pad != "same" && pad != "valid") throw InputError(where, name + ": 'padding' must be \"same\" or \"valid\"");
+        es.same = pad == "same";
+      }
+      if (e.contains("pool")) {
+        const std::string pool = e["pool"].is_string() ? e["pool"].get<std::string>() : "";
+        if (pool != "softmax2" && pool != "none") throw InputError(where, name + ": 'pool' must be \"softmax2\" or \"none\"");
+        es.pool = pool == "softmax2";
+      }
+      if (e.contains("bias")) {
+        if (!e["bias"].is_boolean()) throw InputError(where, name + ": 'bias' must be true or false");
+        es.bias = e["bias"].get<bool>();
+      }
+      if (!forward) es.bias = false;
     } else {
-      throw InputError(where, "edge " + es.pre + "-" + es.post + ": unknown type '" + type + "'");
+      throw InputError(where, name + ": unknown type '" + type + "' (dense, dense_nobias, conv or conv_feedback)");
     }
     a.edges.push_back(es);
   }
   return a;
 }
 
-Architecture load_architecture(const std::string& name_or_path, Index input_size, Index classes) {
+Architecture load_architecture(const std::string& name_or_path, Index input_size, Index classes,
+                               MapShape input_shape) {
   if (name_or_path == "mlp_2-256") return mlp_2_256(input_size, classes);
   if (name_or_path == "loop_mnist") return loop_mnist(input_size, classes);
   if (name_or_path.size() < 5 || name_or_path.substr(name_or_path.size() - 5) != ".json") {
@@ -140,20 +183,52 @@ Architecture load_architecture(const std::string& name_or_path, Index input_size
     for (const auto& n : builtin_architecture_names()) names += (names.empty() ? "" : ", ") + n;
     throw InputError("--arch", "'" + name_or_path + "' is neither a built-in (" + names + ") nor a .json file");
   }
-  return parse_architecture(read_small_input(name_or_path, "an architecture file"), name_or_path, input_size, classes);
+  return parse_architecture(read_small_input(name_or_path, "an architecture file"), name_or_path, input_size, classes,
+                            input_shape);
 }
 
 std::string to_json(const Network& net) {
   nlohmann::json j;
   j["name"] = net.name;
   j["layers"] = nlohmann::json::array();
-  for (const Layer& l : net.layers) j["layers"].push_back({{"name", l.name}, {"size", l.size}});
+  for (const Layer& l : net.layers) {
+    if (l.shaped())
+      j["layers"].push_back({{"name", l.name}, {"shape", {l.shape.c, l.shape.h, l.shape.w}}});
+    else
+      j["layers"].push_back({{"name", l.name}, {"size", l.size}});
+  }
   j["edges"] = nlohmann::json::array();
-  for (const Edge& e : net.edges)
-    j["edges"].push_back({{"pre", e.pre == Network::kInput ? std::string("in") : net.layers[static_cast<std::size_t>(e.pre)].name},
-                          {"post", net.layers[static_cast<std::size_t>(e.post)].name},
-                          {"type", e.bias ? "dense" : "dense_nobias"}});
+  for (const Edge& e : net.edges) {
+    nlohmann::json ej = {
+        {"pre", e.pre == Network::kInput ? std::string("in") : net.layers[static_cast<std::size_t>(e.pre)].name},
+        {"post", net.layers[static_cast<std::size_t>(e.post)].name}};
+    switch (e.kind) {
+      case EdgeKind::dense:
+      case EdgeKind::dense_nobias:
+        ej["type"] = e.bias ? "dense" : "dense_nobias";
+        break;
+      case EdgeKind::conv:
+      case EdgeKind::conv_feedback:
+        ej["type"] = e.kind == EdgeKind::conv ? "conv" : "conv_feedback";
+        ej["kernel"] = e.conv.conv.k;
+        ej["padding"] = e.conv.conv.pad > 0 || e.conv.conv.k == 1 ? "same" : "valid";
+        ej["pool"] = e.conv.pool ? "softmax2" : "none";
+        if (e.kind == EdgeKind::conv) ej["bias"] = e.bias;
+        break;
+    }
+    j["edges"].push_back(ej);
+  }
   return j.dump();
+}
+
+void require_dense(const Network& net, const std::string& what) {
+  if (net.has_conv())
+    throw InputError("--arch", net.name + " has convolutional edges: " + what +
+                                   " supports dense networks only so far (convolutional networks relax: hepsim relax)");
+}
+
+bool Network::has_conv() const {
+  return std::any_of(edges.begin(), edges.end(), [](const Edge& e) { return e.is_conv(); });
 }
 
 int Network::layer_index(std::string_view layer_name) const {
@@ -182,7 +257,9 @@ Network compile(const Architecture& arch, const std::string& where_given) {
     check_layer_name(l.name, where);
     if (!seen.insert(l.name).second) throw InputError(where, "duplicate layer '" + l.name + "'");
     if (l.size <= 0) throw InputError(where, "layer '" + l.name + "' must have a positive size");
-    net.layers.push_back({l.name, l.size, net.neurons});
+    if (l.shape.c > 0 && l.shape.size() != l.size)
+      throw InputError(where, "layer '" + l.name + "': its shape does not hold its size");
+    net.layers.push_back({l.name, l.size, net.neurons, l.shape});
     net.neurons += l.size;
   }
   net.out = net.layer_index("out");
@@ -205,13 +282,50 @@ Network compile(const Architecture& arch, const std::string& where_given) {
     if (!edge_names.insert(e.name).second)
       throw InputError(where, "two edges are both named '" + e.name + "' (a layer name containing '-' makes "
                                   "edge names ambiguous): rename a layer");
-    e.bias = es.kind == EdgeKind::dense;
+    e.kind = es.kind;
+    e.bias = es.kind == EdgeKind::dense || (es.kind == EdgeKind::conv && es.bias);
     e.rows = net.layers[static_cast<std::size_t>(e.post)].size;
     e.cols = e.pre == Network::kInput ? net.input_size : net.layers[static_cast<std::size_t>(e.pre)].size;
+    if (e.is_conv()) {
+      // The forward pathway lower -> upper: the edge itself, or (feedback) the reverse.
+      const bool fb = e.kind == EdgeKind::conv_feedback;
+      const MapShape pre_shape = e.pre == Network::kInput ? arch.input_shape : net.layers[static_cast<std::size_t>(e.pre)].shape;
+      const MapShape post_shape = net.layers[static_cast<std::size_t>(e.post)].shape;
+      const MapShape lower = fb ? post_shape : pre_shape, upper = fb ? pre_shape : post_shape;
+      auto name_of = [&](bool pre_side) {
+        return pre_side ? (e.pre == Network::kInput ? std::string("the input") : "layer '" + es.pre + "'")
+                        : "layer '" + es.post + "'";
+      };
+      if (pre_shape.c <= 0)
+        throw InputError(where, "edge " + e.name + ": a convolution needs a shaped pre layer (" + name_of(true) +
+                                    (e.pre == Network::kInput ? " of this dataset is flat)" : " has a 'size', not a 'shape')"));
+      if (post_shape.c <= 0)
+        throw InputError(where, "edge " + e.name + ": a convolution needs a shaped post layer (" + name_of(false) +
+                                    " has a 'size', not a 'shape')");
+      if (fb && e.pre == Network::kInput) throw InputError(where, "edge " + e.name + ": the input cannot feed back");
+      e.conv.conv = {lower, upper.c, es.kernel, es.same ? (es.kernel - 1) / 2 : 0};
+      e.conv.pool = es.pool;
+      const MapShape conv_out = e.conv.conv.out();
+      auto str = [](const MapShape& m) {
+        return std::to_string(m.c) + "x" + std::to_string(m.h) + "x" + std::to_string(m.w);
+      };
+      const std::string what = std::to_string(es.kernel) + "x" + std::to_string(es.kernel) + " '" +
+                               (es.same ? "same" : "valid") + "' convolution" + (es.pool ? " with 2x2 pooling" : "");
+      if (conv_out.h < 1 || conv_out.w < 1)
+        throw InputError(where, "edge " + e.name + ": a " + what + " of " + str(lower) + " has no output");
+      if (es.pool && (conv_out.h % 2 != 0 || conv_out.w % 2 != 0))
+        throw InputError(where, "edge " + e.name + ": the " + what + " of " + str(lower) + " gives " + str(conv_out) +
+                                    ", which 2x2 pooling cannot halve");
+      if (!(e.conv.post() == upper))
+        throw InputError(where, "edge " + e.name + ": a " + what + " of " + str(lower) + " gives " + str(e.conv.post()) +
+                                    ", but " + (fb ? name_of(true) : name_of(false)) + " is " + str(upper));
+      e.rows = upper.c;
+      e.cols = e.conv.conv.taps();
+    }
     e.k_offset = off;
     net.blocks.push_back({e.name + ".K", off, e.rows, e.cols, static_cast<int>(net.edges.size()), false});
     off += e.rows * e.cols;
-    if (e.bias) {
+    if (e.bias) {  // e.rows: one per post neuron (dense), one per output channel (conv)
       e.b_offset = off;
       net.blocks.push_back({e.name + ".b", off, e.rows, 1, static_cast<int>(net.edges.size()), true});
       off += e.rows;
@@ -250,22 +364,40 @@ Network compile(const Architecture& arch, const std::string& where_given) {
   off += net.classes;
   net.n_params = off;
 
-  // Reciprocal pairs: the feedback half is the bias-free edge, else the later-declared one.
+  // Reciprocal pairs: the feedback half is the bias-free edge, else the later-declared one; a
+  // conv_feedback edge is the feedback half of its conv partner and needs one.
   for (std::size_t i = 0; i < net.edges.size(); ++i) {
     Edge& a = net.edges[i];
     if (a.pre == Network::kInput || a.pre == a.post) continue;
     for (std::size_t k = i + 1; k < net.edges.size(); ++k) {
       Edge& b = net.edges[k];
-      if (b.pre == a.post && b.post == a.pre) {
-        a.partner = static_cast<int>(k);
-        b.partner = static_cast<int>(i);
-        if (a.bias == b.bias)
-          b.feedback = true;
-        else
-          (a.bias ? b : a).feedback = true;
+      if (b.pre != a.post || b.post != a.pre) continue;
+      if (a.is_conv() != b.is_conv())
+        throw InputError(where, "edges " + a.name + " and " + b.name + ": a convolution's reverse edge must be conv_feedback");
+      a.partner = static_cast<int>(k);
+      b.partner = static_cast<int>(i);
+      if (a.is_conv()) {
+        if (a.kind == b.kind)
+          throw InputError(where, "edges " + a.name + " and " + b.name + ": a reciprocal pair of convolutions is one conv "
+                                  "and one conv_feedback edge");
+        Edge& fb = a.kind == EdgeKind::conv_feedback ? a : b;
+        const Edge& ff = a.kind == EdgeKind::conv ? a : b;
+        if (!(fb.conv.conv.k == ff.conv.conv.k && fb.conv.conv.pad == ff.conv.conv.pad && fb.conv.pool == ff.conv.pool))
+          throw InputError(where, "edge " + fb.name + ": its kernel, padding and pooling must be those of its forward "
+                                  "partner " + ff.name);
+        fb.feedback = true;
+      } else if (a.bias == b.bias) {
+        b.feedback = true;
+      } else {
+        (a.bias ? b : a).feedback = true;
       }
     }
   }
+  for (const Edge& e : net.edges)
+    if (e.kind == EdgeKind::conv_feedback && e.partner < 0)
+      throw InputError(where, "edge " + e.name + ": a conv_feedback edge needs a conv edge " +
+                                  net.layers[static_cast<std::size_t>(e.post)].name + "-" +
+                                  net.layers[static_cast<std::size_t>(e.pre)].name + " as its forward partner");
   return net;
 }
 
@@ -294,8 +426,10 @@ void apply_angle(const Network& net, Vec<R>& theta, double angle_deg) {
   const R c = angle_deg == 0.0 ? R(1) : angle_deg == 90.0 ? R(0) : static_cast<R>(std::cos(a));
   for (const auto& [ff, fb] : net.reciprocal_pairs()) {
     auto Kfb = kernel(net, theta, fb);
-    const Mat<R> Kff_t = kernel(net, std::as_const(theta), ff).transpose();
-    Kfb = s * Kfb + c * Kff_t;
+    const bool conv = net.edges[static_cast<std::size_t>(fb)].is_conv();  // same shape, no transpose
+    const Mat<R> Kff = conv ? Mat<R>(kernel(net, std::as_const(theta), ff))
+                            : Mat<R>(kernel(net, std::as_const(theta), ff).transpose());
+    Kfb = s * Kfb + c * Kff;
   }
 }
 
@@ -313,10 +447,12 @@ double weight_angle_deg(const Network& net, const Vec<R>& theta) {
   if (nff == 0 || nfb == 0) return std::nan("");
   const double sa = 1 / std::sqrt(nff), sb = 1 / std::sqrt(nfb);
   double d2 = 0;
-  for (const auto& [ff, fb] : pairs)
-    d2 += (sa * kernel(net, theta, ff).template cast<double>() -
-           sb * kernel(net, theta, fb).template cast<double>().transpose())
-              .squaredNorm();
+  for (const auto& [ff, fb] : pairs) {
+    const Mat<double> kff = kernel(net, theta, ff).template cast<double>();
+    const Mat<double> kfb = kernel(net, theta, fb).template cast<double>();
+    d2 += net.edges[static_cast<std::size_t>(fb)].is_conv() ? (sa * kff - sb * kfb).squaredNorm()
+                                                            : (sa * kff - sb * kfb.transpose()).squaredNorm();
+  }
   return 2 * std::asin(std::min(1.0, std::sqrt(d2) / 2)) * 180.0 / M_PI;
 }
 

@@ -6,6 +6,11 @@
 //
 // K_e is a (post x pre) column-major matrix ("K s_pre"), b_e optional (edge kind dense_nobias has
 // none). The readout (SPEC 2.3) `logits = W_r s_out + b_r` has W_r (classes x |out|).
+// Layers may have a shape C x H x W (planar, as the datasets' images); convolutional edges
+// (sim/conv/conv_edge.hpp) join shaped layers: `conv` adds P(conv_K(s_pre) + b) (K: C_post x
+// C_pre·k·k, b one per output channel), `conv_feedback` adds to its lower layer the VJP of its
+// forward partner's pathway with its own kernel B of the same shape. A dense edge from a shaped
+// layer reads it flattened.
 // Architectures are data: a JSON file or one of the built-ins `mlp_2-256`, `loop_mnist`.
 // The input is the non-dynamical layer "in"; the state holds every other layer, stacked in the
 // order the architecture declares them ("neuron order").
@@ -15,24 +20,33 @@
 #include <utility>
 #include <vector>
 
+#include "sim/conv/conv_edge.hpp"
 #include "sim/types.hpp"
 
 namespace hepsim {
 
 enum class EdgeKind {
-  dense,         // K s_pre + b
-  dense_nobias,  // K s_pre
+  dense,          // K s_pre + b
+  dense_nobias,   // K s_pre
+  conv,           // P(conv_K(s_pre) + b), b unless `bias` is false
+  conv_feedback,  // conv_Bᵀ(P'(conv_B s_post)ᵀ s_pre): the partner of a conv edge post -> pre
 };
 
 struct LayerSpec {
   std::string name;
-  Index size = 0;  // neurons (> 0)
+  Index size = 0;   // neurons (> 0); C·H·W for a shaped layer
+  MapShape shape{0, 0, 0};  // C x H x W, or {0, 0, 0} for an unshaped (dense) layer
 };
 
 struct EdgeSpec {
   std::string pre;   // a layer name or "in"
   std::string post;  // a layer name (never "in")
   EdgeKind kind = EdgeKind::dense;
+  // Convolutions only:
+  Index kernel = 3;     // odd kernel size k (k x k taps)
+  bool same = true;     // padding "same" ((k − 1)/2 zeros: H x W kept) or "valid" (none)
+  bool pool = true;     // 2x2 softmax pooling ("softmax2") or none
+  bool bias = true;     // conv: a bias per output channel (conv_feedback never has one)
 };
 
 struct Architecture {
@@ -40,6 +54,7 @@ struct Architecture {
   std::vector<LayerSpec> layers;  // the state layers, in neuron order; must contain "out"
   std::vector<EdgeSpec> edges;
   Index input_size = 0;  // size of "in" (from the dataset)
+  MapShape input_shape{0, 0, 0};  // C x H x W of "in" for convolutions ({0, 0, 0}: unshaped)
   Index classes = 0;     // readout classes (from the dataset)
   std::string source = "--arch";  // where it came from (a file path), named by compile's errors
 };
@@ -47,16 +62,22 @@ struct Architecture {
 // Built-in architectures by name (SPEC 2.1). The MLP output layer `out` has `classes` neurons.
 std::vector<std::string> builtin_architecture_names();
 // `name_or_path` is a built-in name or a JSON file; bad names/files throw InputError naming them.
-Architecture load_architecture(const std::string& name_or_path, Index input_size, Index classes);
-// JSON text: {"name": s, "layers": [{"name": s, "size": n | "classes"}], "edges": [{"pre": s,
-// "post": s, "type": "dense" | "dense_nobias"}]}; unknown keys are errors. `where` names the source.
+Architecture load_architecture(const std::string& name_or_path, Index input_size, Index classes,
+                               MapShape input_shape = {0, 0, 0});
+// JSON text: {"name": s, "layers": [{"name": s, "size": n | "classes"} | {"name": s, "shape":
+// [C, H, W]}], "edges": [{"pre": s, "post": s, "type": "dense" | "dense_nobias" | "conv" |
+// "conv_feedback", and for convolutions "kernel": k, "padding": "same" | "valid", "pool":
+// "softmax2" | "none", "bias": true | false (conv only)}]}; unknown keys are errors. `where` names
+// the source. `input_shape` is the shape of "in" (convolutions need it; {0,0,0}: flat input).
 Architecture parse_architecture(const std::string& json_text, const std::string& where, Index input_size,
-                                Index classes);
+                                Index classes, MapShape input_shape = {0, 0, 0});
 
 struct Layer {
   std::string name;
   Index size = 0;
   Index offset = 0;  // first row of this layer in the state
+  MapShape shape{0, 0, 0};  // C x H x W; {0, 0, 0} when unshaped
+  bool shaped() const { return shape.c > 0; }
 };
 
 struct Edge {
@@ -64,7 +85,12 @@ struct Edge {
   int pre = 0;             // layer index, or Network::kInput
   int post = 0;            // layer index
   bool bias = false;
-  Index rows = 0, cols = 0;  // K is rows x cols = |post| x |pre|
+  EdgeKind kind = EdgeKind::dense;
+  // K is rows x cols = |post| x |pre| (dense) or C_upper x C_lower·k·k (conv, conv_feedback: the
+  // forward pathway's kernel shape); a conv bias has one value per output channel.
+  Index rows = 0, cols = 0;
+  ConvEdgeGeometry conv;     // conv: pre -> post; conv_feedback: its forward partner's (post -> pre)
+  bool is_conv() const { return kind == EdgeKind::conv || kind == EdgeKind::conv_feedback; }
   Index k_offset = 0;        // K in θ (column-major)
   Index b_offset = -1;       // b in θ, -1 without bias
   int partner = -1;          // the reciprocal edge post -> pre, if any
@@ -94,6 +120,7 @@ struct Network {
   Index n_params = 0;
 
   int layer_index(std::string_view layer_name) const;  // -1 when absent
+  bool has_conv() const;                               // any conv or conv_feedback edge
   // Reciprocal pairs (forward edge, feedback edge), the feedback being the bias-free one
   // (or the later-declared one when both or neither have a bias).
   std::vector<std::pair<int, int>> reciprocal_pairs() const;
@@ -106,8 +133,16 @@ std::string to_json(const Network& net);
 // Validates the architecture: layer names that HDF5 and the checkpoint can store (1–64
 // characters, no '/', no control character, not only dots, not "in"), unique layer and edge
 // names, existing endpoints, an `out` layer reached from `in` by some path of edges, no duplicate
-// edges, no edges into "in"; throws InputError naming `where` (default: arch.source).
+// edges, no edges into "in"; convolutions between shaped layers whose kernel, padding and pooling
+// produce the post layer's shape, an odd kernel, and a conv_feedback edge only beside a forward
+// conv partner of the same kernel, padding and pooling; throws InputError naming `where`
+// (default: arch.source) and the edge.
 Network compile(const Architecture& arch, const std::string& where = "");
+
+// Throws InputError naming --arch when `net` has convolutional edges: `what` (a Jacobian product,
+// an estimator, training) supports dense networks only so far (the conv edges' state-dependent
+// Jacobians are not wired into it yet); relaxations support both.
+void require_dense(const Network& net, const std::string& what);
 
 // Views into θ (no copies).
 template <class R>
@@ -136,11 +171,13 @@ template <class R>
 Vec<R> init_params(const Network& net, std::uint64_t seed, double angle_deg);
 
 // For each reciprocal pair: K_fb <- sin(α) K_fb + cos(α) K_ffᵀ. α = 0: exactly transposed.
+// Convolutional pairs mix without the transpose (K_fb <- sin(α) K_fb + cos(α) K_ff: the
+// feedback pathway already is the forward one's transpose when B = K).
 template <class R>
 void apply_angle(const Network& net, Vec<R>& theta, double angle_deg);
 
-// arccos(Σ⟨K_ff, K_fbᵀ⟩ / sqrt(Σ‖K_ff‖² Σ‖K_fb‖²)) in degrees over all reciprocal pairs;
-// NaN when the network has none (e.g. loop_mnist).
+// arccos(Σ⟨K_ff, K_fbᵀ⟩ / sqrt(Σ‖K_ff‖² Σ‖K_fb‖²)) in degrees over all reciprocal pairs
+// (⟨K_ff, K_fb⟩ for convolutional pairs); NaN when the network has none (e.g. loop_mnist).
 template <class R>
 double weight_angle_deg(const Network& net, const Vec<R>& theta);
 

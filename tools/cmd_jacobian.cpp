@@ -72,7 +72,7 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
   } else {
     const TestSamples loaded = load_test_samples(o.dataset, o.data_dir, o.samples);
     const Dataset& test = loaded.test;
-    model.net = compile(load_architecture(o.arch, test.dim(), test.classes));
+    model.net = compile(load_architecture(o.arch, test.dim(), test.classes, MapShape{test.channels, test.height, test.width}));
     x.resize(test.dim(), o.samples);
     Mat<double> y(test.classes, o.samples);
     std::vector<Index> idx(static_cast<std::size_t>(o.samples));

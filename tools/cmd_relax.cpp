@@ -93,7 +93,7 @@ nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_s
   const DatasetKind kind = loaded.kind;
   const Dataset& test = loaded.test;
   Model model;
-  model.net = compile(load_architecture(o.arch, test.dim(), test.classes));
+  model.net = compile(load_architecture(o.arch, test.dim(), test.classes, MapShape{test.channels, test.height, test.width}));
   model.activation = parse_activation(o.activation);
   const Vec<R> theta = init_params<R>(model.net, o.seed, o.angle);
 

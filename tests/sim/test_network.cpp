@@ -99,7 +99,7 @@ TEST_CASE("architecture JSON: parsed, and every malformed file rejected with its
        "duplicate edge"},
       {R"({"layers": [{"name": "out", "size": 3}], "edges": [{"pre": "x", "post": "out"}]})", "unknown layer 'x'"},
       {R"({"layers": [{"name": "out", "size": 3}], "edges": [{"pre": "in", "post": "out", "type": "conv"}]})",
-       "not supported"},
+       "shaped pre layer (the input of this dataset is flat)"},
       {R"({"layers": [{"name": "out", "size": 3}], "edges": [{"pre": "out", "post": "in"}]})", "cannot receive"},
       {R"({"layers": [{"name": "out", "size": 3}, {"name": "out", "size": 2}], "edges": []})", "duplicate layer"},
       {R"({"layers": [ )", "invalid JSON"},
@@ -173,5 +173,103 @@ TEST_CASE("to_json round-trips a compiled network") {
       CHECK(b.edges[e].k_offset == a.edges[e].k_offset);
       CHECK(b.edges[e].feedback == a.edges[e].feedback);
     }
+  }
+}
+
+// ---- Convolutional architectures (issue 12) ----
+
+namespace {
+// A tiny CNN on 2x8x8 inputs: c1[4x4x4] <-> c2[6x2x2] -> out[3] dense.
+const char* kTinyCnn = R"({"name": "tiny_cnn", "layers": [
+    {"name": "c1", "shape": [4, 4, 4]}, {"name": "c2", "shape": [6, 2, 2]}, {"name": "out", "size": "classes"}],
+  "edges": [{"pre": "in", "post": "c1", "type": "conv"},
+            {"pre": "c1", "post": "c2", "type": "conv", "kernel": 3, "padding": "same", "pool": "softmax2"},
+            {"pre": "c2", "post": "c1", "type": "conv_feedback"},
+            {"pre": "c2", "post": "out"}, {"pre": "out", "post": "c2", "type": "dense_nobias"}]})";
+}  // namespace
+
+TEST_CASE("conv architectures: shapes, kernel blocks, pairs, the angle without transpose, and JSON round trip") {
+  const Network net = compile(parse_architecture(kTinyCnn, "cnn.json", 128, 3, MapShape{2, 8, 8}));
+  CHECK(net.has_conv());
+  REQUIRE(net.layers.size() == 3);
+  CHECK(net.layers[0].shape == MapShape{4, 4, 4});
+  CHECK(net.layers[0].size == 64);
+  CHECK(net.neurons == 64 + 24 + 3);
+  const Edge& in_c1 = net.edges[0];
+  CHECK(in_c1.kind == EdgeKind::conv);
+  CHECK(in_c1.rows == 4);
+  CHECK(in_c1.cols == 2 * 9);       // C_out x C_in·k·k
+  CHECK(in_c1.conv.post() == MapShape{4, 4, 4});
+  const Edge& fb = net.edges[2];
+  CHECK(fb.kind == EdgeKind::conv_feedback);
+  CHECK(!fb.bias);
+  CHECK(fb.rows == 6);              // the forward partner's kernel shape: C_c2 x C_c1·9
+  CHECK(fb.cols == 4 * 9);
+  CHECK(fb.feedback);
+  CHECK(fb.partner == 1);
+  CHECK(net.reciprocal_pairs() == std::vector<std::pair<int, int>>{{1, 2}, {3, 4}});
+  // Blocks: conv biases are one per output channel.
+  const auto block = [&](const std::string& name) {
+    for (const ParamBlock& b : net.blocks)
+      if (b.name == name) return b;
+    FAIL("no block " << name);
+    return ParamBlock{};
+  };
+  CHECK(block("in-c1.b").rows == 4);
+  CHECK(block("c1-c2.K").size() == 6 * 36);
+  // Angle 0: the feedback kernel equals the forward one (no transpose); 90: independent.
+  const Vec<double> t0 = init_params<double>(net, 3, 0.0);
+  CHECK((kernel(net, t0, 2) - kernel(net, t0, 1)).norm() == 0.0);
+  CHECK(weight_angle_deg(net, t0) == doctest::Approx(0.0).epsilon(1e-12));
+  const Vec<double> t90 = init_params<double>(net, 3, 90.0);
+  CHECK(weight_angle_deg(net, t90) > 60.0);
+  // Initialisation: variance 1/fan_in with fan_in = C_in·k·k.
+  const Vec<double> big = init_params<double>(compile(parse_architecture(
+      R"({"layers": [{"name": "c", "shape": [64, 8, 8]}, {"name": "out", "size": 3}],
+          "edges": [{"pre": "in", "post": "c", "type": "conv", "pool": "none"}, {"pre": "c", "post": "out"}]})",
+      "v.json", 3 * 64, 3, MapShape{3, 8, 8})), 1, 90.0);
+  const Eigen::Map<const Vec<double>> k(big.data(), 64 * 27);
+  CHECK(k.squaredNorm() / static_cast<double>(k.size()) == doctest::Approx(1.0 / 27).epsilon(0.05));
+  // The JSON of the compiled network compiles to the same network.
+  const Network again = compile(parse_architecture(to_json(net), "ck.h5", 128, 3, MapShape{2, 8, 8}));
+  CHECK(to_json(again) == to_json(net));
+  CHECK(again.n_params == net.n_params);
+}
+
+TEST_CASE("conv architectures: bad shapes and pairs are refused naming the file and the edge") {
+  const std::string layers = R"("layers": [{"name": "c1", "shape": [4, 4, 4]}, {"name": "c2", "shape": [6, 2, 2]},
+                                           {"name": "d", "size": 5}, {"name": "out", "size": 3}])";
+  auto arch = [&](const std::string& edges) {
+    return "{" + layers + R"(, "edges": [{"pre": "c2", "post": "out"}, )" + edges + "]}";
+  };
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      // 2x8x8 same 3x3 pooled gives 4x4x4; valid gives 6x6 -> 3x3
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv", "padding": "valid"}, {"pre": "c1", "post": "c2", "type": "conv"})"),
+       "edge in-c1: a 3x3 'valid' convolution with 2x2 pooling of 2x8x8 gives 4x3x3, but layer 'c1' is 4x4x4"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv", "pool": "none"}, {"pre": "c1", "post": "c2", "type": "conv"})"),
+       "gives 4x8x8, but layer 'c1' is 4x4x4"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv", "kernel": 4})"), "edge in-c1: 'kernel' must be an odd integer"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "d", "type": "conv"})"),
+       "edge c1-d: a convolution needs a shaped post layer"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c2", "post": "c1", "type": "conv_feedback"}, {"pre": "c1", "post": "c2"})"),
+       "a convolution's reverse edge must be conv_feedback"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "c2", "type": "conv"}, {"pre": "c2", "post": "c1", "type": "conv_feedback", "kernel": 1, "padding": "same"})"),
+       "edge c2-c1"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "out"}, {"pre": "c2", "post": "c1", "type": "conv_feedback"})"),
+       "edge c2-c1: a conv_feedback edge needs a conv edge c1-c2"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "c2", "type": "conv"}, {"pre": "c2", "post": "c1", "type": "conv_feedback", "bias": true})"),
+       "unknown key 'bias' in edge c2-c1 (a conv_feedback edge has no bias)"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv", "padding": "full"})"), "'padding' must be"},
+      {arch(R"({"pre": "in", "post": "c1", "type": "conv", "pool": "max"})"), "'pool' must be"},
+      {R"({"layers": [{"name": "c", "shape": [4, 0, 4]}, {"name": "out", "size": 3}], "edges": []})", "'shape' must be [C, H, W]"},
+      {R"({"layers": [{"name": "c", "shape": [4, 4, 4], "size": 64}, {"name": "out", "size": 3}], "edges": []})",
+       "exactly one of 'size' and 'shape'"},
+  };
+  for (const auto& [text, msg] : bad) {
+    CAPTURE(text);
+    CHECK_THROWS_WITH_AS(compile(parse_architecture(text, "cnn.json", 128, 3, MapShape{2, 8, 8})),
+                         doctest::Contains(msg.c_str()), InputError);
+    CHECK_THROWS_WITH_AS(compile(parse_architecture(text, "cnn.json", 128, 3, MapShape{2, 8, 8})),
+                         doctest::Contains("cnn.json"), InputError);
   }
 }
