@@ -59,6 +59,129 @@ void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRe
   }
 }
 
+namespace {
+template <class S>
+void size_cache(const Network& net, ConvCache<S>& cache) {
+  if (cache.z.size() != net.edges.size()) {
+    cache.z.resize(net.edges.size());
+    cache.work.resize(net.edges.size());
+  }
+}
+}  // namespace
+
+template <class S>
+void linearize(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache) {
+  if (!net.has_conv()) return;
+  size_cache(net, cache);
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    if (!ed.is_conv() || ed.pre == Network::kInput) continue;
+    // z = conv_K(s_pre) (forward) or conv_B(s_lower) (feedback: the lower layer is its post)
+    const Layer& src = net.layers[static_cast<std::size_t>(ed.kind == EdgeKind::conv ? ed.pre : ed.post)];
+    Mat<S>& z = cache.z[e];
+    z.resize(ed.conv.conv.out().size(), s.cols());
+    conv_forward<S>(ed.conv.conv, kernel(net, theta, static_cast<int>(e)), s.middleRows(src.offset, src.size), z,
+                    cache.work[e].conv);
+  }
+}
+
+template <class S>
+void add_jvp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache,
+             const CMatRef<S>& v, MatRef<S> g) {
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    if (ed.pre == Network::kInput) continue;
+    const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
+    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
+    const auto K = kernel(net, theta, static_cast<int>(e));
+    switch (ed.kind) {
+      case EdgeKind::dense:
+      case EdgeKind::dense_nobias:
+        g.middleRows(post.offset, post.size).noalias() += K * v.middleRows(pre.offset, pre.size);
+        break;
+      case EdgeKind::conv:
+        conv_edge_jvp<S>(ed.conv, K, cache.z[e], v.middleRows(pre.offset, pre.size), g.middleRows(post.offset, post.size),
+                         cache.work[e]);
+        break;
+      case EdgeKind::conv_feedback:
+        conv_feedback_jvp<S>(ed.conv, K, cache.z[e], s.middleRows(pre.offset, pre.size),
+                             v.middleRows(post.offset, post.size), v.middleRows(pre.offset, pre.size),
+                             g.middleRows(post.offset, post.size), cache.work[e]);
+        break;
+    }
+  }
+}
+
+template <class S>
+void add_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache,
+             const CMatRef<S>& w, MatRef<S> g) {
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    if (ed.pre == Network::kInput) continue;
+    const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
+    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
+    const auto K = kernel(net, theta, static_cast<int>(e));
+    switch (ed.kind) {
+      case EdgeKind::dense:
+      case EdgeKind::dense_nobias:
+        g.middleRows(pre.offset, pre.size).noalias() += K.transpose() * w.middleRows(post.offset, post.size);
+        break;
+      case EdgeKind::conv:
+        conv_edge_vjp<S>(ed.conv, K, cache.z[e], w.middleRows(post.offset, post.size), g.middleRows(pre.offset, pre.size),
+                         cache.work[e]);
+        break;
+      case EdgeKind::conv_feedback:  // the term lives on post (lower) and depends on post and pre (upper)
+        conv_feedback_vjp<S>(ed.conv, K, cache.z[e], s.middleRows(pre.offset, pre.size),
+                             w.middleRows(post.offset, post.size), g.middleRows(post.offset, post.size),
+                             g.middleRows(pre.offset, pre.size), cache.work[e]);
+        break;
+    }
+  }
+}
+
+template <class R>
+void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& s,
+                   ConvCache<R>& cache, const CMatRef<R>& v, R weight, Vec<R>& grad) {
+  const Mat<R> wv = weight * v;
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
+    const auto v_post = wv.middleRows(post.offset, post.size);
+    const bool from_input = ed.pre == Network::kInput;
+    const auto pre_state = [&]() -> CMatRef<R> {
+      if (from_input) return x;
+      const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
+      return s.middleRows(pre.offset, pre.size);
+    };
+    Eigen::Map<Mat<R>> gK(grad.data() + ed.k_offset, ed.rows, ed.cols);
+    Eigen::Map<Vec<R>> gb(grad.data() + (ed.bias ? ed.b_offset : 0), ed.bias ? ed.rows : 0);
+    const auto K = kernel(net, theta, static_cast<int>(e));
+    switch (ed.kind) {
+      case EdgeKind::dense:
+      case EdgeKind::dense_nobias:
+        gK.noalias() += v_post * pre_state().transpose();
+        if (ed.bias) gb += v_post.rowwise().sum();
+        break;
+      case EdgeKind::conv: {
+        size_cache(net, cache);
+        if (from_input) {  // its z (at x) is not part of the linearisation at s
+          Mat<R> scratch = Mat<R>::Zero(post.size, x.cols());
+          conv_edge_apply<R>(ed.conv, K, Eigen::Map<const Vec<R>>(nullptr, 0), x, scratch, cache.z[e], cache.work[e]);
+        }
+        // P' does not see the bias (P(v + c) = P(v) + c), so z without it serves.
+        conv_edge_param_vjp<R>(ed.conv, pre_state(), cache.z[e], v_post, gK, gb, cache.work[e]);
+        break;
+      }
+      case EdgeKind::conv_feedback: {
+        const Layer& up = net.layers[static_cast<std::size_t>(ed.pre)];
+        conv_feedback_param_vjp<R>(ed.conv, K, s.middleRows(post.offset, post.size), cache.z[e],
+                                   s.middleRows(up.offset, up.size), v_post, gK, cache.work[e]);
+        break;
+      }
+    }
+  }
+}
+
 template <class S>
 void add_recurrent_transpose(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& w, MatRef<S> g) {
   if (net.has_conv()) throw std::invalid_argument("add_recurrent_transpose: a conv network's Jacobian depends on the state");
@@ -121,11 +244,20 @@ void Field<S>::unfreeze_all() {
 
 template void input_drive<float>(const Network&, const Vec<float>&, const CMatRef<float>&, MatRef<float>);
 template void input_drive<double>(const Network&, const Vec<double>&, const CMatRef<double>&, MatRef<double>);
+template void add_param_vjp<float>(const Network&, const Vec<float>&, const CMatRef<float>&, const CMatRef<float>&,
+                                   ConvCache<float>&, const CMatRef<float>&, float, Vec<float>&);
+template void add_param_vjp<double>(const Network&, const Vec<double>&, const CMatRef<double>&, const CMatRef<double>&,
+                                    ConvCache<double>&, const CMatRef<double>&, double, Vec<double>&);
 #define HEPSIM_INSTANTIATE(S)                                                                            \
   template void add_recurrent<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, MatRef<S>,     \
                                  ConvCache<S>*);                                                         \
   template void add_recurrent_transpose<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&,     \
                                            MatRef<S>);                                                   \
+  template void linearize<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, ConvCache<S>&);    \
+  template void add_jvp<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, ConvCache<S>&,         \
+                           const CMatRef<S>&, MatRef<S>);                                                   \
+  template void add_vjp<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, ConvCache<S>&,         \
+                           const CMatRef<S>&, MatRef<S>);                                                   \
   template class Field<S>;
 HEPSIM_INSTANTIATE(float)
 HEPSIM_INSTANTIATE(double)

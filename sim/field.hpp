@@ -47,8 +47,26 @@ template <class S>
 void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, MatRef<S> g,
                    ConvCache<S>* cache = nullptr);
 
+// ---- The linearisation of G at an activated state s (every network) ----
+// J_G(s) is K_e for dense edges; for conv edges it depends on s through the pre-pool maps z,
+// which `linearize` computes into `cache` (the calls below then use them: same s).
+//   add_jvp:        g += J_G(s) v
+//   add_vjp:        g += J_G(s)ᵀ w            (non-conjugating transpose: holomorphic)
+//   add_param_vjp:  grad += weight · ∂⟨v, G(s, x; θ)⟩/∂θ   (every kernel and bias; real)
+template <class S>
+void linearize(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache);
+template <class S>
+void add_jvp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache,
+             const CMatRef<S>& v, MatRef<S> g);
+template <class S>
+void add_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache,
+             const CMatRef<S>& w, MatRef<S> g);
+template <class R>
+void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& s,
+                   ConvCache<R>& cache, const CMatRef<R>& v, R weight, Vec<R>& grad);
+
 // g += J_Gᵀ w, i.e. g_pre += K_eᵀ w_post (non-conjugating transpose: holomorphic). Dense
-// networks only (a conv network's Jacobian depends on the state).
+// networks only (a conv network's Jacobian depends on the state: add_vjp).
 template <class S>
 void add_recurrent_transpose(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& w, MatRef<S> g);
 

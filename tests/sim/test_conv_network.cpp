@@ -109,3 +109,82 @@ TEST_CASE("conv network: map, Anderson, RK4 and Dormand-Prince reach the same fi
     CHECK((um - ref.cast<C>()).cwiseAbs().maxCoeff() > 1e-4);  // the nudge moved the state
   }
 }
+
+namespace {
+template <class S>
+Mat<S> rand_mat(Index rows, Index cols, std::uint64_t seed) {
+  Rng rng(seed, Stream::probes);
+  Mat<S> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) {
+    const double re = 2 * rng.uniform() - 1, im = 2 * rng.uniform() - 1;
+    if constexpr (is_complex_v<S>)
+      m(i) = S(re, im);
+    else
+      m(i) = re;
+  }
+  return m;
+}
+template <class S>
+S bilinear(const Mat<S>& a, const Mat<S>& b) {
+  return (a.array() * b.array()).sum();
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("conv network: the linearisation of G (JVP, VJP, parameter VJP) is exact", S, double,
+                   std::complex<double>) {
+  const Setup st = setup(90.0, 9);
+  const Network& net = st.model.net;
+  const Index n = net.neurons, B = 3;
+  const Mat<S> s = rand_mat<S>(n, B, 1), v = rand_mat<S>(n, B, 2), w = rand_mat<S>(n, B, 3);
+  auto G = [&](const Mat<S>& state) {
+    Mat<S> g = Mat<S>::Zero(n, B);
+    add_recurrent<S>(net, st.theta, state, g);
+    return g;
+  };
+  ConvCache<S> cache;
+  linearize<S>(net, st.theta, s, cache);
+  Mat<S> jv = Mat<S>::Zero(n, B), jtw = Mat<S>::Zero(n, B);
+  add_jvp<S>(net, st.theta, s, cache, v, jv);
+  add_vjp<S>(net, st.theta, s, cache, w, jtw);
+  // Central differences (ε = 1e-5: truncation and rounding both ≈ 1e-10 relative).
+  const double eps = 1e-5;
+  const Mat<S> fd = (G(s + S(eps) * v) - G(s - S(eps) * v)) / S(2 * eps);
+  CHECK((jv - fd).norm() < 1e-7 * fd.norm());
+  CHECK(std::abs(bilinear<S>(w, jv) - bilinear<S>(jtw, v)) < 1e-12 * w.norm() * jv.norm());
+  // At angle 0 every pair is exactly transposed (B = K, K_fb = K_ffᵀ): J_G(s) is symmetric.
+  const Setup sym = setup(0.0, 9);
+  ConvCache<S> c0;
+  linearize<S>(net, sym.theta, s, c0);
+  Mat<S> jv0 = Mat<S>::Zero(n, B), jw0 = Mat<S>::Zero(n, B);
+  add_jvp<S>(net, sym.theta, s, c0, v, jv0);
+  add_jvp<S>(net, sym.theta, s, c0, w, jw0);
+  CHECK(std::abs(bilinear<S>(w, jv0) - bilinear<S>(v, jw0)) < 1e-12 * w.norm() * jv0.norm());
+}
+
+TEST_CASE("conv network: the parameter VJP is the gradient of ⟨v, C(θ) + G(s; θ)⟩, biases and input conv included") {
+  const Setup st = setup(90.0, 13);
+  const Network& net = st.model.net;
+  const Index n = net.neurons, B = 3;
+  const Mat<double> s = rand_mat<double>(n, B, 4), v = rand_mat<double>(n, B, 5);
+  auto phi = [&](const Vec<double>& theta) {
+    Mat<double> g(n, B);
+    input_drive<double>(net, theta, st.batch.x, g);
+    add_recurrent<double>(net, theta, s, g);
+    return bilinear<double>(v, g);
+  };
+  ConvCache<double> cache;
+  linearize<double>(net, st.theta, s, cache);
+  Vec<double> grad = Vec<double>::Zero(net.n_params);
+  add_param_vjp<double>(net, st.theta, st.batch.x, s, cache, v, 0.5, grad);
+  grad *= 2.0;  // the weight scales the gradient
+  // Each block on its own: a wrong block would hide in a global directional derivative.
+  for (const ParamBlock& b : net.blocks) {
+    if (b.edge < 0) continue;  // the readout is not part of G
+    CAPTURE(b.name);
+    Vec<double> dir = Vec<double>::Zero(net.n_params);
+    dir.segment(b.offset, b.size()) = rand_mat<double>(b.size(), 1, 100 + static_cast<std::uint64_t>(b.offset));
+    const double eps = 1e-5;
+    const double fd = (phi(st.theta + eps * dir) - phi(st.theta - eps * dir)) / (2 * eps);
+    CHECK(std::abs(grad.dot(dir) - fd) < 1e-7 * std::max(1.0, std::abs(fd)));
+  }
+}
