@@ -27,17 +27,35 @@ double inf_norm(const M& m) {
   return m.size() == 0 ? 0.0 : static_cast<double>(m.cwiseAbs().maxCoeff());
 }
 
-// Per column b: solves (I − D_b M) v_b = D_b g_b, with M = J_G or J_Gᵀ (dense; small networks).
+// J_G at the activated state of one sample, as a dense matrix (small networks): the kernels of a
+// dense network, column by column JVPs of a conv network.
+template <class R>
+Mat<R> jacobian_at(const Network& net, const Vec<R>& theta, const Vec<R>& s) {
+  if (!net.has_conv()) return dense_jacobian<R>(net, theta);
+  const Index n = net.neurons;
+  const Mat<R> S = s.replicate(1, n);
+  ConvCache<R> cache;
+  linearize<R>(net, theta, S, cache);
+  Mat<R> H = Mat<R>::Zero(n, n);
+  add_jvp<R>(net, theta, S, cache, Mat<R>::Identity(n, n), H);
+  return H;
+}
+
+// Per column b: solves (I − D_b M) v_b = D_b g_b, with M = J_G or J_Gᵀ at the sample's state
+// (small networks).
 template <class R>
 Mat<R> dense_solve(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y,
                    bool transposed) {
-  const Mat<R> H = dense_jacobian<R>(model.net, theta);  // J_G of a dense network
-  Mat<R> D(u_star.rows(), u_star.cols());
+  const bool per_sample = model.net.has_conv();  // a conv network's Jacobian depends on the state
+  Mat<R> D(u_star.rows(), u_star.cols()), S(u_star.rows(), u_star.cols());
   activate_deriv<R>(model.activation, u_star, D);
+  activate<R>(model.activation, u_star, S);
+  Mat<R> H = per_sample ? Mat<R>() : dense_jacobian<R>(model.net, theta);
   const Mat<R> g = loss_gradient_s<R>(model, theta, u_star, y);
   Mat<R> v(u_star.rows(), u_star.cols());
-  const Mat<R> I = Mat<R>::Identity(H.rows(), H.cols());
+  const Mat<R> I = Mat<R>::Identity(model.net.neurons, model.net.neurons);
   for (Index b = 0; b < u_star.cols(); ++b) {
+    if (per_sample) H = jacobian_at<R>(model.net, theta, S.col(b));
     const Mat<R> A = transposed ? Mat<R>(I - D.col(b).asDiagonal() * H.transpose()) : Mat<R>(I - D.col(b).asDiagonal() * H);
     v.col(b) = A.partialPivLu().solve(D.col(b).cwiseProduct(g.col(b)));
   }
@@ -99,10 +117,12 @@ Mat<R> loss_gradient_s(const Model& model, const Vec<R>& theta, const CMatRef<R>
 template <class R>
 IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star,
                                const CMatRef<R>& y, const IterationConfig& cfg) {
-  require_dense(model.net, "RBP");
   const Network& net = model.net;
-  Mat<R> D(u_star.rows(), u_star.cols());
+  Mat<R> D(u_star.rows(), u_star.cols()), s_star(u_star.rows(), u_star.cols());
   activate_deriv<R>(model.activation, u_star, D);
+  activate<R>(model.activation, u_star, s_star);
+  ConvCache<R> cache;
+  linearize<R>(net, theta, s_star, cache);
   const Mat<R> Dg = D.cwiseProduct(loss_gradient_s<R>(model, theta, u_star, y));
   IterationResult<R> res;
   res.v = Mat<R>::Zero(u_star.rows(), u_star.cols());
@@ -111,7 +131,7 @@ IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CM
   const R h = static_cast<R>(cfg.dt);
   for (long k = 0; k < cfg.steps; ++k) {
     t.setZero();
-    add_recurrent_transpose<R>(net, theta, res.v, t);
+    add_vjp<R>(net, theta, s_star, cache, res.v, t);
     next = D.cwiseProduct(t) + Dg;
     res.last_update = inf_norm(next - res.v);  // ‖A v + b − v‖∞, before damping (its update may round away)
     if (damped) next = res.v + h * (next - res.v);
@@ -125,10 +145,10 @@ IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CM
 template <class R>
 IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const CMatRef<R>& drive,
                                   const CMatRef<R>& u_start, const CMatRef<R>& y, const IterationConfig& cfg) {
-  require_dense(model.net, "the exact response");
   const Network& net = model.net;
   const Layer& o = out_layer<R>(net);
   const Index n = u_start.rows(), B = u_start.cols();
+  ConvCache<R> cache;
   Mat<R> u = u_start, du = Mat<R>::Zero(n, B);
   Mat<R> s(n, B), d(n, B), un(n, B), dun(n, B), work;
   const Vec<R> ones = Vec<R>::Ones(B);
@@ -138,12 +158,13 @@ IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const
   for (long k = 0; k < cfg.steps; ++k) {
     activate<R>(model.activation, u, s);
     activate_deriv<R>(model.activation, u, d);
-    // u' = M₀(u) = C + J_G s;   ú' = J_G (σ'(u) ⊙ ú) + e(s)  (d(βe)/dβ at β = 0 is e)
+    // u' = M₀(u) = C + G(s);   ú' = J_G(s) (σ'(u) ⊙ ú) + e(s)  (d(βe)/dβ at β = 0 is e)
     un = drive;
-    add_recurrent<R>(net, theta, s, un);
+    add_recurrent<R>(net, theta, s, un, &cache);
     d = d.cwiseProduct(du);
     dun.setZero();
-    add_recurrent<R>(net, theta, d, dun);
+    linearize<R>(net, theta, s, cache);
+    add_jvp<R>(net, theta, s, cache, d, dun);
     add_loss_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), y, ones,
                          dun.middleRows(o.offset, o.size), work);
     res.last_update = std::max(inf_norm(un - u), inf_norm(dun - du));  // before damping, as above
@@ -172,31 +193,14 @@ Mat<R> exact_response_dense(const Model& model, const Vec<R>& theta, const CMatR
 }
 
 template <class R>
-void add_param_gradient(const Network& net, const CMatRef<R>& x, const CMatRef<R>& s, const CMatRef<R>& v, R weight,
-                        Vec<R>& grad) {
-  require_dense(net, "the parameter gradient");
-  for (std::size_t e = 0; e < net.edges.size(); ++e) {
-    const Edge& ed = net.edges[e];
-    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
-    const auto v_post = v.middleRows(post.offset, post.size);
-    Eigen::Map<Mat<R>> gK(grad.data() + ed.k_offset, ed.rows, ed.cols);
-    if (ed.pre == Network::kInput) {
-      gK.noalias() += weight * v_post * x.transpose();
-    } else {
-      const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
-      gK.noalias() += weight * v_post * s.middleRows(pre.offset, pre.size).transpose();
-    }
-    if (ed.bias) Eigen::Map<Vec<R>>(grad.data() + ed.b_offset, ed.rows) += weight * v_post.rowwise().sum();
-  }
-}
-
-template <class R>
 void add_parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v,
                             R weight, Vec<R>& grad) {
   const Network& net = model.net;
   Mat<R> s(fs.u.rows(), fs.u.cols());
   activate<R>(model.activation, fs.u, s);
-  add_param_gradient<R>(net, fs.x, s, v, weight, grad);
+  ConvCache<R> cache;
+  linearize<R>(net, theta, s, cache);
+  add_param_vjp<R>(net, theta, fs.x, s, cache, v, weight, grad);
   const Layer& o = out_layer<R>(net);
   add_readout_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), fs.y, weight, grad);
 }
@@ -211,9 +215,9 @@ Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeSta
 template <class R>
 BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& drive,
                              const CMatRef<R>& u_start, const CMatRef<R>& y, long steps, double dt) {
-  require_dense(model.net, "truncated BPTT");
   const Network& net = model.net;
   const bool damped = dt != 1;
+  ConvCache<R> cache;
   const R h = static_cast<R>(dt);
   const Index n = u_start.rows(), B = u_start.cols();
   std::vector<Mat<R>> traj(static_cast<std::size_t>(steps + 1));
@@ -223,7 +227,7 @@ BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMat
     activate<R>(model.activation, traj[static_cast<std::size_t>(k)], s);
     Mat<R>& next = traj[static_cast<std::size_t>(k + 1)];
     next = drive;
-    add_recurrent<R>(net, theta, s, next);
+    add_recurrent<R>(net, theta, s, next, &cache);
     if (damped) next = traj[static_cast<std::size_t>(k)] + h * (next - traj[static_cast<std::size_t>(k)]);
   }
   BpttResult<R> res;
@@ -241,15 +245,16 @@ BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMat
     activate<R>(model.activation, uk, s);
     activate_deriv<R>(model.activation, uk, d);
     t.setZero();
-    add_recurrent_transpose<R>(net, theta, a, t);
+    linearize<R>(net, theta, s, cache);
+    add_vjp<R>(net, theta, s, cache, a, t);
     if (!damped) {
-      add_param_gradient<R>(net, x, s, a, w, res.grad);  // u_{k+1} = G(σ(u_k), x; θ)
+      add_param_vjp<R>(net, theta, x, s, cache, a, w, res.grad);  // u_{k+1} = G(σ(u_k), x; θ)
       res.error_sum += a;
       a = d.cwiseProduct(t);  // ∂ℓ/∂u_k = σ'(u_k) ⊙ J_Gᵀ ∂ℓ/∂u_{k+1}
     } else {
       // u_{k+1} = u_k + dt (G(σ(u_k), x; θ) − u_k): ∂u_{k+1}/∂θ = dt ∂G/∂θ and
       // ∂ℓ/∂u_k = (1 − dt) ∂ℓ/∂u_{k+1} + dt σ'(u_k) ⊙ J_Gᵀ ∂ℓ/∂u_{k+1}.
-      add_param_gradient<R>(net, x, s, a, w * h, res.grad);
+      add_param_vjp<R>(net, theta, x, s, cache, a, w * h, res.grad);
       res.error_sum += h * a;
       a = (R(1) - h) * a + h * d.cwiseProduct(t);
     }
@@ -260,7 +265,6 @@ BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMat
 template <class R>
 EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const FreeState<R>& fs,
                               const EstimatorConfig& cfg) {
-  require_dense(model.net, "EP estimation");
   using C = std::complex<R>;
   if (cfg.N < 1) throw std::invalid_argument("ep_estimate: N must be >= 1 (N = 0 is exact_response)");
   if (!(cfg.beta > 0)) throw std::invalid_argument("ep_estimate: |beta| must be > 0");
@@ -351,8 +355,6 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
   template Mat<R> exact_response_dense<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);     \
   template BpttResult<R> truncated_bptt<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,     \
                                            const CMatRef<R>&, const CMatRef<R>&, long, double);                       \
-  template void add_param_gradient<R>(const Network&, const CMatRef<R>&, const CMatRef<R>&, const CMatRef<R>&, R, \
-                                      Vec<R>&);                                                                  \
   template Vec<R> parameter_gradient<R>(const Model&, const Vec<R>&, const FreeState<R>&, const CMatRef<R>&);     \
   template void add_parameter_gradient<R>(const Model&, const Vec<R>&, const FreeState<R>&, const CMatRef<R>&, R,  \
                                           Vec<R>&);                                                              \

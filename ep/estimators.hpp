@@ -103,11 +103,6 @@ template <class R>
 BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& drive,
                              const CMatRef<R>& u_start, const CMatRef<R>& y, long steps, double dt = 1);
 
-// grad += weight · (∂G(σ(u), x)/∂θ)ᵀ v  for every edge (kernels and biases), summed over columns.
-template <class R>
-void add_param_gradient(const Network& net, const CMatRef<R>& x, const CMatRef<R>& s, const CMatRef<R>& v, R weight,
-                        Vec<R>& grad);
-
 // The full gradient of SPEC 3.1 from an error vector: (∂G/∂θ)ᵀ v / B + ∂ℓ/∂θ_r / B.
 template <class R>
 Vec<R> parameter_gradient(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const CMatRef<R>& v);

@@ -142,11 +142,10 @@ void add_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& 
 template <class R>
 void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& s,
                    ConvCache<R>& cache, const CMatRef<R>& v, R weight, Vec<R>& grad) {
-  const Mat<R> wv = weight * v;
   for (std::size_t e = 0; e < net.edges.size(); ++e) {
     const Edge& ed = net.edges[e];
     const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
-    const auto v_post = wv.middleRows(post.offset, post.size);
+    const auto v_post = v.middleRows(post.offset, post.size);
     const bool from_input = ed.pre == Network::kInput;
     const auto pre_state = [&]() -> CMatRef<R> {
       if (from_input) return x;
@@ -159,8 +158,8 @@ void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x,
     switch (ed.kind) {
       case EdgeKind::dense:
       case EdgeKind::dense_nobias:
-        gK.noalias() += v_post * pre_state().transpose();
-        if (ed.bias) gb += v_post.rowwise().sum();
+        gK.noalias() += weight * v_post * pre_state().transpose();
+        if (ed.bias) gb += weight * v_post.rowwise().sum();
         break;
       case EdgeKind::conv: {
         size_cache(net, cache);
@@ -169,13 +168,13 @@ void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x,
           conv_edge_apply<R>(ed.conv, K, Eigen::Map<const Vec<R>>(nullptr, 0), x, scratch, cache.z[e], cache.work[e]);
         }
         // P' does not see the bias (P(v + c) = P(v) + c), so z without it serves.
-        conv_edge_param_vjp<R>(ed.conv, pre_state(), cache.z[e], v_post, gK, gb, cache.work[e]);
+        conv_edge_param_vjp<R>(ed.conv, pre_state(), cache.z[e], Mat<R>(weight * v_post), gK, gb, cache.work[e]);
         break;
       }
       case EdgeKind::conv_feedback: {
         const Layer& up = net.layers[static_cast<std::size_t>(ed.pre)];
         conv_feedback_param_vjp<R>(ed.conv, K, s.middleRows(post.offset, post.size), cache.z[e],
-                                   s.middleRows(up.offset, up.size), v_post, gK, cache.work[e]);
+                                   s.middleRows(up.offset, up.size), Mat<R>(weight * v_post), gK, cache.work[e]);
         break;
       }
     }

@@ -74,3 +74,23 @@ inline Vec<double> pair_theta(const Network& net, double w, double c_h, double c
 }
 
 }  // namespace hepsim::testing
+
+namespace hepsim::testing {
+
+// A tiny CNN on 2x8x8 inputs (dsilu): c1[4x4x4] <-> c2[6x2x2] by a 3x3 'same' conv with 2x2
+// softmax pooling and its conv_feedback partner, the input conv in -> c1, and c2 <-> out dense.
+// At angle 0 every pair is exactly transposed, so its Jacobian is symmetric at every state.
+inline Model tiny_cnn() {
+  Model m;
+  m.net = compile(parse_architecture(R"({"name": "tiny_cnn", "layers": [
+      {"name": "c1", "shape": [4, 4, 4]}, {"name": "c2", "shape": [6, 2, 2]}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "c1", "type": "conv"},
+              {"pre": "c1", "post": "c2", "type": "conv"},
+              {"pre": "c2", "post": "c1", "type": "conv_feedback"},
+              {"pre": "c2", "post": "out"}, {"pre": "out", "post": "c2", "type": "dense_nobias"}]})",
+                                     "tiny_cnn", 128, 3, MapShape{2, 8, 8}));
+  m.activation = Activation::dsilu;
+  return m;
+}
+
+}  // namespace hepsim::testing

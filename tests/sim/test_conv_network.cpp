@@ -15,20 +15,6 @@ using C = std::complex<double>;
 
 namespace {
 
-// 2x8x8 input: c1[4x4x4] <-> c2[6x2x2] (conv + conv_feedback), c2 <-> out dense.
-Model tiny_cnn() {
-  Model m;
-  m.net = compile(parse_architecture(R"({"name": "tiny_cnn", "layers": [
-      {"name": "c1", "shape": [4, 4, 4]}, {"name": "c2", "shape": [6, 2, 2]}, {"name": "out", "size": "classes"}],
-    "edges": [{"pre": "in", "post": "c1", "type": "conv"},
-              {"pre": "c1", "post": "c2", "type": "conv"},
-              {"pre": "c2", "post": "c1", "type": "conv_feedback"},
-              {"pre": "c2", "post": "out"}, {"pre": "out", "post": "c2", "type": "dense_nobias"}]})",
-                                     "tiny_cnn", 128, 3, MapShape{2, 8, 8}));
-  m.activation = Activation::dsilu;
-  return m;
-}
-
 struct Setup {
   Model model = tiny_cnn();
   Vec<double> theta;
