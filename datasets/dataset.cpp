@@ -1,11 +1,11 @@
 // Dataset kinds, their directory layouts and default preprocessing (SPEC 7, 8).
 #include <array>
-#include <cstring>
 #include <filesystem>
 #include <system_error>
 
 #include "datasets/dataset.hpp"
 #include "sim/error.hpp"
+#include "sim/hash.hpp"
 
 namespace hepsim {
 namespace {
@@ -16,9 +16,11 @@ constexpr std::array<DatasetKind, 7> all_kinds = {DatasetKind::fmnist,     Datas
                                                   DatasetKind::cifar100,   DatasetKind::imagenet32, DatasetKind::imagenet64,
                                                   DatasetKind::h5};
 
+// True also for a path that exists but cannot be resolved (a symlink loop): the loader then
+// names the reason instead of "not found".
 bool path_exists(const fs::path& p) {
   std::error_code ec;
-  return fs::exists(p, ec);
+  return fs::exists(p, ec) || (ec && ec != std::errc::no_such_file_or_directory);
 }
 
 // The IDX file `name`, gzip-compressed (name.gz, as distributed) or not; when neither exists the
@@ -88,29 +90,12 @@ Dataset load_split(DatasetKind kind, const std::string& dir_name, bool train, In
 }  // namespace
 
 std::uint64_t fingerprint(const Dataset& d) {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  const auto mix = [&h](std::uint64_t word) {
-    h ^= word;
-    h *= 0x100000001b3ULL;
-  };
-  const auto bytes = [&mix](const void* data, std::size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    std::size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      std::uint64_t w;
-      std::memcpy(&w, p + i, 8);
-      mix(w);
-    }
-    std::uint64_t tail = 0;
-    if (n > i) std::memcpy(&tail, p + i, n - i);
-    mix(tail ^ (static_cast<std::uint64_t>(n - i) << 56));
-  };
+  std::uint64_t h = kHashSeed;
   for (const std::int64_t v : {static_cast<std::int64_t>(d.n), std::int64_t{d.channels}, std::int64_t{d.height},
                                std::int64_t{d.width}, std::int64_t{d.classes}})
-    mix(static_cast<std::uint64_t>(v));
-  bytes(d.labels.data(), d.labels.size() * sizeof(std::int32_t));
-  bytes(d.images.data(), d.images.size());
-  return h;
+    h = hash_mix(h, static_cast<std::uint64_t>(v));
+  h = hash_bytes(d.labels.data(), d.labels.size() * sizeof(std::int32_t), h);
+  return hash_bytes(d.images.data(), d.images.size(), h);
 }
 
 DatasetKind parse_dataset_kind(const std::string& name, const std::string& where) {

@@ -37,16 +37,28 @@ bool write_string_attribute(hid_t obj, const char* name, const std::string& valu
 namespace {
 
 // The core driver's buffer, allocated and freed through these: at the file's close it is handed
-// to MemoryFile (the complete, closed image) instead of being freed.
-void* image_malloc(std::size_t size, H5FD_file_image_op_t, void*) { return std::malloc(size); }
+// to MemoryFile (the complete, closed image) instead of being freed. The size of the file's
+// buffer is tracked (it may grow while the file closes).
+bool file_op(H5FD_file_image_op_t op) {
+  return op == H5FD_FILE_IMAGE_OP_FILE_OPEN || op == H5FD_FILE_IMAGE_OP_FILE_RESIZE;
+}
+void* image_malloc(std::size_t size, H5FD_file_image_op_t op, void* udata) {
+  void* p = std::malloc(size);
+  if (p && file_op(op)) static_cast<MemoryFile::Image*>(udata)->size = size;
+  return p;
+}
 void* image_memcpy(void* dest, const void* src, std::size_t size, H5FD_file_image_op_t, void*) {
   return std::memcpy(dest, src, size);
 }
-void* image_realloc(void* ptr, std::size_t size, H5FD_file_image_op_t, void*) { return std::realloc(ptr, size); }
+void* image_realloc(void* ptr, std::size_t size, H5FD_file_image_op_t op, void* udata) {
+  void* p = std::realloc(ptr, size);
+  if (p && file_op(op)) static_cast<MemoryFile::Image*>(udata)->size = size;
+  return p;
+}
 herr_t image_free(void* ptr, H5FD_file_image_op_t op, void* udata) {
-  void*& kept = *static_cast<void**>(udata);
-  if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE && kept == nullptr)
-    kept = ptr;
+  auto* kept = static_cast<MemoryFile::Image*>(udata);
+  if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE && kept->data == nullptr)
+    kept->data = ptr;
   else
     std::free(ptr);
   return 0;
@@ -64,7 +76,7 @@ std::size_t superblock_eof(const unsigned char* p, std::size_t capacity) {
 }
 
 // A file of the core driver whose buffer is handed to *kept at close.
-hid_t create_in_memory(void** kept) {
+hid_t create_in_memory(MemoryFile::Image* kept) {
   Id fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
   Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   H5FD_file_image_callbacks_t callbacks{image_malloc, image_memcpy, image_realloc, image_free,
@@ -84,18 +96,16 @@ MemoryFile::MemoryFile() : file_(create_in_memory(&image_), H5Fclose) {}
 
 MemoryFile::~MemoryFile() {
   file_.close();
-  std::free(image_);
+  std::free(image_.data);
 }
 
 std::vector<char> MemoryFile::finish() {
-  hsize_t capacity = 0;
-  if (!file_.valid() || H5Fget_filesize(file_.get(), &capacity) < 0 || file_.close() < 0 || image_ == nullptr)
-    return {};
-  const auto* p = static_cast<const unsigned char*>(image_);
-  const std::size_t size = superblock_eof(p, static_cast<std::size_t>(capacity));
+  if (!file_.valid() || file_.close() < 0 || image_.data == nullptr) return {};
+  const auto* p = static_cast<const unsigned char*>(image_.data);
+  const std::size_t size = superblock_eof(p, image_.size);
   std::vector<char> image(p, p + size);
-  std::free(image_);
-  image_ = nullptr;
+  std::free(image_.data);
+  image_.data = nullptr;
   return image;
 }
 

@@ -76,8 +76,13 @@ class MemoryFile {
   // on failure.
   std::vector<char> finish();
 
+  struct Image {
+    void* data = nullptr;   // the driver's buffer, kept at close
+    std::size_t size = 0;   // its allocated size
+  };
+
  private:
-  void* image_ = nullptr;  // the driver's buffer, kept at close (declared before file_)
+  Image image_;  // declared before file_
   Id file_;
 };
 

@@ -54,8 +54,11 @@ InputFile::InputFile(std::string path, Mode mode) : path_(std::move(path)) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status st = fs::status(path_, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) fail("cannot access: " + ec.message());  // a symlink loop, …
   if (!fs::exists(st)) fail("file not found");
   if (fs::is_directory(st)) fail("is a directory, not a file");
+  // A FIFO, a device or a socket has no size and may never end: the loaders read files.
+  if (!fs::is_regular_file(st)) fail("not a regular file");
   size_ = fs::file_size(path_, ec);
   if (ec) fail("cannot determine the file size: " + ec.message());
 

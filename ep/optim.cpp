@@ -99,7 +99,7 @@ void Optimizer<R>::step(Vec<R>& theta, const Vec<R>& g, long k, long K, int thre
 template <class R>
 std::pair<std::string, std::string> Optimizer<R>::blame(const Network& net, const Vec<R>& theta) const {
   Index i = 0;
-  while (i < theta.size() && std::isfinite(static_cast<double>(theta[i]))) ++i;
+  while (i < theta.size() && std::abs(static_cast<double>(theta[i])) <= kMaxParameter) ++i;  // false for NaN
   std::string block = "?";
   for (const ParamBlock& b : net.blocks)
     if (i >= b.offset && i < b.offset + b.size()) block = b.name;

@@ -37,6 +37,10 @@ struct OptimizerConfig {
   std::string lr_mult_source = "lr-mult", wd_mult_source = "wd-mult";
 };
 
+// No parameter of a working network comes near this magnitude (every unit it feeds saturates);
+// beyond it training has blown up even where the precision still holds the number (double).
+inline constexpr double kMaxParameter = 1e15;
+
 // Optimizer state, sized like θ. Keys of lr_mult/wd_mult that match no block are InputErrors.
 template <class R>
 class Optimizer {
@@ -46,8 +50,8 @@ class Optimizer {
   // update split over `threads` threads (bit-identical for any split).
   void step(Vec<R>& theta, const Vec<R>& g, long k, long K, int threads = 1);
   double lr_at(long k, long K) const;
-  // When θ became non-finite after a step with a finite gradient: the setting to blame for the
-  // first non-finite parameter (its block's learning-rate or weight-decay multiplier, the weight
+  // When θ became non-finite (or beyond kMaxParameter) after a step with a finite gradient: the
+  // setting to blame for the first such parameter (its block's learning-rate or weight-decay multiplier, the weight
   // decay, or the learning rate: a flag or "file: key") and that parameter's block.
   std::pair<std::string, std::string> blame(const Network& net, const Vec<R>& theta) const;
 

@@ -48,8 +48,12 @@ std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, lon
   if (free > 0 && free >= nudged && free >= cycled) {
     const bool stepped = cfg.free.solver == Solver::rk4 || cfg.free.solver == Solver::dopri5 ||
                          (cfg.free.dt != 0 && cfg.free.dt != 1);
-    return stepped ? std::pair<std::string, std::string>{"--dt", "lower --dt (the free phase's step)"}
-                   : std::pair<std::string, std::string>{"--lr", "lower --lr (the free phase has no stable fixed point)"};
+    if (stepped) return {"--dt", "lower --dt (the free phase's step)"};
+    // The weights have no stable fixed point: grown by the learning rate (or the homeostatic
+    // penalty's gradient, which the same step applies).
+    if (cfg.homeostasis > 0)
+      return {"--lr/--homeostasis", "lower --lr or --homeostasis (the free phase has no stable fixed point)"};
+    return {"--lr", "lower --lr (the free phase has no stable fixed point)"};
   }
   if (nudged >= cycled) return {"--beta", "lower --beta"};
   return {"--dt", "damp the map (--dt 0.5) or use --solver dopri5"};
@@ -179,9 +183,11 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
                                " (or --on-diverge skip)");
   }
   opt_.step(theta_, grad_, index, total, cfg_.threads);
-  if (!theta_.allFinite()) {
-    const auto [flag, block] = opt_.blame(model_.net, theta_);
-    throw InputError(flag, "the parameters of block " + block + " became non-finite" + at + "; lower it");
+  if (!theta_.allFinite() || theta_.cwiseAbs().maxCoeff() > static_cast<R>(kMaxParameter)) {
+    auto [flag, block] = opt_.blame(model_.net, theta_);
+    if (flag == "--lr" && cfg_.homeostasis > 0) flag = "--lr/--homeostasis";  // the penalty's gradient is in the step
+    throw InputError(flag, "the parameters of block " + block + " became non-finite or exceeded 1e15" + at +
+                               "; lower it");
   }
   return st;
 }
@@ -226,7 +232,10 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     st.correct = sc.top1;
     for (Index j = 0; j < count; ++j) {
       const auto status = fs.relax.status[static_cast<std::size_t>(j)];
-      st.log_residual += std::log10(std::max(fs.relax.residual[j], 1e-30));
+      if (std::isfinite(fs.relax.residual[j])) {  // a diverged sample's residual is counted in `diverged`
+        st.log_residual += std::log10(std::max(fs.relax.residual[j], 1e-30));
+        ++st.residual_samples;
+      }
       // Steps this sample was computed: up to its stop at tol, or the whole budget with tol = 0.
       st.free_steps += static_cast<double>(cfg_.free.tol > 0 ? fs.relax.col_steps[static_cast<std::size_t>(j)]
                                                               : fs.relax.steps);
@@ -253,6 +262,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     total.loss += st.loss;
     total.correct += st.correct;
     total.log_residual += st.log_residual;
+    total.residual_samples += st.residual_samples;
     total.free_steps += st.free_steps;
     total.not_converged += st.not_converged;
     total.diverged += st.diverged;
@@ -270,7 +280,7 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
   const Index chunk = std::max<Index>(1, cfg_.eval_chunk);
   const Index pieces = (n + chunk - 1) / chunk;
   std::vector<Scored> scored(static_cast<std::size_t>(pieces));
-  std::vector<long> not_conv(static_cast<std::size_t>(pieces), 0);
+  std::vector<long> not_conv(static_cast<std::size_t>(pieces), 0), div(static_cast<std::size_t>(pieces), 0);
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, cfg_.threads))
   for (Index p = 0; p < pieces; ++p) {
@@ -283,6 +293,7 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
       const FreeState<R> fs = free_phase<R>(model_, theta_, x, y, cfg_.free);
       scored[static_cast<std::size_t>(p)] = score<R>(model_, theta_, fs.u, fs.y);
       not_conv[static_cast<std::size_t>(p)] = count - fs.relax.converged();
+      div[static_cast<std::size_t>(p)] = fs.relax.diverged();
     } catch (...) {
 #pragma omp critical(hepsim_evaluate)
       if (!error) error = std::current_exception();
@@ -296,6 +307,7 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
     r.top1 += static_cast<double>(scored[static_cast<std::size_t>(p)].top1);
     r.top5 += static_cast<double>(scored[static_cast<std::size_t>(p)].top5);
     r.not_converged += not_conv[static_cast<std::size_t>(p)];
+    r.diverged += div[static_cast<std::size_t>(p)];
   }
   r.loss /= static_cast<double>(n);
   r.top1 /= static_cast<double>(n);
@@ -372,6 +384,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     prog.epoch = epoch;
     prog.batches = batches;
     double log_res = 0, free_steps = 0;
+    long residual_samples = 0;
     long free_diverged = 0;
     for (long b = 0; b < batches; ++b) {
       const Index first = b * B, count = std::min<Index>(B, train.n - first);
@@ -386,6 +399,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
       prog.correct += st.correct;
       prog.examples_per_s = static_cast<double>(prog.seen) / std::chrono::duration<double>(Clock::now() - t0).count();
       log_res += st.log_residual;
+      residual_samples += st.residual_samples;
       free_steps += st.free_steps;
       rec.not_converged += st.not_converged;
       rec.diverged += st.diverged;
@@ -399,7 +413,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     rec.examples_per_s = static_cast<double>(train.n) / rec.train_seconds;
     rec.train_loss = prog.loss_sum / static_cast<double>(train.n);
     rec.train_acc = static_cast<double>(prog.correct) / static_cast<double>(train.n);
-    rec.residual_log10 = log_res / static_cast<double>(train.n);
+    rec.residual_log10 = residual_samples > 0 ? log_res / static_cast<double>(residual_samples) : std::nan("");
     rec.free_steps = free_steps / static_cast<double>(train.n);
     rec.lr = opt_.lr_at(epoch * batches, total_steps);
     const EvalResult ev = evaluate(test);

@@ -64,7 +64,7 @@ struct EpochRecord {
   double homeo_loss = 0;                  // ½‖H − Hᵀ‖²_F / n at the end of the epoch
   double jac_sym = 0;
   double weight_angle_deg = 0;
-  double residual_log10 = 0;              // mean log10 of the free-phase residuals over the epoch
+  double residual_log10 = 0;              // mean log10 of the finite free-phase residuals of the epoch
   double free_steps = 0;                  // mean free-phase steps per training sample (< T1 with --tol)
   long not_converged = 0;                 // training free phases above the report tolerance (any
                                           // status but converged: max_steps, cycling, stalled, diverged)
@@ -89,7 +89,8 @@ struct BatchProgress {
 struct EvalResult {
   double loss = 0, top1 = 0, top5 = 0;
   long samples = 0;
-  long not_converged = 0;
+  long not_converged = 0;  // free phases above the report tolerance (diverged ones included)
+  long diverged = 0;       // free phases that diverged (their scores are of a frozen state)
 };
 
 template <class R>
@@ -109,7 +110,8 @@ class Trainer {
   struct StepStats {
     double loss = 0;
     long correct = 0;
-    double log_residual = 0;
+    double log_residual = 0;     // Σ log10 of the finite free-phase residuals
+    long residual_samples = 0;   // how many there are
     double free_steps = 0;  // sum over samples of the step at which each free phase stopped
     long not_converged = 0, diverged = 0, cycling = 0, stalled = 0, nudged_cycling = 0;
     long free_diverged = 0;  // of `diverged`: those whose free phase diverged

@@ -62,14 +62,14 @@ inline std::string read_small_input(const std::string& path, const std::string& 
   constexpr std::size_t kMaxBytes = 16u << 20;
   constexpr int kWaitMs = 10000;
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw InputError(path, "cannot open the " + what + ": " + std::strerror(errno));
+  if (::stat(path.c_str(), &st) != 0) throw InputError(path, "cannot open " + what + ": " + std::strerror(errno));
   if (S_ISDIR(st.st_mode)) throw InputError(path, "is a directory, not " + what);
   const bool stream = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode);
   if (!S_ISREG(st.st_mode) && !stream) throw InputError(path, "is a device, not " + what + " (a regular file or a pipe)");
   if (S_ISREG(st.st_mode) && static_cast<std::size_t>(st.st_size) > kMaxBytes)
     throw InputError(path, "is larger than 16 MB: not " + what);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (stream ? O_NONBLOCK : 0));
-  if (fd < 0) throw InputError(path, "cannot open the " + what + ": " + std::strerror(errno));
+  if (fd < 0) throw InputError(path, "cannot open " + what + ": " + std::strerror(errno));
   std::string text;
   char buf[65536];
   for (;;) {
@@ -87,7 +87,7 @@ inline std::string read_small_input(const std::string& path, const std::string& 
       if (errno == EAGAIN || errno == EINTR) continue;
       const int err = errno;
       ::close(fd);
-      throw InputError(path, "cannot read the " + what + ": " + std::strerror(err));
+      throw InputError(path, "cannot read " + what + ": " + std::strerror(err));
     }
     text.append(buf, static_cast<std::size_t>(n));
     if (text.size() > kMaxBytes) {

@@ -52,7 +52,7 @@ void check_keys(const nlohmann::json& j, std::initializer_list<const char*> allo
 
 // Layer names become HDF5 object names (/alignment/cos_delta_mean/<layer>, /params/<pre>-<post>.K)
 // and keys of --lr-mult: a path separator, a name of only dots, a NUL or a control character
-// cannot be stored, and nobody needs a layer name of more than 64 characters.
+// cannot be stored, and nobody needs a layer name of more than 64 bytes.
 void check_layer_name(const std::string& name, const std::string& where) {
   constexpr std::size_t kMaxName = 64;
   // At most 80 characters of it in the message (InputError shows control characters as \xNN).
@@ -60,7 +60,7 @@ void check_layer_name(const std::string& name, const std::string& where) {
   auto bad = [&](const std::string& why) { throw InputError(where, "invalid layer name '" + shown + "': " + why); };
   if (name.empty()) bad("empty");
   if (name == "in") bad("'in' is the input");
-  if (name.size() > kMaxName) bad("longer than " + std::to_string(kMaxName) + " characters");
+  if (name.size() > kMaxName) bad("longer than " + std::to_string(kMaxName) + " bytes (UTF-8)");
   if (name.find_first_not_of('.') == std::string::npos) bad("only dots");
   for (unsigned char ch : name) {
     if (ch == '/') bad("'/' cannot be part of an HDF5 name");

@@ -2,7 +2,9 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <filesystem>
 #include <cstdio>
 #include <limits>
 #include <iostream>
@@ -31,20 +33,19 @@ int set_threads(int threads) {
   // runs on and still reproduces a run made with that many threads.
   if (threads < 0 || threads > kMaxThreads)
     throw InputError("--threads", "must be between 0 (all cores) and " + std::to_string(kMaxThreads));
-  const int n = threads == 0 ? omp_get_num_procs() : threads;
+  const int procs = omp_get_num_procs();
+  const int n = threads == 0 ? procs : threads;
   omp_set_num_threads(n);
-  Eigen::setNbThreads(n);
+  // hepsim's own chunks follow n (results depend on the chunking, not on the cores); Eigen's
+  // internal parallel products (the metrics' dense solves) never get more threads than cores:
+  // oversubscribed, their spinning teams slowed a run of 8 threads on 2 cores 30-fold.
+  Eigen::setNbThreads(std::min(n, procs));
   return n;
 }
 
 std::uint64_t parse_seed(const std::string& text, const std::string& flag) {
-  std::uint64_t v = 0;
-  const char* end = text.data() + text.size();
-  const auto [p, ec] = std::from_chars(text.data(), end, v);
-  if (text.empty() || ec != std::errc() || p != end)
-    throw InputError(flag, "must be an integer between 0 and " +
-                               std::to_string(std::numeric_limits<std::uint64_t>::max()) + " (got '" + text + "')");
-  return v;
+  // The range of "seed" in train's configuration (a JSON integer read as signed): one range everywhere.
+  return static_cast<std::uint64_t>(parse_integer(text, flag, 0, std::numeric_limits<long long>::max()));
 }
 
 double require_angle(double degrees, const std::string& flag) {
@@ -197,6 +198,16 @@ int run(int argc, char** argv) {
   } catch (const InputError& e) {
     std::cerr << e.what() << "\n";
     return 2;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path the user named that cannot be resolved (a symlink loop, a missing or unreadable
+    // directory, a name too long) is bad input; anything else is the machine's failure.
+    const int code = e.code().value();
+    const bool input = e.code().category() == std::generic_category() || e.code().category() == std::system_category();
+    const bool users = input && (code == ELOOP || code == ENOENT || code == ENOTDIR || code == EACCES ||
+                                 code == ENAMETOOLONG || code == EISDIR || code == EPERM);
+    const std::string path = e.path1().empty() ? std::string("hepsim") : e.path1().string();
+    std::cerr << InputError(path, e.code().message()).what() << "\n";
+    return users ? 2 : 1;
   } catch (const std::bad_alloc&) {
     // The sizes that scale memory are bounded where they are read, so this is a request that is
     // plausible but too big for this machine: still the input's fault, not a defect.

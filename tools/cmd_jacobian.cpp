@@ -144,7 +144,7 @@ void register_jacobian(CLI::App& app) {
   cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist or a JSON file")->capture_default_str();
   cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)")
       ->capture_default_str();
-  cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the probes and the random inputs (0 .. 2^64 − 1)")
+  cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the probes and the random inputs (0 .. 2^63 − 1)")
       ->capture_default_str();
   add_integer(cmd, "--probes", opt->probes, 2, kMaxProbes, "Gaussian probes of the estimates");
   cmd->add_option("--dataset", opt->dataset,

@@ -64,6 +64,8 @@ void check_parameters(const Checkpoint& ck, const Network& net, const std::strin
   for (const Vec<double>* v : {&ck.theta, &ck.m, &ck.v})
     if (v->size() > 0 && v->cwiseAbs().maxCoeff() > limit)
       throw InputError(where, "its parameters or optimizer state overflow float precision");
+  if (ck.theta.size() > 0 && ck.theta.cwiseAbs().maxCoeff() > kMaxParameter)
+    throw InputError(where, "its parameters exceed 1e15: the run that wrote it had blown up");
 }
 
 // A resumed run must continue the run its log records: the same run (the keys a resume may not
@@ -273,8 +275,15 @@ void register_eval(CLI::App& app) {
     const EvalResult r = s.precision == "double"
                              ? Trainer<double>(model, s.train, ck.theta).evaluate(test)
                              : Trainer<float>(model, s.train, ck.theta.cast<float>()).evaluate(test);
+    // Scores of diverged (frozen) states are not the network's answers: when most samples
+    // diverge, an accuracy would be reported for nothing.
+    if (2 * r.diverged > r.samples)
+      throw InputError(*checkpoint, std::to_string(r.diverged) + " of " + std::to_string(r.samples) +
+                                        " test samples diverged under the run's relaxation (solver " +
+                                        s.config.at("solver").get<std::string>() + ", dt " +
+                                        s.config.at("dt").dump() + "): its parameters have no stable fixed point there");
     print_json({{"test_acc", r.top1}, {"test_top5", r.top5}, {"test_loss", r.loss}, {"samples", r.samples},
-                {"not_converged", r.not_converged}, {"epoch", ck.epoch}});
+                {"not_converged", r.not_converged}, {"diverged", r.diverged}, {"epoch", ck.epoch}});
   });
 }
 

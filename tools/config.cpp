@@ -164,8 +164,11 @@ void ConfigBuilder::set_flag(const std::string& key, const std::string& text) {
   } else if (def.is_object()) {
     cfg_[key] = parse_multipliers(text, flag);
   } else if (def.is_number_integer()) {
-    // Decimal digits only, like in a configuration file; the key's own range is checked later.
-    cfg_[key] = parse_integer(text, flag, std::numeric_limits<long long>::min(), std::numeric_limits<long long>::max());
+    // Decimal digits only, like in a configuration file, within the key's own range.
+    const auto bound = integer_bounds().find(key);
+    cfg_[key] = bound != integer_bounds().end()
+                    ? parse_integer(text, flag, bound->second.first, bound->second.second)
+                    : parse_integer(text, flag, std::numeric_limits<long long>::min(), std::numeric_limits<long long>::max());
   } else {
     cfg_[key] = parse_number(text, flag);
   }

@@ -17,6 +17,7 @@
 
 #include "datasets/h5_io.hpp"
 #include "sim/error.hpp"
+#include "sim/hash.hpp"
 #include "tools/config.hpp"
 
 namespace hepsim::tools {
@@ -235,10 +236,10 @@ void write_h5_atomic(const std::string& path, const std::string& what, F&& fill)
   std::vector<char> image;
   {
     h5::MemoryFile file;
-    require(file.valid(), path, what + " (in memory)");
+    if (!file.valid()) throw std::runtime_error(write_failure(path, what + " (HDF5 could not create it in memory)", 0));
     fill(file.get());  // every group and dataset is closed inside `fill`
     image = file.finish();
-    require(!image.empty(), path, what + " (in memory)");
+    if (image.empty()) throw std::runtime_error(write_failure(path, what + " (HDF5 could not complete it in memory)", 0));
   }
   write_bytes_atomic(path, image.data(), image.size());
 }
@@ -347,6 +348,19 @@ std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long ke
   return kept;
 }
 
+namespace {
+// The checksum of a checkpoint's θ, m and v (hex), stored beside them: a bit flipped on disk in
+// the raw data (which HDF5 does not check) is found when the checkpoint is read.
+std::string parameter_checksum(const Checkpoint& c) {
+  std::uint64_t h = kHashSeed;
+  for (const Vec<double>* v : {&c.theta, &c.m, &c.v})
+    h = hash_bytes(v->data(), static_cast<std::size_t>(v->size()) * sizeof(double), hash_mix(h, static_cast<std::uint64_t>(v->size())));
+  char text[20];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(h));
+  return text;
+}
+}  // namespace
+
 void write_checkpoint(const std::string& path, const Checkpoint& c, const Network& net) {
   write_h5_atomic(path, "the checkpoint", [&](hid_t file) {
     {
@@ -357,7 +371,8 @@ void write_checkpoint(const std::string& path, const Checkpoint& c, const Networ
                   h5::write_int_attribute(file, "classes", c.classes) &&
                   h5::write_int_attribute(file, "epoch", c.epoch) &&
                   h5::write_int_attribute(file, "optimizer_steps", c.optimizer_steps) &&
-                  h5::write_string_attribute(file, "data_fingerprint", c.data_fingerprint),
+                  h5::write_string_attribute(file, "data_fingerprint", c.data_fingerprint) &&
+                  h5::write_string_attribute(file, "checksum", parameter_checksum(c)),
               path, "attributes");
       auto vec = [](const Vec<double>& x) { return std::vector<double>(x.data(), x.data() + x.size()); };
       require(h5::write_vector(file, "theta", vec(c.theta)), path, "/theta");
@@ -409,6 +424,10 @@ Checkpoint read_checkpoint(const std::string& path) {
   load("theta", c.theta);
   load("optimizer/m", c.m);
   load("optimizer/v", c.v);
+  // Checkpoints of 0.2.0 and later carry the checksum of their parameters.
+  const std::string checksum = h5::read_string_attribute(file.get(), "checksum");
+  if (!checksum.empty() && checksum != parameter_checksum(c))
+    throw InputError(path, "its parameters do not match their checksum: the file is corrupt");
   return c;
 }
 

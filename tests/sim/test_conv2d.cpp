@@ -120,7 +120,7 @@ TEST_CASE_TEMPLATE("conv2d: the input VJP is the bilinear transpose, the kernel 
   }
 }
 
-TEST_CASE("conv2d: float agrees with double; bad geometries are refused") {
+TEST_CASE("conv2d: float agrees with double, bad geometries are refused") {
   const ConvGeometry g{{3, 6, 6}, 4, 3, 1};
   const Mat<double> K = random_mat<double>(4, 27, 1), x = random_mat<double>(g.in.size(), 2, 2);
   Mat<double> yd(g.out().size(), 2);

@@ -147,7 +147,7 @@ TEST_CASE_TEMPLATE("conv network: the linearisation of G (JVP, VJP, parameter VJ
   CHECK(std::abs(bilinear<S>(w, jv0) - bilinear<S>(v, jw0)) < 1e-12 * w.norm() * jv0.norm());
 }
 
-TEST_CASE("conv network: the parameter VJP is the gradient of ⟨v, C(θ) + G(s; θ)⟩, biases and input conv included") {
+TEST_CASE("conv network: the parameter VJP is the gradient of ⟨v, C(θ) + G(s, θ)⟩, biases and input conv included") {
   const Setup st = setup(90.0, 13);
   const Network& net = st.model.net;
   const Index n = net.neurons, B = 3;
