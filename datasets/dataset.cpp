@@ -119,9 +119,10 @@ const char* to_string(DatasetKind k) {
 }
 
 std::string default_data_dir(DatasetKind k) {
-  // Debian's dataset-fashion-mnist package; an MNIST installed the same way is used when present.
+  // Debian's dataset-fashion-mnist package, and an MNIST installed the same way (when absent, the
+  // loader names the file it looked for there).
   if (k == DatasetKind::fmnist) return "/usr/share/datasets/fashion-mnist";
-  if (k == DatasetKind::mnist && path_exists("/usr/share/datasets/mnist")) return "/usr/share/datasets/mnist";
+  if (k == DatasetKind::mnist) return "/usr/share/datasets/mnist";
   return "";
 }
 

@@ -27,6 +27,7 @@ namespace {
 template <class R>
 Vec<R> factors(const Network& net, const std::map<std::string, double>& mult, const std::string& what) {
   Vec<R> f = Vec<R>::Ones(net.n_params);
+  std::map<std::string, std::string> set_by;  // block -> the key that set its multiplier
   for (const auto& [key, value] : mult) {
     if (!std::isfinite(value) || value < 0)
       throw InputError(what, "multiplier for '" + key + "' must be a finite number ≥ 0");
@@ -34,6 +35,11 @@ Vec<R> factors(const Network& net, const std::map<std::string, double>& mult, co
     for (const ParamBlock& b : net.blocks) {
       const std::string edge = b.name.substr(0, b.name.find('.'));
       if (b.name == key || edge == key) {
+        // An edge's key and its block's key would both apply: one multiplier per block.
+        const auto [it, fresh] = set_by.emplace(b.name, key);
+        if (!fresh)
+          throw InputError(what, "'" + it->second + "' and '" + key + "' both set the multiplier of " + b.name +
+                                     ": give one");
         f.segment(b.offset, b.size()).array() *= static_cast<R>(value);
         matched = true;
       }

@@ -85,6 +85,14 @@ void check_memory(const std::vector<MemoryPart>& parts, double already) {
   throw InputError(largest->where, msg);
 }
 
+void check_network_memory(const Network& net, double columns, const std::string& columns_flag) {
+  check_memory({{"the parameters (" + std::to_string(net.n_params) + ")", "--arch", 4.0 * 8 * static_cast<double>(net.n_params)},
+                {"the relaxing states (" + std::to_string(static_cast<long long>(columns)) + " columns of " +
+                     std::to_string(net.neurons) + " neurons)",
+                 columns_flag, 16.0 * 16 * static_cast<double>(net.neurons) * columns}},
+               0);
+}
+
 namespace {
 constexpr RelaxStatus kStatuses[] = {RelaxStatus::converged, RelaxStatus::max_steps, RelaxStatus::diverged,
                                      RelaxStatus::cycling, RelaxStatus::stalled};

@@ -96,6 +96,10 @@ double machine_memory();
 // InputError naming the largest part's flag when the parts (ep/train.hpp train_memory) plus
 // `already` bytes (the loaded dataset) exceed the machine's memory; the message gives the estimate.
 void check_memory(const std::vector<MemoryPart>& parts, double already);
+// The same for relax, jacobian and gradcheck, before θ is allocated: the parameters and their
+// working copies (about four θ-sized vectors, named --arch) and `columns` relaxing state columns
+// of about 16 state-sized double matrices (complex: twice; named `columns_flag`).
+void check_network_memory(const Network& net, double columns, const std::string& columns_flag);
 
 // body(i) for i = 0 … n − 1 on the OpenMP threads (dynamic schedule: the items may differ in
 // cost); the first exception thrown by any item is rethrown once all have finished (an exception

@@ -161,6 +161,7 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   const Network& net = model.net;
   int max_N = 0;
   for (int N : parse_list<int>(o.N_list, "--N")) max_N = std::max(max_N, N);
+  check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1), "--batch");
   const double states = static_cast<double>(net.neurons) * static_cast<double>(o.batch);
   check_size((max_N / 2 + 1) * states, kMaxStackedValues, "--batch",
              "the stacked nudged states (⌊N/2⌋ + 1) × " + std::to_string(net.neurons) + " neurons × --batch");

@@ -80,6 +80,7 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
     make_batch<double>(test, idx.data(), o.samples, default_normalization(loaded.kind), Augmentation{}, nullptr, x,
                        y);
   }
+  check_network_memory(model.net, static_cast<double>(o.samples), "--samples");
   const Vec<double> theta = init_params<double>(model.net, o.seed, o.angle);
   const Index n = model.net.neurons;
   if (n <= o.max_dense) {

@@ -10,6 +10,8 @@
 #include <limits>
 #include <memory>
 
+#include <omp.h>
+
 #include "datasets/dataset.hpp"
 #include "sim/sim.hpp"
 #include "tools/cli.hpp"
@@ -95,6 +97,8 @@ nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_s
   Model model;
   model.net = compile(load_architecture(o.arch, test.dim(), test.classes, MapShape{test.channels, test.height, test.width}));
   model.activation = parse_activation(o.activation);
+  check_network_memory(model.net, static_cast<double>(std::min(o.batch_size, o.samples)) * omp_get_max_threads(),
+                       "--batch-size");
   const Vec<R> theta = init_params<R>(model.net, o.seed, o.angle);
 
   RelaxConfig cfg;
