@@ -413,7 +413,14 @@ TEST_CASE("third audit: numbers that exit 0 on nonsense, special paths, many thr
   check_bad_input({{t("a") + " --precision double --lr 1e300", "--lr: the parameters of block"},
                    {"gradcheck --arch " + arch + " --dataset random --fd-step 1e300", "--fd-step"},
                    {"eval --checkpoint " + tmp.file("loop1"), tmp.file("loop1") + ": Too many levels of symbolic links"},
-                   {"train " + flags(data, arch) + " --batch-size 0x10 --out " + tmp.file("b"), "between 1 and 1000000"}},
+                   {"train " + flags(data, arch) + " --batch-size 0x10 --out " + tmp.file("b"), "between 1 and 1000000"},
+                   {t("m") + " --lr-mult h-out=2,h-out.K=3", "--lr-mult: 'h-out' and 'h-out.K' both set"}},
+                  tmp);
+  // relax on a 16-million-neuron layer: refused with the estimate before θ (50 GB) is allocated.
+  std::ofstream(tmp.file("huge.json")) << R"({"layers": [{"name": "h", "size": 16000000}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}]})";
+  check_bad_input({{"relax --dataset fmnist --data-dir " + data.str() + " --samples 2 --arch " + tmp.file("huge.json"),
+                    "--arch: the run needs about"}},
                   tmp);
   // A run whose every relaxation diverges leaves its first epoch; evaluating it reports no accuracy.
   CHECK(run_hepsim(t("dt") + " --dt 3", tmp).code == 2);
