@@ -138,6 +138,7 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   const auto t0 = std::chrono::steady_clock::now();
   // ---- the batch
   Mat<double> x, y;
+  MapShape image{0, 0, 0};  // the images' C x H x W (convolutions need it); flat for random inputs
   if (o.dataset == "random") {
     check_size(static_cast<double>(o.input_size + o.classes) * static_cast<double>(o.batch), kMaxBatchValues,
                "--batch", "the random batch (--input-size + --classes) × --batch");
@@ -154,9 +155,10 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
     y.resize(loaded.test.classes, o.batch);
     make_batch<double>(loaded.test, idx.data(), o.batch, default_normalization(loaded.kind), Augmentation{}, nullptr, x,
                        y);
+    image = {loaded.test.channels, loaded.test.height, loaded.test.width};
   }
   Model model;
-  model.net = compile(load_architecture(o.arch, x.rows(), y.rows()));
+  model.net = compile(load_architecture(o.arch, x.rows(), y.rows(), image));
   model.activation = parse_activation(o.activation);
   const Network& net = model.net;
   int max_N = 0;

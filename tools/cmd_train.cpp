@@ -220,7 +220,8 @@ void register_train(CLI::App& app) {
                        "holds other data than the run was trained on (" + s.data_dir +
                            ": its fingerprint differs from the checkpoint's); give the run's data with --data-dir");
     const Model model = ck ? checkpoint_model(s, *ck, s.out + "/checkpoint.h5", data.train)
-                           : make_model(s, data.train.dim(), data.train.classes);
+                           : make_model(s, data.train.dim(), data.train.classes,
+                                        MapShape{data.train.channels, data.train.height, data.train.width});
     // Before anything of the run's size is allocated: refused with the estimate, naming the flag.
     check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, s.precision == "double" ? 8 : 4),
                  static_cast<double>(data.train.images.size() + data.test.images.size()));

@@ -304,9 +304,9 @@ DatasetSplits load_data(RunSetup& s) {
   return d;
 }
 
-Model make_model(const RunSetup& s, Index input_size, Index classes) {
+Model make_model(const RunSetup& s, Index input_size, Index classes, MapShape image) {
   Model m;
-  m.net = compile(load_architecture(s.arch, input_size, classes));
+  m.net = compile(load_architecture(s.arch, input_size, classes, image));
   m.activation = s.activation;
   m.loss = s.loss;
   check_loss(m.net, m.loss);

@@ -80,6 +80,6 @@ void set_data_defaults(RunSetup& setup);
 DatasetSplits load_data(RunSetup& setup);
 
 // The model of a run for a dataset of the given input size and classes.
-Model make_model(const RunSetup& setup, Index input_size, Index classes);
+Model make_model(const RunSetup& setup, Index input_size, Index classes, MapShape image = {0, 0, 0});
 
 }  // namespace hepsim::tools
