@@ -4,6 +4,27 @@
 
 namespace hepsim {
 
+namespace {
+// Calls f(e, edge, pre layer, post layer, K) for every edge whose pre is a state layer (not "in").
+template <class R, class F>
+void for_recurrent_edges(const Network& net, const Vec<R>& theta, F&& f) {
+  for (std::size_t e = 0; e < net.edges.size(); ++e) {
+    const Edge& ed = net.edges[e];
+    if (ed.pre == Network::kInput) continue;
+    f(e, ed, net.layers[static_cast<std::size_t>(ed.pre)], net.layers[static_cast<std::size_t>(ed.post)],
+      kernel(net, theta, static_cast<int>(e)));
+  }
+}
+
+template <class S>
+void size_cache(const Network& net, ConvCache<S>& cache) {
+  if (cache.z.size() != net.edges.size()) {
+    cache.z.resize(net.edges.size());
+    cache.work.resize(net.edges.size());
+  }
+}
+}  // namespace
+
 template <class R>
 void input_drive(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, MatRef<R> C) {
   C.setZero();
@@ -31,17 +52,10 @@ void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRe
                    ConvCache<S>* cache) {
   ConvCache<S> local;
   if (cache == nullptr) cache = &local;
-  if (net.has_conv() && cache->z.size() != net.edges.size()) {
-    cache->z.resize(net.edges.size());
-    cache->work.resize(net.edges.size());
-  }
+  if (net.has_conv()) size_cache(net, *cache);
   using R = RealOf<S>;
-  for (std::size_t e = 0; e < net.edges.size(); ++e) {
-    const Edge& ed = net.edges[e];
-    if (ed.pre == Network::kInput) continue;
-    const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
-    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
-    const auto K = kernel(net, theta, static_cast<int>(e));
+  for_recurrent_edges(net, theta, [&](std::size_t e, const Edge& ed, const Layer& pre, const Layer& post,
+                                      const auto& K) {
     switch (ed.kind) {
       case EdgeKind::dense:
       case EdgeKind::dense_nobias:
@@ -56,18 +70,8 @@ void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRe
                                g.middleRows(post.offset, post.size), cache->z[e], cache->work[e]);
         break;
     }
-  }
+  });
 }
-
-namespace {
-template <class S>
-void size_cache(const Network& net, ConvCache<S>& cache) {
-  if (cache.z.size() != net.edges.size()) {
-    cache.z.resize(net.edges.size());
-    cache.work.resize(net.edges.size());
-  }
-}
-}  // namespace
 
 template <class S>
 void linearize(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache) {
@@ -88,12 +92,8 @@ void linearize(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>
 template <class S>
 void add_jvp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache,
              const CMatRef<S>& v, MatRef<S> g) {
-  for (std::size_t e = 0; e < net.edges.size(); ++e) {
-    const Edge& ed = net.edges[e];
-    if (ed.pre == Network::kInput) continue;
-    const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
-    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
-    const auto K = kernel(net, theta, static_cast<int>(e));
+  for_recurrent_edges(net, theta, [&](std::size_t e, const Edge& ed, const Layer& pre, const Layer& post,
+                                      const auto& K) {
     switch (ed.kind) {
       case EdgeKind::dense:
       case EdgeKind::dense_nobias:
@@ -109,18 +109,14 @@ void add_jvp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& 
                              g.middleRows(post.offset, post.size), cache.work[e]);
         break;
     }
-  }
+  });
 }
 
 template <class S>
 void add_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache,
              const CMatRef<S>& w, MatRef<S> g) {
-  for (std::size_t e = 0; e < net.edges.size(); ++e) {
-    const Edge& ed = net.edges[e];
-    if (ed.pre == Network::kInput) continue;
-    const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
-    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
-    const auto K = kernel(net, theta, static_cast<int>(e));
+  for_recurrent_edges(net, theta, [&](std::size_t e, const Edge& ed, const Layer& pre, const Layer& post,
+                                      const auto& K) {
     switch (ed.kind) {
       case EdgeKind::dense:
       case EdgeKind::dense_nobias:
@@ -136,7 +132,7 @@ void add_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& 
                              g.middleRows(pre.offset, pre.size), cache.work[e]);
         break;
     }
-  }
+  });
 }
 
 template <class R>
@@ -183,15 +179,10 @@ void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x,
 
 template <class S>
 void add_recurrent_transpose(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& w, MatRef<S> g) {
-  if (net.has_conv()) throw std::invalid_argument("add_recurrent_transpose: a conv network's Jacobian depends on the state");
-  for (std::size_t e = 0; e < net.edges.size(); ++e) {
-    const Edge& ed = net.edges[e];
-    if (ed.pre == Network::kInput) continue;
-    const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
-    const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
-    g.middleRows(pre.offset, pre.size).noalias() +=
-        kernel(net, theta, static_cast<int>(e)).transpose() * w.middleRows(post.offset, post.size);
-  }
+  if (net.has_conv())
+    throw std::invalid_argument("add_recurrent_transpose: a conv network's Jacobian depends on the state");
+  ConvCache<S> none;  // a dense network's Jacobian needs no state
+  add_vjp<S>(net, theta, w, none, w, g);
 }
 
 template <class S>

@@ -19,6 +19,22 @@ inline RandomBatch random_batch(const Network& net, Index batch, std::uint64_t s
   return b;
 }
 
+// Entries uniform in [−scale, scale] (the real parts) and [−imag·scale, imag·scale] (the imaginary
+// parts, complex S only), from the stream "probes" of `seed`.
+template <class S>
+Mat<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0, double imag = 1.0) {
+  Rng rng(seed, Stream::probes);
+  Mat<S> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) {
+    const double re = scale * (2 * rng.uniform() - 1), im = imag * scale * (2 * rng.uniform() - 1);
+    if constexpr (is_complex_v<S>)
+      m(i) = S(static_cast<RealOf<S>>(re), static_cast<RealOf<S>>(im));
+    else
+      m(i) = static_cast<S>(re);
+  }
+  return m;
+}
+
 template <class A, class B>
 double rel_err(const A& est, const B& ref) {
   return static_cast<double>((est - ref).norm()) / static_cast<double>(ref.norm());

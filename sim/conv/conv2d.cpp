@@ -104,13 +104,12 @@ void conv_kernel_vjp(const ConvGeometry& g, const CMatRef<S>& x, const CMatRef<S
   }
 }
 
-#define HEPSIM_CONV(S)                                                                                         \
-  template void conv_forward<S>(const ConvGeometry&, const CMatRef<RealOf<S>>&, const CMatRef<S>&, MatRef<S>,  \
-                                ConvWork<S>&);                                                                 \
-  template void conv_input_vjp<S>(const ConvGeometry&, const CMatRef<RealOf<S>>&, const CMatRef<S>&,           \
-                                  MatRef<S>, ConvWork<S>&);                                                    \
-  template void conv_kernel_vjp<S>(const ConvGeometry&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>,       \
-                                   ConvWork<S>&);
+#define HEPSIM_CONV(S)                                                                                          \
+  template void conv_forward<S>(const ConvGeometry&, const CMatRef<RealOf<S>>&, const CMatRef<S>&, MatRef<S>,   \
+                                ConvWork<S>&);                                                                  \
+  template void conv_input_vjp<S>(const ConvGeometry&, const CMatRef<RealOf<S>>&, const CMatRef<S>&, MatRef<S>, \
+                                  ConvWork<S>&);                                                                \
+  template void conv_kernel_vjp<S>(const ConvGeometry&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>, ConvWork<S>&);
 HEPSIM_CONV(float)
 HEPSIM_CONV(double)
 HEPSIM_CONV(std::complex<float>)

@@ -17,10 +17,10 @@
 namespace hepsim {
 
 struct ConvGeometry {
-  MapShape in;            // C_in x H x W
-  Index out_channels = 1; // C_out
-  Index k = 3;            // kernel size (odd)
-  Index pad = 1;          // zero padding on each side: (k − 1)/2 "same", 0 "valid"
+  MapShape in;             // C_in x H x W
+  Index out_channels = 1;  // C_out
+  Index k = 3;             // kernel size (odd)
+  Index pad = 1;           // zero padding on each side: (k − 1)/2 "same", 0 "valid"
 
   MapShape out() const { return {out_channels, in.h + 2 * pad - k + 1, in.w + 2 * pad - k + 1}; }
   Index taps() const { return in.c * k * k; }  // kernel columns
@@ -46,7 +46,6 @@ void conv_input_vjp(const ConvGeometry& g, const CMatRef<RealOf<S>>& K, const CM
 // gK += ∂⟨gy, conv_K(x)⟩/∂K summed over the batch (C_out x C_in·k·k; bilinear product, no
 // conjugation: for complex states the caller takes what its estimator needs).
 template <class S>
-void conv_kernel_vjp(const ConvGeometry& g, const CMatRef<S>& x, const CMatRef<S>& gy, MatRef<S> gK,
-                     ConvWork<S>& work);
+void conv_kernel_vjp(const ConvGeometry& g, const CMatRef<S>& x, const CMatRef<S>& gy, MatRef<S> gK, ConvWork<S>& work);
 
 }  // namespace hepsim

@@ -101,8 +101,8 @@ void conv_feedback_jvp(const ConvEdgeGeometry& g, const CMatRef<RealOf<S>>& B, c
   work.b.resize(g.conv.out().size(), d_low.cols());
   conv_forward<S>(g.conv, B, d_low, work.b, work.conv);
   Mat<S>& h = work.a;
-  pool_hvp(g, z, s_up, work.b, h);   // H(z; s_up) conv_B(d_low)
-  pool_vjp(g, z, d_up, work.b);      // P'(z)ᵀ d_up (conv_B(d_low) is no longer needed)
+  pool_hvp(g, z, s_up, work.b, h);  // H(z; s_up) conv_B(d_low)
+  pool_vjp(g, z, d_up, work.b);     // P'(z)ᵀ d_up (conv_B(d_low) is no longer needed)
   h += work.b;
   conv_input_vjp<S>(g.conv, B, h, lower, work.conv);
 }
@@ -113,9 +113,9 @@ void conv_feedback_vjp(const ConvEdgeGeometry& g, const CMatRef<RealOf<S>>& B, c
   work.b.resize(g.conv.out().size(), g_low.cols());
   conv_forward<S>(g.conv, B, g_low, work.b, work.conv);  // c = conv_B(g_low)
   pool_jvp(g, z, work.b, work.c);
-  up += work.c;                                           // P'(z) c
+  up += work.c;  // P'(z) c
   pool_hvp(g, z, s_up, work.b, work.a);
-  conv_input_vjp<S>(g.conv, B, work.a, low, work.conv);   // conv_Bᵀ H(z; s_up) c
+  conv_input_vjp<S>(g.conv, B, work.a, low, work.conv);  // conv_Bᵀ H(z; s_up) c
 }
 
 template <class S>
@@ -131,26 +131,25 @@ void conv_feedback_param_vjp(const ConvEdgeGeometry& g, const CMatRef<RealOf<S>>
   conv_kernel_vjp<S>(g.conv, s_low, work.a, gB, work.conv);  // through z = conv_B(s_low)
 }
 
-#define HEPSIM_CONV_EDGE(S)                                                                                      \
-  template void conv_edge_apply<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const CVecRef<RealOf<S>>&, \
-                                   const CMatRef<S>&, MatRef<S>, Mat<S>&, ConvEdgeWork<S>&);                     \
-  template void conv_edge_jvp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const Mat<S>&,              \
-                                 const CMatRef<S>&, MatRef<S>, ConvEdgeWork<S>&);                                \
-  template void conv_edge_vjp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const Mat<S>&,              \
-                                 const CMatRef<S>&, MatRef<S>, ConvEdgeWork<S>&);                                \
-  template void conv_edge_param_vjp<S>(const ConvEdgeGeometry&, const CMatRef<S>&, const Mat<S>&,                \
-                                       const CMatRef<S>&, MatRef<S>, VecRef<S>, ConvEdgeWork<S>&);               \
-  template void conv_feedback_apply<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const CMatRef<S>&,    \
-                                       const CMatRef<S>&, MatRef<S>, Mat<S>&, ConvEdgeWork<S>&);                 \
-  template void conv_feedback_jvp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const Mat<S>&,          \
-                                     const CMatRef<S>&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>,         \
-                                     ConvEdgeWork<S>&);                                                          \
-  template void conv_feedback_vjp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const Mat<S>&,          \
-                                     const CMatRef<S>&, const CMatRef<S>&, MatRef<S>, MatRef<S>,                 \
-                                     ConvEdgeWork<S>&);                                                          \
-  template void conv_feedback_param_vjp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&,                   \
-                                           const CMatRef<S>&, const Mat<S>&, const CMatRef<S>&,                  \
-                                           const CMatRef<S>&, MatRef<S>, ConvEdgeWork<S>&);
+#define HEPSIM_CONV_EDGE(S)                                                                                            \
+  template void conv_edge_apply<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const CVecRef<RealOf<S>>&,      \
+                                   const CMatRef<S>&, MatRef<S>, Mat<S>&, ConvEdgeWork<S>&);                           \
+  template void conv_edge_jvp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const Mat<S>&, const CMatRef<S>&, \
+                                 MatRef<S>, ConvEdgeWork<S>&);                                                         \
+  template void conv_edge_vjp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const Mat<S>&, const CMatRef<S>&, \
+                                 MatRef<S>, ConvEdgeWork<S>&);                                                         \
+  template void conv_edge_param_vjp<S>(const ConvEdgeGeometry&, const CMatRef<S>&, const Mat<S>&, const CMatRef<S>&,   \
+                                       MatRef<S>, VecRef<S>, ConvEdgeWork<S>&);                                        \
+  template void conv_feedback_apply<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const CMatRef<S>&,          \
+                                       const CMatRef<S>&, MatRef<S>, Mat<S>&, ConvEdgeWork<S>&);                       \
+  template void conv_feedback_jvp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const Mat<S>&,                \
+                                     const CMatRef<S>&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>,               \
+                                     ConvEdgeWork<S>&);                                                                \
+  template void conv_feedback_vjp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const Mat<S>&,                \
+                                     const CMatRef<S>&, const CMatRef<S>&, MatRef<S>, MatRef<S>, ConvEdgeWork<S>&);    \
+  template void conv_feedback_param_vjp<S>(const ConvEdgeGeometry&, const CMatRef<RealOf<S>>&, const CMatRef<S>&,      \
+                                           const Mat<S>&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>,             \
+                                           ConvEdgeWork<S>&);
 HEPSIM_CONV_EDGE(float)
 HEPSIM_CONV_EDGE(double)
 HEPSIM_CONV_EDGE(std::complex<float>)

@@ -128,10 +128,10 @@ void softmax_pool_hvp(const MapShape& in, const CMatRef<S>& v, const CMatRef<S>&
   }
 }
 
-#define HEPSIM_POOL(S)                                                                                   \
-  template void softmax_pool<S>(const MapShape&, const CMatRef<S>&, MatRef<S>);                          \
-  template void softmax_pool_jvp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>);   \
-  template void softmax_pool_vjp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>);   \
+#define HEPSIM_POOL(S)                                                                                        \
+  template void softmax_pool<S>(const MapShape&, const CMatRef<S>&, MatRef<S>);                               \
+  template void softmax_pool_jvp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>);        \
+  template void softmax_pool_vjp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, MatRef<S>);        \
   template void softmax_pool_hvp<S>(const MapShape&, const CMatRef<S>&, const CMatRef<S>&, const CMatRef<S>&, \
                                     MatRef<S>);
 HEPSIM_POOL(float)

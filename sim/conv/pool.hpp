@@ -6,8 +6,8 @@
 //   ∂²P/∂v_k∂v_l = w_k [δ_kl (2 + v_k − P) − w_l (1 + v_k − P) − w_l (1 + v_l − P)]   (symmetric)
 // Holomorphic: the same formulas hold for complex v (no conjugation anywhere). The real part of
 // the window maximum is subtracted inside the exponentials (a mathematical no-op) so that no
-// exponential overflows. This is the reference path: one window at a time. A column of a state matrix is one sample's map in planar C x H x W
-// order, row-major within a channel (the datasets' image layout); H and W are even.
+// exponential overflows. This is the reference path: one window at a time. A column of a state matrix is one sample's
+// map in planar C x H x W order, row-major within a channel (the datasets' image layout); H and W are even.
 #include "sim/types.hpp"
 
 namespace hepsim {

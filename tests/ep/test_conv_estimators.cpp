@@ -63,7 +63,8 @@ TEST_CASE("conv estimators: symmetric feedback gives v* = δ, and EP's response 
   CHECK(cosine(est.v, delta) > 0.99999);
   // Independent feedback kernels: the response is biased.
   const Case a = make_case(90.0, 3);
-  CHECK(rel_err(exact_response_dense<double>(a.m, a.theta, a.fs.u, a.fs.y), rbp_dense<double>(a.m, a.theta, a.fs.u, a.fs.y)) > 1e-3);
+  CHECK(rel_err(exact_response_dense<double>(a.m, a.theta, a.fs.u, a.fs.y),
+                rbp_dense<double>(a.m, a.theta, a.fs.u, a.fs.y)) > 1e-3);
 }
 
 TEST_CASE("conv estimators: iterations reach the dense solves, truncated BPTT converges to RBP") {

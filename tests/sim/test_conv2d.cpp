@@ -7,27 +7,14 @@
 
 #include <complex>
 
+#include "../common.hpp"
 #include "sim/conv/conv2d.hpp"
-#include "sim/random.hpp"
 
 using namespace hepsim;
+using namespace hepsim::testing;
 using CLD = std::complex<long double>;
 
 namespace {
-
-template <class S>
-Mat<S> random_mat(Index rows, Index cols, std::uint64_t seed) {
-  Mat<S> m(rows, cols);
-  Rng rng(seed, Stream::init);
-  for (Index i = 0; i < m.size(); ++i) {
-    const double re = 2.0 * rng.uniform() - 1.0, im = 2.0 * rng.uniform() - 1.0;
-    if constexpr (is_complex_v<S>)
-      m(i) = S(static_cast<RealOf<S>>(re), static_cast<RealOf<S>>(im));
-    else
-      m(i) = static_cast<S>(re);
-  }
-  return m;
-}
 
 template <class S>
 CLD to_cld(S z) {
@@ -72,8 +59,8 @@ TEST_CASE_TEMPLATE("conv2d: im2col + GEMM equals the definition", S, double, std
     CAPTURE(g.k);
     CAPTURE(g.pad);
     const MapShape o = g.out();
-    const Mat<double> K = random_mat<double>(g.out_channels, g.taps(), ++seed);
-    const Mat<S> x = random_mat<S>(g.in.size(), 3, ++seed);
+    const Mat<double> K = random_matrix<double>(g.out_channels, g.taps(), ++seed);
+    const Mat<S> x = random_matrix<S>(g.in.size(), 3, ++seed);
     Mat<S> y(o.size(), 3);
     ConvWork<S> work;
     conv_forward<S>(g, K, x, y, work);
@@ -82,7 +69,8 @@ TEST_CASE_TEMPLATE("conv2d: im2col + GEMM equals the definition", S, double, std
       for (Index co = 0; co < o.c; ++co)
         for (Index oy = 0; oy < o.h; ++oy)
           for (Index ox = 0; ox < o.w; ++ox)
-            worst = std::max(worst, std::abs(to_cld(y((co * o.h + oy) * o.w + ox, b)) - conv_ref<S>(g, K, x, b, co, oy, ox)));
+            worst = std::max(worst,
+                             std::abs(to_cld(y((co * o.h + oy) * o.w + ox, b)) - conv_ref<S>(g, K, x, b, co, oy, ox)));
     // At most C_in·k² = 50 products of values of order 1, summed in double: ≤ 50 · 2⁻⁵² ≈ 1e-14.
     CHECK(worst < 1e-13L);
   }
@@ -94,8 +82,8 @@ TEST_CASE_TEMPLATE("conv2d: the input VJP is the bilinear transpose, the kernel 
   for (const ConvGeometry& g : kGeometries) {
     CAPTURE(g.k);
     const MapShape o = g.out();
-    const Mat<double> K = random_mat<double>(g.out_channels, g.taps(), ++seed);
-    const Mat<S> x = random_mat<S>(g.in.size(), 2, ++seed), gy = random_mat<S>(o.size(), 2, ++seed);
+    const Mat<double> K = random_matrix<double>(g.out_channels, g.taps(), ++seed);
+    const Mat<S> x = random_matrix<S>(g.in.size(), 2, ++seed), gy = random_matrix<S>(o.size(), 2, ++seed);
     ConvWork<S> work;
     Mat<S> y(o.size(), 2);
     conv_forward<S>(g, K, x, y, work);
@@ -122,7 +110,7 @@ TEST_CASE_TEMPLATE("conv2d: the input VJP is the bilinear transpose, the kernel 
 
 TEST_CASE("conv2d: float agrees with double, bad geometries are refused") {
   const ConvGeometry g{{3, 6, 6}, 4, 3, 1};
-  const Mat<double> K = random_mat<double>(4, 27, 1), x = random_mat<double>(g.in.size(), 2, 2);
+  const Mat<double> K = random_matrix<double>(4, 27, 1), x = random_matrix<double>(g.in.size(), 2, 2);
   Mat<double> yd(g.out().size(), 2);
   Mat<float> yf(g.out().size(), 2);
   ConvWork<double> wd;
@@ -135,7 +123,7 @@ TEST_CASE("conv2d: float agrees with double, bad geometries are refused") {
   CHECK_THROWS_AS(conv_forward<double>(ConvGeometry{{3, 6, 6}, 4, 2, 0}, Mat<double>(4, 12), x, y2, wd),
                   std::invalid_argument);  // an even kernel
   CHECK_THROWS_AS(conv_forward<double>(g, Mat<double>(4, 26), x, yd, wd), std::invalid_argument);
-  CHECK_THROWS_AS(conv_forward<double>(ConvGeometry{{3, 2, 2}, 4, 5, 0}, Mat<double>(4, 75),
-                                       Mat<double>(12, 1), y2, wd),
-                  std::invalid_argument);  // a valid 5x5 on a 2x2 map has no output
+  CHECK_THROWS_AS(
+      conv_forward<double>(ConvGeometry{{3, 2, 2}, 4, 5, 0}, Mat<double>(4, 75), Mat<double>(12, 1), y2, wd),
+      std::invalid_argument);  // a valid 5x5 on a 2x2 map has no output
 }

@@ -8,26 +8,13 @@
 
 #include <complex>
 
+#include "../common.hpp"
 #include "sim/conv/conv_edge.hpp"
-#include "sim/random.hpp"
 
 using namespace hepsim;
+using namespace hepsim::testing;
 
 namespace {
-
-template <class S>
-Mat<S> random_mat(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
-  Mat<S> m(rows, cols);
-  Rng rng(seed, Stream::init);
-  for (Index i = 0; i < m.size(); ++i) {
-    const double re = scale * (2.0 * rng.uniform() - 1.0), im = 0.3 * scale * (2.0 * rng.uniform() - 1.0);
-    if constexpr (is_complex_v<S>)
-      m(i) = S(static_cast<RealOf<S>>(re), static_cast<RealOf<S>>(im));
-    else
-      m(i) = static_cast<S>(re);
-  }
-  return m;
-}
 
 template <class S>
 S dot(const Mat<S>& a, const Mat<S>& b) {
@@ -54,11 +41,11 @@ struct Pair {
   Mat<S> z;
 
   Pair(const ConvEdgeGeometry& geom, std::uint64_t seed) : g(geom) {
-    K = random_mat<double>(g.conv.out_channels, g.conv.taps(), seed, 0.5);
-    B = random_mat<double>(g.conv.out_channels, g.conv.taps(), seed + 1, 0.5);
-    b = random_mat<double>(g.conv.out_channels, 1, seed + 2, 0.5);
-    s_low = random_mat<S>(g.pre().size(), 2, seed + 3);
-    s_up = random_mat<S>(g.post().size(), 2, seed + 4);
+    K = random_matrix<double>(g.conv.out_channels, g.conv.taps(), seed, 0.5, 0.3);
+    B = random_matrix<double>(g.conv.out_channels, g.conv.taps(), seed + 1, 0.5, 0.3);
+    b = random_matrix<double>(g.conv.out_channels, 1, seed + 2, 0.5, 0.3);
+    s_low = random_matrix<S>(g.pre().size(), 2, seed + 3, 1.0, 0.3);
+    s_up = random_matrix<S>(g.post().size(), 2, seed + 4, 1.0, 0.3);
   }
   Mat<S> forward(const Mat<double>& k, const Vec<double>& bias, const Mat<S>& low) {
     Mat<S> out = Mat<S>::Zero(g.post().size(), low.cols());
@@ -86,18 +73,18 @@ TEST_CASE_TEMPLATE("conv edge: forward JVP, VJP and parameter gradients against 
     CAPTURE(geom.pool);
     CAPTURE(geom.conv.pad);
     Pair<S> p(geom, seed += 10);
-    Mat<S> d = random_mat<S>(geom.pre().size(), 2, seed + 5);
+    Mat<S> d = random_matrix<S>(geom.pre().size(), 2, seed + 5, 1.0, 0.3);
     if constexpr (is_complex_v<S>) d *= S(0.8, 0.6);
     // JVP at s_low.
     (void)p.forward(p.K, p.b, p.s_low);
     const Mat<S> z = p.z;
     Mat<S> jvp = Mat<S>::Zero(geom.post().size(), 2);
     conv_edge_jvp<S>(geom, p.K, z, d, jvp, p.work);
-    const Mat<S> fd = (p.forward(p.K, p.b, p.s_low + S(kEps) * d) - p.forward(p.K, p.b, p.s_low - S(kEps) * d)) /
-                      S(2 * kEps);
+    const Mat<S> fd =
+        (p.forward(p.K, p.b, p.s_low + S(kEps) * d) - p.forward(p.K, p.b, p.s_low - S(kEps) * d)) / S(2 * kEps);
     CHECK(rel<S>(jvp, fd) < kFdTol);
     // VJP: ⟨g, J d⟩ = ⟨Jᵀ g, d⟩.
-    const Mat<S> gpost = random_mat<S>(geom.post().size(), 2, seed + 6);
+    const Mat<S> gpost = random_matrix<S>(geom.post().size(), 2, seed + 6, 1.0, 0.3);
     Mat<S> vjp = Mat<S>::Zero(geom.pre().size(), 2);
     conv_edge_vjp<S>(geom, p.K, z, gpost, vjp, p.work);
     CHECK(std::abs(dot<S>(gpost, jvp) - dot<S>(vjp, d)) < 1e-13 * gpost.norm() * jvp.norm() * 10);
@@ -105,8 +92,8 @@ TEST_CASE_TEMPLATE("conv edge: forward JVP, VJP and parameter gradients against 
     Mat<S> gK = Mat<S>::Zero(p.K.rows(), p.K.cols());
     Vec<S> gb = Vec<S>::Zero(p.b.size());
     conv_edge_param_vjp<S>(geom, p.s_low, z, gpost, gK, gb, p.work);
-    const Mat<double> dK = random_mat<double>(p.K.rows(), p.K.cols(), seed + 7);
-    const Vec<double> db = random_mat<double>(p.b.size(), 1, seed + 8);
+    const Mat<double> dK = random_matrix<double>(p.K.rows(), p.K.cols(), seed + 7, 1.0, 0.3);
+    const Vec<double> db = random_matrix<double>(p.b.size(), 1, seed + 8, 1.0, 0.3);
     const S analytic = (gK.array() * dK.cast<S>().array()).sum() + (gb.array() * db.cast<S>().array()).sum();
     const S numeric = (dot<S>(gpost, p.forward(p.K + kEps * dK, p.b + kEps * db, p.s_low)) -
                        dot<S>(gpost, p.forward(p.K - kEps * dK, p.b - kEps * db, p.s_low))) /
@@ -124,7 +111,8 @@ TEST_CASE_TEMPLATE("conv edge: the feedback term is ∇Φ, and its JVP, VJP and 
     Pair<S> p(geom, seed += 10);
     const Vec<double> none(0);
     auto phi = [&](const Mat<S>& low) { return dot<S>(p.forward(p.B, none, low), p.s_up); };
-    Mat<S> dl = random_mat<S>(geom.pre().size(), 2, seed + 5), du = random_mat<S>(geom.post().size(), 2, seed + 6);
+    Mat<S> dl = random_matrix<S>(geom.pre().size(), 2, seed + 5, 1.0, 0.3),
+           du = random_matrix<S>(geom.post().size(), 2, seed + 6, 1.0, 0.3);
     if constexpr (is_complex_v<S>) dl *= S(0.6, -0.8);
     const Mat<S> f = p.feedback(p.B, p.s_low, p.s_up);
     const Mat<S> z = p.z;
@@ -139,14 +127,14 @@ TEST_CASE_TEMPLATE("conv edge: the feedback term is ∇Φ, and its JVP, VJP and 
                       S(2 * kEps);
     CHECK(rel<S>(jvp, fd) < kFdTol);
     // VJP: ⟨g, J (dl, du)⟩ = ⟨Jᵀ_low g, dl⟩ + ⟨Jᵀ_up g, du⟩.
-    const Mat<S> g = random_mat<S>(geom.pre().size(), 2, seed + 7);
+    const Mat<S> g = random_matrix<S>(geom.pre().size(), 2, seed + 7, 1.0, 0.3);
     Mat<S> vl = Mat<S>::Zero(geom.pre().size(), 2), vu = Mat<S>::Zero(geom.post().size(), 2);
     conv_feedback_vjp<S>(geom, p.B, z, p.s_up, g, vl, vu, p.work);
     CHECK(std::abs(dot<S>(g, jvp) - dot<S>(vl, dl) - dot<S>(vu, du)) < 1e-12 * g.norm() * jvp.norm());
     // The kernel gradient of ⟨g, f⟩.
     Mat<S> gB = Mat<S>::Zero(p.B.rows(), p.B.cols());
     conv_feedback_param_vjp<S>(geom, p.B, p.s_low, z, p.s_up, g, gB, p.work);
-    const Mat<double> dB = random_mat<double>(p.B.rows(), p.B.cols(), seed + 8);
+    const Mat<double> dB = random_matrix<double>(p.B.rows(), p.B.cols(), seed + 8, 1.0, 0.3);
     const S analytic = (gB.array() * dB.cast<S>().array()).sum();
     const S numeric = (dot<S>(g, p.feedback(p.B + kEps * dB, p.s_low, p.s_up)) -
                        dot<S>(g, p.feedback(p.B - kEps * dB, p.s_low, p.s_up))) /
@@ -173,8 +161,10 @@ TEST_CASE_TEMPLATE("conv edge: with B = K the pair's Jacobian is symmetric, with
       conv_feedback_jvp<S>(geom, fb, zb, p.s_up, cl, cu, jl, p.work);
       conv_edge_jvp<S>(geom, p.K, zf, cl, ju, p.work);
     };
-    const Mat<S> al = random_mat<S>(geom.pre().size(), 2, seed + 1), au = random_mat<S>(geom.post().size(), 2, seed + 2);
-    const Mat<S> cl = random_mat<S>(geom.pre().size(), 2, seed + 3), cu = random_mat<S>(geom.post().size(), 2, seed + 4);
+    const Mat<S> al = random_matrix<S>(geom.pre().size(), 2, seed + 1, 1.0, 0.3),
+                 au = random_matrix<S>(geom.post().size(), 2, seed + 2, 1.0, 0.3);
+    const Mat<S> cl = random_matrix<S>(geom.pre().size(), 2, seed + 3, 1.0, 0.3),
+                 cu = random_matrix<S>(geom.post().size(), 2, seed + 4, 1.0, 0.3);
     auto asymmetry = [&](const Mat<double>& fb, const Vec<double>& bias) {
       Mat<S> jal, jau, jcl, jcu;
       apply_j(fb, bias, cl, cu, jcl, jcu);

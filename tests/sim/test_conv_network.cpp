@@ -59,8 +59,10 @@ TEST_CASE("conv network: the fixed point satisfies u = G(σ(u), x) built edge by
   Mat<double> g = Mat<double>::Zero(net.neurons, 3), z;
   ConvEdgeWork<double> work;
   auto K = [&](int e) { return Mat<double>(kernel(net, s.theta, e)); };
-  auto b = [&](int e) { return Vec<double>(s.theta.segment(net.edges[static_cast<std::size_t>(e)].b_offset,
-                                                          net.edges[static_cast<std::size_t>(e)].rows)); };
+  auto b = [&](int e) {
+    return Vec<double>(
+        s.theta.segment(net.edges[static_cast<std::size_t>(e)].b_offset, net.edges[static_cast<std::size_t>(e)].rows));
+  };
   // c1 = P(conv(x) + b) + feedback from c2;  c2 = P(conv(s_c1) + b) + W s_out;  out = W s_c2 + b
   Mat<double> t1 = Mat<double>::Zero(c1.size, 3), t2 = Mat<double>::Zero(c2.size, 3);
   conv_edge_apply<double>(net.edges[0].conv, K(0), b(0), s.batch.x, t1, z, work);
@@ -98,19 +100,6 @@ TEST_CASE("conv network: map, Anderson, RK4 and Dormand-Prince reach the same fi
 
 namespace {
 template <class S>
-Mat<S> rand_mat(Index rows, Index cols, std::uint64_t seed) {
-  Rng rng(seed, Stream::probes);
-  Mat<S> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i) {
-    const double re = 2 * rng.uniform() - 1, im = 2 * rng.uniform() - 1;
-    if constexpr (is_complex_v<S>)
-      m(i) = S(re, im);
-    else
-      m(i) = re;
-  }
-  return m;
-}
-template <class S>
 S bilinear(const Mat<S>& a, const Mat<S>& b) {
   return (a.array() * b.array()).sum();
 }
@@ -121,7 +110,7 @@ TEST_CASE_TEMPLATE("conv network: the linearisation of G (JVP, VJP, parameter VJ
   const Setup st = setup(90.0, 9);
   const Network& net = st.model.net;
   const Index n = net.neurons, B = 3;
-  const Mat<S> s = rand_mat<S>(n, B, 1), v = rand_mat<S>(n, B, 2), w = rand_mat<S>(n, B, 3);
+  const Mat<S> s = random_matrix<S>(n, B, 1), v = random_matrix<S>(n, B, 2), w = random_matrix<S>(n, B, 3);
   auto G = [&](const Mat<S>& state) {
     Mat<S> g = Mat<S>::Zero(n, B);
     add_recurrent<S>(net, st.theta, state, g);
@@ -151,7 +140,7 @@ TEST_CASE("conv network: the parameter VJP is the gradient of ⟨v, C(θ) + G(s,
   const Setup st = setup(90.0, 13);
   const Network& net = st.model.net;
   const Index n = net.neurons, B = 3;
-  const Mat<double> s = rand_mat<double>(n, B, 4), v = rand_mat<double>(n, B, 5);
+  const Mat<double> s = random_matrix<double>(n, B, 4), v = random_matrix<double>(n, B, 5);
   auto phi = [&](const Vec<double>& theta) {
     Mat<double> g(n, B);
     input_drive<double>(net, theta, st.batch.x, g);
@@ -168,7 +157,7 @@ TEST_CASE("conv network: the parameter VJP is the gradient of ⟨v, C(θ) + G(s,
     if (b.edge < 0) continue;  // the readout is not part of G
     CAPTURE(b.name);
     Vec<double> dir = Vec<double>::Zero(net.n_params);
-    dir.segment(b.offset, b.size()) = rand_mat<double>(b.size(), 1, 100 + static_cast<std::uint64_t>(b.offset));
+    dir.segment(b.offset, b.size()) = random_matrix<double>(b.size(), 1, 100 + static_cast<std::uint64_t>(b.offset));
     const double eps = 1e-5;
     const double fd = (phi(st.theta + eps * dir) - phi(st.theta - eps * dir)) / (2 * eps);
     CHECK(std::abs(grad.dot(dir) - fd) < 1e-7 * std::max(1.0, std::abs(fd)));

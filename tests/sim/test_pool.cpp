@@ -7,29 +7,15 @@
 #include <cmath>
 #include <complex>
 
+#include "../common.hpp"
 #include "sim/conv/pool.hpp"
-#include "sim/random.hpp"
 
 using namespace hepsim;
+using namespace hepsim::testing;
 using LD = long double;
 using CLD = std::complex<long double>;
 
 namespace {
-
-// A map of 3 channels, 4 x 6, two samples: values of order 1 with a few large ones.
-template <class S>
-Mat<S> sample_map(const MapShape& in, Index cols, std::uint64_t seed) {
-  Mat<S> v(in.size(), cols);
-  Rng rng(seed, Stream::init);
-  for (Index i = 0; i < v.size(); ++i) {
-    const double re = 2.0 * rng.uniform() - 1.0, im = 0.6 * rng.uniform() - 0.3;
-    if constexpr (is_complex_v<S>)
-      v(i) = S(static_cast<RealOf<S>>(re), static_cast<RealOf<S>>(im));
-    else
-      v(i) = static_cast<S>(re);
-  }
-  return v;
-}
 
 template <class S>
 CLD to_cld(S z) {
@@ -62,7 +48,7 @@ TEST_CASE_TEMPLATE("softmax pooling: values of the closed form, stable where exp
                    std::complex<double>) {
   const MapShape in{3, 4, 6};
   CHECK(pooled(in) == MapShape{3, 2, 3});
-  Mat<S> v = sample_map<S>(in, 2, 1);
+  Mat<S> v = random_matrix<S>(in.size(), 2, 1, 1.0, 0.3);
   Mat<S> p(pooled(in).size(), 2);
   softmax_pool<S>(in, v, p);
   for (Index b = 0; b < 2; ++b)
@@ -94,8 +80,8 @@ TEST_CASE_TEMPLATE("softmax pooling: JVP against central differences, VJP its ex
                    std::complex<double>) {
   const MapShape in{3, 4, 6};
   const MapShape out = pooled(in);
-  const Mat<S> v = sample_map<S>(in, 2, 2);
-  Mat<S> dv = sample_map<S>(in, 2, 3);
+  const Mat<S> v = random_matrix<S>(in.size(), 2, 2, 1.0, 0.3);
+  Mat<S> dv = random_matrix<S>(in.size(), 2, 3, 1.0, 0.3);
   if constexpr (is_complex_v<S>) dv *= S(0.3, 0.9);  // a complex direction: checks holomorphy
   Mat<S> jvp(out.size(), 2), plus(out.size(), 2), minus(out.size(), 2);
   softmax_pool_jvp<S>(in, v, dv, jvp);
@@ -106,7 +92,7 @@ TEST_CASE_TEMPLATE("softmax pooling: JVP against central differences, VJP its ex
   const Mat<S> fd = (plus - minus) / S(2 * eps);
   CHECK((jvp - fd).norm() <= 1e-8 * fd.norm());
   // ⟨g, J dv⟩ = ⟨Jᵀ g, dv⟩ in the bilinear product: to rounding.
-  const Mat<S> g = sample_map<S>(out, 2, 4);
+  const Mat<S> g = random_matrix<S>(out.size(), 2, 4, 1.0, 0.3);
   Mat<S> vjp(in.size(), 2);
   softmax_pool_vjp<S>(in, v, g, vjp);
   CHECK(dot_rel_err<S>(g, jvp, vjp, dv) < 1e-14);
@@ -121,7 +107,8 @@ TEST_CASE_TEMPLATE("softmax pooling: JVP against central differences, VJP its ex
 
 TEST_CASE("softmax pooling: float agrees with double to float rounding") {
   const MapShape in{2, 6, 4};
-  const Mat<double> v = sample_map<double>(in, 3, 5), g = sample_map<double>(pooled(in), 3, 6);
+  const Mat<double> v = random_matrix<double>(in.size(), 3, 5, 1.0, 0.3),
+                    g = random_matrix<double>(pooled(in).size(), 3, 6, 1.0, 0.3);
   Mat<double> pd(pooled(in).size(), 3), vd(in.size(), 3);
   Mat<float> pf(pooled(in).size(), 3), vf(in.size(), 3);
   softmax_pool<double>(in, v, pd);
@@ -143,8 +130,8 @@ TEST_CASE("softmax pooling: odd maps and mismatched matrices are refused") {
 TEST_CASE_TEMPLATE("softmax pooling: the Hessian-vector product differentiates the VJP, and is symmetric", S, double,
                    std::complex<double>) {
   const MapShape in{2, 4, 4};
-  const Mat<S> v = sample_map<S>(in, 2, 7), g = sample_map<S>(pooled(in), 2, 8);
-  Mat<S> dv = sample_map<S>(in, 2, 9), dw = sample_map<S>(in, 2, 10);
+  const Mat<S> v = random_matrix<S>(in.size(), 2, 7, 1.0, 0.3), g = random_matrix<S>(pooled(in).size(), 2, 8, 1.0, 0.3);
+  Mat<S> dv = random_matrix<S>(in.size(), 2, 9, 1.0, 0.3), dw = random_matrix<S>(in.size(), 2, 10, 1.0, 0.3);
   if constexpr (is_complex_v<S>) dv *= S(0.6, -0.8);
   Mat<S> hvp(in.size(), 2), plus(in.size(), 2), minus(in.size(), 2);
   softmax_pool_hvp<S>(in, v, g, dv, hvp);

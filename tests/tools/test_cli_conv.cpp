@@ -12,7 +12,8 @@ namespace {
 // 1x28x28 Fashion-MNIST-shaped input: c1[4x14x14] <-> c2[8x7x7] (conv + conv_feedback), c2 <-> out.
 std::string conv_arch(const TempDir& dir) {
   const std::string path = dir.file("cnn.json");
-  std::ofstream(path) << R"({"name": "cnn_fm", "layers": [{"name": "c1", "shape": [4, 14, 14]}, {"name": "c2", "shape": [8, 7, 7]},
+  std::ofstream(path)
+      << R"({"name": "cnn_fm", "layers": [{"name": "c1", "shape": [4, 14, 14]}, {"name": "c2", "shape": [8, 7, 7]},
       {"name": "out", "size": "classes"}],
     "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "c2", "type": "conv"},
               {"pre": "c2", "post": "c1", "type": "conv_feedback"}, {"pre": "c2", "post": "out"},
