@@ -1,6 +1,7 @@
 #pragma once
 // Shared helpers of the test suite: a random batch for a network, relative errors.
 #include <cmath>
+#include <complex>
 
 #include "sim/sim.hpp"
 
@@ -33,6 +34,15 @@ Mat<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 
       m(i) = static_cast<S>(re);
   }
   return m;
+}
+
+// A value as complex<long double>, for references evaluated in extended precision.
+template <class S>
+std::complex<long double> to_cld(S z) {
+  if constexpr (is_complex_v<S>)
+    return {static_cast<long double>(z.real()), static_cast<long double>(z.imag())};
+  else
+    return {static_cast<long double>(z), 0.0L};
 }
 
 template <class A, class B>

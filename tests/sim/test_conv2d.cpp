@@ -16,13 +16,6 @@ using CLD = std::complex<long double>;
 
 namespace {
 
-template <class S>
-CLD to_cld(S z) {
-  if constexpr (is_complex_v<S>)
-    return CLD(z.real(), z.imag());
-  else
-    return CLD(z, 0);
-}
 
 // The definition, one output value.
 template <class S>

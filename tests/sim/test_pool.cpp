@@ -17,13 +17,6 @@ using CLD = std::complex<long double>;
 
 namespace {
 
-template <class S>
-CLD to_cld(S z) {
-  if constexpr (is_complex_v<S>)
-    return CLD(z.real(), z.imag());
-  else
-    return CLD(z, 0);
-}
 
 // P of one window by the definition, unshifted, in long double.
 CLD pool_ref(const CLD v[4]) {
