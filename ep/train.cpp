@@ -40,6 +40,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Probes per probe sample for the symmetry metrics of conv networks (their H depends on the
+// state): 16 × 100 samples give the norms to about 4 % (a Gaussian quadratic form's relative
+// std is about sqrt(2/1600) per sample average, more with uneven spectra).
+constexpr Index kMetricDraws = 16;
+
 // The flag to blame, with advice, for samples whose relaxations diverged or cycled (the most
 // frequent cause): a free phase that diverges has no stable fixed point at its step (an ODE or
 // damped step too large: --dt) or with these weights (grown by --lr); a nudged phase that
@@ -148,7 +153,9 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
 template <class R>
 Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
     : model_(model), cfg_(cfg), theta_(std::move(theta)), opt_(model.net, cfg.optimizer), grad_(model.net.n_params) {
-  require_dense(model.net, "training");
+  if (model.net.has_conv() && cfg.homeostasis > 0)
+    throw InputError("--homeostasis", model.net.name + " has convolutional edges: homeostasis supports dense networks "
+                                                       "only so far (train it with --homeostasis 0)");
   if (theta_.size() != model.net.n_params) throw std::invalid_argument("Trainer: θ has the wrong size");
 }
 
@@ -318,10 +325,14 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
 template <class R>
 void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
   const Network& net = model_.net;
-  const JacobianNorms norms = exact_norms<R>(net, theta_);
-  rec.jac_sym = norms.jac_sym();
-  rec.homeo_loss = norms.homeo();
   rec.weight_angle_deg = weight_angle_deg(net, theta_);
+  if (!net.has_conv()) {  // H is state-independent: exact norms at any size
+    const JacobianNorms norms = exact_norms<R>(net, theta_);
+    rec.jac_sym = norms.jac_sym();
+    rec.homeo_loss = norms.homeo();
+  } else {  // measured at the probe batch's free states (below)
+    rec.jac_sym = rec.homeo_loss = std::nan("");
+  }
   // Alignment on a fixed probe batch (the first probe_size test samples), in double precision.
   const Index P = std::min<Index>(cfg_.probe_size, test.n);
   rec.cos_delta_mean.assign(net.layers.size(), std::nan(""));
@@ -334,10 +345,27 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
   make_batch<double>(test, idx.data(), P, cfg_.norm, Augmentation{}, nullptr, x, y);
   const Vec<double> th = theta_.template cast<double>();
   const FreeState<double> fs = free_phase<double>(model_, th, x, y, cfg_.free);
+  if (net.has_conv()) {
+    Mat<double> s(fs.u.rows(), fs.u.cols());
+    activate<double>(model_.activation, fs.u, s);
+    const JacobianNorms norms = norms_at_states<double>(net, th, s, kMetricDraws, cfg_.seed);
+    rec.jac_sym = norms.jac_sym();
+    rec.homeo_loss = norms.homeo();
+  }
   // The exact δ at this state: a dense solve for small networks (exact even where the adjoint
-  // iteration would not converge), else the adjoint iteration to 1e-10.
-  const Mat<double> delta = net.neurons <= 2048 ? rbp_dense<double>(model_, th, fs.u, fs.y)
-                                                : rbp_adjoint<double>(model_, th, fs.u, fs.y, {20000, 1e-10}).v;
+  // iteration would not converge), else the adjoint iteration to 1e-10 (a conv network's H is
+  // per sample: its dense solves would cost n JVPs and an LU each). An adjoint that does not
+  // converge (the free states are no fixed points the map contracts to) gives no δ: the
+  // alignment metrics stay NaN rather than compare with an unconverged or overflowed vector.
+  Mat<double> delta;
+  if (net.neurons <= 2048 && !net.has_conv()) {
+    delta = rbp_dense<double>(model_, th, fs.u, fs.y);
+  } else {
+    const long steps = std::min<long>(20000, std::max<long>(1000, 20 * cfg_.free.max_steps));
+    IterationResult<double> it = rbp_adjoint<double>(model_, th, fs.u, fs.y, {steps, 1e-10});
+    if (!(it.last_update <= 1e-10)) return;
+    delta = std::move(it.v);
+  }
   const Mat<double> v = algorithm_error_vector<double>(model_, th, fs, cfg_);
   for (std::size_t l = 0; l < net.layers.size(); ++l) {
     const Layer& L = net.layers[l];
@@ -434,6 +462,13 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
                                  " cycled in a nudged phase): " + advice +
                                  " (the epochs so far are logged and checkpointed)");
     }
+    // The test accuracy of mostly diverged (frozen) states is no accuracy (eval refuses it too).
+    if (2 * ev.diverged > ev.samples) {
+      const auto [flag, advice] = divergence_cause(cfg_, ev.diverged, 0, 0);
+      throw InputError(flag, std::to_string(ev.diverged) + " of " + std::to_string(ev.samples) +
+                                 " test samples diverged in epoch " + std::to_string(epoch) + ": " + advice +
+                                 " (the epochs so far are logged and checkpointed)");
+    }
   }
 }
 
@@ -490,6 +525,8 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   if (cfg.warm_start)
     parts.push_back({"the warm-start states (one per training sample)", "--warm-start",
                      n * static_cast<double>(train_n) * r});
+  if (net.has_conv())  // per thread, the training relaxations (complex: 2 r) and the metrics (double)
+    parts.push_back({"the convolutions' im2col buffers", "--arch", conv_work_bytes(net, 2 * r) * T + conv_work_bytes(net, 8)});
   // Each worker thread reserves a stack (8 MB by default; address space, counted by a limit).
   parts.push_back({"the stacks of " + std::to_string(static_cast<long>(T)) + " threads", "--threads", T * 8e6});
   return parts;
@@ -497,7 +534,7 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
 
 double train_step_flops(const Network& net, const TrainConfig& cfg, Index B) {
   double rec = 0, inp = 0;  // per column: recurrent and input GEMM flops of one evaluation
-  for (const Edge& e : net.edges) (e.pre == Network::kInput ? inp : rec) += 2.0 * static_cast<double>(e.rows * e.cols);
+  for (const Edge& e : net.edges) (e.pre == Network::kInput ? inp : rec) += edge_flops(e);
   const double n_out = static_cast<double>(net.layers[static_cast<std::size_t>(net.out)].size);
   const double readout = 4.0 * static_cast<double>(net.classes) * n_out;  // logits and Wᵀ(p − y)
   const double T1 = static_cast<double>(cfg.free.max_steps), T2 = static_cast<double>(cfg.nudged.max_steps);

@@ -107,6 +107,26 @@ JacobianNorms exact_norms(const Network& net, const Vec<R>& theta) {
 }
 
 template <class R>
+JacobianNorms norms_at_states(const Network& net, const Vec<R>& theta, const CMatRef<R>& s, Index draws,
+                              std::uint64_t seed) {
+  const Index n = net.neurons, B = s.cols(), P = B * draws;
+  JacobianNorms r;
+  r.neurons = n;
+  if (P == 0) return r;
+  Mat<R> states(n, P), E(n, P), Y = Mat<R>::Zero(n, P), Z = Mat<R>::Zero(n, P);
+  for (Index d = 0; d < draws; ++d) states.middleCols(d * B, B) = s;
+  Rng rng(seed, Stream::probes);
+  rng.fill_normal(E.data(), static_cast<std::size_t>(E.size()));
+  ConvCache<R> cache;
+  linearize<R>(net, theta, states, cache);
+  add_jvp<R>(net, theta, states, cache, E, Y);
+  add_vjp<R>(net, theta, states, cache, E, Z);
+  r.s2 = (R(0.5) * (Y + Z) - E).template cast<double>().squaredNorm() / static_cast<double>(P);
+  r.a2 = (R(0.5) * (Y - Z)).template cast<double>().squaredNorm() / static_cast<double>(P);
+  return r;
+}
+
+template <class R>
 double homeo_exact(const Network& net, const Vec<R>& theta) {
   return exact_norms(net, theta).homeo();
 }
@@ -249,6 +269,8 @@ Estimate Homeostasis<R>::add_gradient(const Vec<R>& theta, std::uint64_t seed, s
   template Mat<R> dense_jacobian<R>(const Network&, const Vec<R>&);                                        \
   template Mat<R> map_jacobian<R>(const Network&, const Vec<R>&, const CVecRef<R>&);                       \
   template JacobianNorms exact_norms<R>(const Network&, const Vec<R>&);                                    \
+  template JacobianNorms norms_at_states<R>(const Network&, const Vec<R>&, const CMatRef<R>&, Index,          \
+                                            std::uint64_t);                                                \
   template double homeo_exact<R>(const Network&, const Vec<R>&);                                           \
   template void add_homeo_exact_gradient<R>(const Network&, const Vec<R>&, R, Vec<R>&);                    \
   template class Probes<R>;                                                                                \

@@ -76,6 +76,15 @@ struct JacobianNorms {
 template <class R>
 JacobianNorms exact_norms(const Network& net, const Vec<R>& theta);
 
+// The same norms for a network whose H depends on the state (convolutional edges), at the
+// activated states s (one column per sample), averaged over the samples: Hutchinson estimates
+// with `draws` standard-normal probes ε per sample (Rng(seed, Stream::probes)),
+//   ‖S‖² ≈ mean ‖(Hε + Hᵀε)/2 − ε‖²,   ‖A‖² ≈ mean ‖(Hε − Hᵀε)/2‖²   (unbiased; exact 0 for A
+// when H is symmetric at every state, e.g. B = K and transposed dense pairs).
+template <class R>
+JacobianNorms norms_at_states(const Network& net, const Vec<R>& theta, const CMatRef<R>& s, Index draws,
+                              std::uint64_t seed);
+
 // L_h = ½‖H − Hᵀ‖²_F / n, and grad += weight · ∂L_h/∂θ (kernel blocks only).
 template <class R>
 double homeo_exact(const Network& net, const Vec<R>& theta);

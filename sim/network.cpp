@@ -107,7 +107,7 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
         if (ok) dims[i] = sh[i].get<long long>();
       }
       if (!ok || dims[0] * dims[1] * dims[2] > kMaxLayerSize)
-        throw InputError(where, "layer '" + ls.name + "': 'shape' must be [C, H, W] with positive integers and at most " +
+        throw InputError(where, "layer '" + ls.name + "': 'shape' must be [C, H, W], each from 1 to 65536, with at most " +
                                     std::to_string(kMaxLayerSize) + " neurons");
       ls.shape = {static_cast<Index>(dims[0]), static_cast<Index>(dims[1]), static_cast<Index>(dims[2])};
       ls.size = ls.shape.size();
@@ -219,6 +219,24 @@ std::string to_json(const Network& net) {
     j["edges"].push_back(ej);
   }
   return j.dump();
+}
+
+double edge_flops(const Edge& e) {
+  const double gemm = 2.0 * static_cast<double>(e.rows) * static_cast<double>(e.cols);
+  if (!e.is_conv()) return gemm;
+  const MapShape o = e.conv.conv.out();
+  const double conv = gemm * static_cast<double>(o.h * o.w);
+  return e.kind == EdgeKind::conv_feedback ? 2 * conv : conv;
+}
+
+double conv_work_bytes(const Network& net, double scalar) {
+  double bytes = 0;
+  for (const Edge& e : net.edges)
+    if (e.is_conv()) {
+      const MapShape o = e.conv.conv.out();
+      bytes += 2 * static_cast<double>(o.h * o.w) * static_cast<double>(e.conv.conv.taps()) * scalar;
+    }
+  return bytes;
 }
 
 void require_dense(const Network& net, const std::string& what) {

@@ -139,6 +139,15 @@ std::string to_json(const Network& net);
 // (default: arch.source) and the edge.
 Network compile(const Architecture& arch, const std::string& where = "");
 
+// Multiply-adds × 2 of one evaluation of an edge's term for one sample: 2·|post|·|pre| for a
+// dense edge, 2·C_out·C_in·k²·H_out·W_out for a convolution (its pooling is not counted), twice
+// that for a conv_feedback edge (the convolution and its transpose).
+double edge_flops(const Edge& e);
+
+// Bytes of the convolutions' im2col buffers (patches and their gradient, H_out·W_out x C_in·k²
+// each, per conv edge) of one relaxing thread, for scalars of `scalar` bytes.
+double conv_work_bytes(const Network& net, double scalar);
+
 // Throws InputError naming --arch when `net` has convolutional edges: `what` (a Jacobian product,
 // an estimator, training) supports dense networks only so far (the conv edges' state-dependent
 // Jacobians are not wired into it yet); relaxations support both.

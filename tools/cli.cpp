@@ -3,12 +3,14 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <charconv>
 #include <filesystem>
 #include <cstdio>
 #include <limits>
 #include <iostream>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <omp.h>
 #include <unistd.h>
@@ -41,6 +43,21 @@ int set_threads(int threads) {
   // oversubscribed, their spinning teams slowed a run of 8 threads on 2 cores 30-fold.
   Eigen::setNbThreads(std::min(n, procs));
   return n;
+}
+
+double parse_real(const std::string& text, const std::string& flag) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::out_of_range&) {
+    throw InputError(flag, "'" + text + "' is outside the range of double precision");
+  } catch (const std::exception&) {
+    throw InputError(flag, "'" + text + "' is not a number");
+  }
+  if (used != text.size()) throw InputError(flag, "'" + text + "' is not a number");
+  if (!std::isfinite(v)) throw InputError(flag, "must be a finite number");
+  return v;
 }
 
 std::uint64_t parse_seed(const std::string& text, const std::string& flag) {
@@ -89,7 +106,8 @@ void check_network_memory(const Network& net, double columns, const std::string&
   check_memory({{"the parameters (" + std::to_string(net.n_params) + ")", "--arch", 4.0 * 8 * static_cast<double>(net.n_params)},
                 {"the relaxing states (" + std::to_string(static_cast<long long>(columns)) + " columns of " +
                      std::to_string(net.neurons) + " neurons)",
-                 columns_flag, 16.0 * 16 * static_cast<double>(net.neurons) * columns}},
+                 columns_flag, 16.0 * 16 * static_cast<double>(net.neurons) * columns},
+                {"the convolutions' im2col buffers", "--arch", omp_get_max_threads() * conv_work_bytes(net, 16)}},
                0);
 }
 

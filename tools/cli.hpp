@@ -38,6 +38,8 @@ int set_threads(int threads);
 // '+', spaces, hex, fraction or exponent), within [lo, hi], checked before any narrowing; anything
 // else is an InputError naming `flag`.
 long long parse_integer(const std::string& text, const std::string& flag, long long lo, long long hi);
+// A finite decimal number (the whole text); InputErrors name `flag` (malformed, out of range).
+double parse_real(const std::string& text, const std::string& flag);
 // An integer option read through parse_integer (CLI11 would cap 2^64 at the type's maximum and
 // read "" as 0).
 template <class T>

@@ -137,7 +137,7 @@ void register_bench(CLI::App& app) {
     const int threads = s.train.threads;
     double rec_flops = 0;
     for (const Edge& e : model.net.edges)
-      if (e.pre != Network::kInput) rec_flops += 2.0 * static_cast<double>(e.rows * e.cols);
+      if (e.pre != Network::kInput) rec_flops += edge_flops(e);
     make_batch<float>(data.train, perm.data(), B, s.train.norm, Augmentation{}, nullptr, x, y);
     std::vector<double> relax_rates;
     for (long r = 0; r < *repeats; ++r) {

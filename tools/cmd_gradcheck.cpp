@@ -98,10 +98,7 @@ std::vector<T> parse_list(const std::string& text, const std::string& flag, long
     if constexpr (std::is_integral_v<T>) {
       out.push_back(static_cast<T>(parse_integer(item, flag, lo, hi)));
     } else {
-      std::stringstream is(item);
-      T v;
-      if (!(is >> v) || !is.eof()) throw InputError(flag, "'" + item + "' is not a number");
-      out.push_back(v);
+      out.push_back(static_cast<T>(parse_real(item, flag)));
     }
   }
   if (out.empty()) throw InputError(flag, "empty list");
@@ -429,8 +426,9 @@ void register_gradcheck(CLI::App& app) {
     (void)parse_solver(o.solver);
     require_stall_window(o.stall_window);
     if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
-    // Beyond 0.1 a central difference measures the loss's curvature, not its gradient.
-    if (!(o.fd_step > 0) || !(o.fd_step <= 0.1)) throw InputError("--fd-step", "must be in (0, 0.1]");
+    // Beyond 0.1 a central difference measures the loss's curvature, not its gradient; below
+    // 1e-12 θ ± step rounds to θ (|θ| ~ 1) and the difference is rounding only.
+    if (!(o.fd_step >= 1e-12) || !(o.fd_step <= 0.1)) throw InputError("--fd-step", "must be in [1e-12, 0.1]");
     (void)parse_list<int>(o.N_list, "--N", 0, kMaxN);  // each within 0 .. kMaxN, checked as it is read
     for (double b : parse_list<double>(o.beta_list, "--beta"))
       if (!(b > 0) || !std::isfinite(b)) throw InputError("--beta", "each |beta| must be a finite positive number");

@@ -37,7 +37,7 @@ struct JacobianOptions {
 };
 
 // Random inputs have Fashion-MNIST's shape so that the built-in architectures fit.
-constexpr Index kRandomInput = 784, kRandomClasses = 10;
+constexpr Index kRandomInput = 784, kRandomClasses = 10;  // Fashion-MNIST's shape: 1 x 28 x 28
 
 // Upper bounds of the flags that size allocations (beyond them a typo ends in std::bad_alloc).
 // --probes: the estimates hold three neurons × probes matrices (E, HE, HᵀE); 100,000 probes on
@@ -65,7 +65,7 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
   Model model;
   model.activation = parse_activation(o.activation);
   if (o.dataset == "random") {
-    model.net = compile(load_architecture(o.arch, kRandomInput, kRandomClasses));
+    model.net = compile(load_architecture(o.arch, kRandomInput, kRandomClasses, MapShape{1, 28, 28}));
     x.resize(kRandomInput, o.samples);
     Rng rng(o.seed, Stream::data);
     for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.uniform();

@@ -121,7 +121,8 @@ std::string data_fingerprint(const DatasetSplits& d) {
 // resolve from where the run is resumed), on data of the checkpoint's shape.
 Model checkpoint_model(const RunSetup& s, const Checkpoint& ck, const std::string& ckpt_path, const Dataset& train) {
   Model m;
-  m.net = compile(parse_architecture(ck.architecture, ckpt_path, ck.input_size, ck.classes));
+  m.net = compile(parse_architecture(ck.architecture, ckpt_path, ck.input_size, ck.classes,
+                                    MapShape{train.channels, train.height, train.width}));
   m.activation = s.activation;
   m.loss = s.loss;
   check_loss(m.net, m.loss);
@@ -263,13 +264,27 @@ void register_eval(CLI::App& app) {
     const Dataset test = load_test_split(s.kind, s.data_dir, s.test_limit);
     set_data_defaults(s);
     Model model;
-    model.net = compile(parse_architecture(ck.architecture, *checkpoint, ck.input_size, ck.classes), *checkpoint);
-    model.activation = s.activation;
-    model.loss = s.loss;
     if (test.dim() != ck.input_size || test.classes != ck.classes)
-      throw InputError("--dataset", "its images have " + std::to_string(test.dim()) + " inputs and " +
+      throw InputError(cmd->count("--data-dir") > 0 ? s.data_dir : "--dataset", "its images have " + std::to_string(test.dim()) + " inputs and " +
                                         std::to_string(test.classes) + " classes; the checkpoint's network expects " +
                                         std::to_string(ck.input_size) + " and " + std::to_string(ck.classes));
+    model.net = compile(parse_architecture(ck.architecture, *checkpoint, ck.input_size, ck.classes,
+                                           MapShape{test.channels, test.height, test.width}),
+                        *checkpoint);
+    model.activation = s.activation;
+    model.loss = s.loss;
+    // The run's own test set (nothing named, no limit then or now): it must be the data the run
+    // was trained with, wherever its directory now points.
+    const bool runs_own = cmd->count("--dataset") == 0 && cmd->count("--data-dir") == 0 &&
+                          cmd->count("--test-limit") == 0 && ck.config.value("test-limit", 0) == 0;
+    const std::size_t dash = ck.data_fingerprint.find('-');
+    if (runs_own && dash != std::string::npos) {
+      char hex[20];
+      std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fingerprint(test)));
+      if (ck.data_fingerprint.substr(dash + 1) != hex)
+        throw InputError(s.data_dir, "holds another test set than the run was trained with (its fingerprint differs "
+                                     "from the checkpoint's); name the data to evaluate with --data-dir");
+    }
     check_parameters(ck, model.net, *checkpoint, s.precision == "float");
     check_memory(train_memory(model.net, s.train, 0, test.n, s.precision == "double" ? 8 : 4),
                  static_cast<double>(test.images.size()));
@@ -281,8 +296,9 @@ void register_eval(CLI::App& app) {
     if (2 * r.diverged > r.samples)
       throw InputError(*checkpoint, std::to_string(r.diverged) + " of " + std::to_string(r.samples) +
                                         " test samples diverged under the run's relaxation (solver " +
-                                        s.config.at("solver").get<std::string>() + ", dt " +
-                                        s.config.at("dt").dump() + "): its parameters have no stable fixed point there");
+                                        s.config.at("solver").get<std::string>() + ", step " +
+                                        std::to_string(s.train.free.step()) +
+                                        "): its parameters have no stable fixed point there");
     print_json({{"test_acc", r.top1}, {"test_top5", r.top5}, {"test_loss", r.loss}, {"samples", r.samples},
                 {"not_converged", r.not_converged}, {"diverged", r.diverged}, {"epoch", ck.epoch}});
   });

@@ -125,18 +125,6 @@ void ConfigBuilder::merge_file(const std::string& path) {
 
 namespace {
 
-double parse_number(const std::string& text, const std::string& flag) {
-  std::size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    throw InputError(flag, "'" + text + "' is not a number");
-  }
-  if (used != text.size()) throw InputError(flag, "'" + text + "' is not a number");
-  if (!std::isfinite(v)) throw InputError(flag, "must be a finite number");
-  return v;
-}
 
 // "in-l1=25,readout=5" or a JSON object.
 nlohmann::json parse_multipliers(const std::string& text, const std::string& flag) {
@@ -149,7 +137,7 @@ nlohmann::json parse_multipliers(const std::string& text, const std::string& fla
     if (eq == std::string::npos) throw InputError(flag, "expected name=value pairs, got '" + item + "'");
     const std::string name = item.substr(0, eq);
     if (j.contains(name)) throw InputError(flag, "'" + name + "' is given twice");
-    j[name] = parse_number(item.substr(eq + 1), flag);
+    j[name] = parse_real(item.substr(eq + 1), flag);
   }
   return j;
 }
@@ -170,7 +158,7 @@ void ConfigBuilder::set_flag(const std::string& key, const std::string& text) {
                     ? parse_integer(text, flag, bound->second.first, bound->second.second)
                     : parse_integer(text, flag, std::numeric_limits<long long>::min(), std::numeric_limits<long long>::max());
   } else {
-    cfg_[key] = parse_number(text, flag);
+    cfg_[key] = parse_real(text, flag);
   }
   source_[key] = flag;
 }

@@ -175,7 +175,9 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
       }
     } else {
       // The directories this run creates (the leaf first), removed again if it never starts.
-      for (fs::path p = fs::absolute(dir_, ec); !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+      // An entry that exists in any form (a dangling or looping symlink too) is not ours to remove.
+      for (fs::path p = fs::absolute(dir_, ec); !p.empty() && !fs::exists(fs::symlink_status(p, ec));
+           p = p.parent_path()) {
         created_.push_back(p.string());
         if (p == p.parent_path()) break;
       }

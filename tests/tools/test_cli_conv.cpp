@@ -1,6 +1,7 @@
 // Convolutional networks from the command line (issue 12, in progress): relax and gradcheck take
 // an architecture with shaped layers and conv edges on image data, gradcheck's exactness holds on
-// it, and what does not support conv networks yet (train, jacobian) refuses them naming --arch.
+// it, train / resume / eval run it (without homeostasis), and what does not support conv networks
+// yet (jacobian, homeostasis) refuses them naming the flag.
 #include <doctest/doctest.h>
 
 #include "cli_helpers.hpp"
@@ -47,7 +48,21 @@ TEST_CASE("conv networks: relax and gradcheck on images, exact estimators, refus
     last = err;
   }
   CHECK(last < 1e-6);
-  check_bad_input({{"train --arch " + arch + d + "--epochs 1 --quiet --out " + tmp.file("run"), "--arch"},
-                   {"jacobian --arch " + arch + d + "--samples 2", "--arch"}},
+  // Training: the log's symmetry metrics are measured at the probe batch's free states.
+  const std::string t = "train --arch " + arch + d + "--T1 20 --T2 6 --N 2 --beta 0.5 --batch-size 10 --probe-size 5 --quiet";
+  const RunResult tr = run_hepsim(t + " --epochs 1 --out " + tmp.file("run"), tmp);
+  REQUIRE_MESSAGE(tr.code == 0, tr.err);
+  CHECK(tr.json()["jac_sym"].get<double>() > 0.5);  // independent feedback kernels: well below 1
+  CHECK(tr.json()["jac_sym"].get<double>() < 0.95);
+  const RunResult sym = run_hepsim(t + " --angle 0 --epochs 1 --out " + tmp.file("sym"), tmp);
+  REQUIRE_MESSAGE(sym.code == 0, sym.err);
+  CHECK(sym.json()["jac_sym"].get<double>() > 0.999);  // B = K, transposed dense pair: H symmetric
+  const RunResult res = run_hepsim("train --resume " + tmp.file("run") + " --epochs 2", tmp);
+  CHECK_MESSAGE(res.code == 0, res.err);
+  const RunResult ev = run_hepsim("eval --checkpoint " + tmp.file("run/checkpoint.h5"), tmp);
+  CHECK_MESSAGE(ev.code == 0, ev.err);
+  check_bad_input({{t + " --homeostasis 1 --out " + tmp.file("h"), "--homeostasis"},
+                   {"jacobian --arch " + arch + d + "--samples 2", "--arch"},
+                   {"jacobian --arch " + arch + " --samples 2", "--arch"}},  // random inputs: 1 x 28 x 28
                   tmp);
 }

@@ -488,3 +488,36 @@ TEST_CASE("third audit: a corrupt checkpoint is found by its checksum, dataset f
   REQUIRE(mkfifo(labels.c_str(), 0644) == 0);
   check_bad_input({{"train " + flags(data, arch) + " --out " + tmp.file("f"), labels + ": not a regular file"}}, tmp);
 }
+
+TEST_CASE("fourth audit: symlinks around --out survive, diverged test sets and foreign test data give no accuracy") {
+  TempDir data, other, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 16);
+  write_tiny_fmnist(other.str(), 60, 20, 17);
+  const std::string arch = small_arch(tmp);
+  // A looping and a dangling symlink as --out or its parent: refused, and the links stay (the
+  // cleanup of created parents deleted them).
+  fs::create_directories(tmp.file("L"));
+  fs::create_symlink("b", tmp.file("L/a"));
+  fs::create_symlink("a", tmp.file("L/b"));
+  fs::create_symlink("target", tmp.file("L/dang"));
+  for (const std::string out : {"L/a", "L/b/sub", "L/dang/deeper/x"}) {
+    CAPTURE(out);
+    CHECK(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file(out), tmp).code == 2);
+  }
+  for (const char* link : {"L/a", "L/b", "L/dang"}) CHECK(fs::is_symlink(fs::symlink_status(tmp.file(link))));
+  // Most test relaxations diverge: no test accuracy, as eval (the epoch stays logged).
+  check_bad_input({{"train " + flags(data, arch) + " --epochs 1 --lr 1e7 --momentum 0 --out " + tmp.file("d"),
+                    "test samples diverged in epoch 1"}},
+                  tmp);
+  // The run's own test set replaced by other data: eval names the directory; --data-dir evaluates it.
+  const std::string moved = tmp.file("data");
+  fs::copy(data.str(), moved);
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --data-dir " + moved + " --epochs 1 --out " + tmp.file("r"), tmp)
+              .code == 0);
+  CHECK(run_hepsim("eval --checkpoint " + tmp.file("r/checkpoint.h5"), tmp).code == 0);
+  fs::remove_all(moved);
+  fs::copy(other.str(), moved);
+  check_bad_input({{"eval --checkpoint " + tmp.file("r/checkpoint.h5"), moved + ": holds another test set"}}, tmp);
+  CHECK(run_hepsim("eval --checkpoint " + tmp.file("r/checkpoint.h5") + " --data-dir " + moved, tmp).code == 0);
+  check_bad_input({{"train " + flags(data, arch) + " --beta 1e-320 --out " + tmp.file("x"), "outside the range"}}, tmp);
+}

@@ -28,7 +28,7 @@ struct Fixture {
   double recurrent_flops() const {
     double f = 0;
     for (const Edge& e : model.net.edges)
-      if (e.pre != Network::kInput) f += 2.0 * static_cast<double>(e.rows * e.cols);
+      if (e.pre != Network::kInput) f += edge_flops(e);
     return f;
   }
 };
