@@ -41,6 +41,40 @@ Architecture loop_mnist(Index input_size, Index classes) {
   return a;
 }
 
+// The paper's CNN (SPEC 2.1) with channels c1..c4: 3x3 convolutions with 2x2 softmax pooling
+// in -> conv1 -> conv2 -> conv3 ('same') -> out ('valid': 4x4 -> 2x2, pooled to 1x1), each with a
+// conv_feedback partner except into out's input; 28x28 inputs are padded to 32x32 by the first
+// convolution (3 zeros per side instead of 1).
+Architecture cnn(const std::string& name, Index c1, Index c2, Index c3, Index c4, MapShape input, Index classes) {
+  if (input.c <= 0 || !((input.h == 32 && input.w == 32) || (input.h == 28 && input.w == 28)))
+    throw InputError("--arch", name + " takes 32x32 images (28x28 ones are zero-padded to 32x32); this dataset's are " +
+                                   (input.c > 0 ? std::to_string(input.h) + "x" + std::to_string(input.w) : "flat"));
+  Architecture a;
+  a.name = name;
+  a.layers = {{"conv1", c1 * 256, {c1, 16, 16}}, {"conv2", c2 * 64, {c2, 8, 8}}, {"conv3", c3 * 16, {c3, 4, 4}},
+              {"out", c4, {c4, 1, 1}}};
+  EdgeSpec in{"in", "conv1", EdgeKind::conv};
+  in.pad = input.h == 28 ? 3 : 1;
+  EdgeSpec valid{"conv3", "out", EdgeKind::conv};
+  valid.same = false;
+  a.edges = {in,
+             {"conv1", "conv2", EdgeKind::conv},
+             {"conv2", "conv1", EdgeKind::conv_feedback},
+             {"conv2", "conv3", EdgeKind::conv},
+             {"conv3", "conv2", EdgeKind::conv_feedback},
+             valid};
+  EdgeSpec fb{"out", "conv3", EdgeKind::conv_feedback};
+  fb.same = false;
+  fb.bias = false;
+  a.edges.push_back(fb);
+  for (EdgeSpec& e : a.edges)
+    if (e.kind == EdgeKind::conv_feedback) e.bias = false;
+  a.input_size = input.size();
+  a.input_shape = input;
+  a.classes = classes;
+  return a;
+}
+
 void check_keys(const nlohmann::json& j, std::initializer_list<const char*> allowed, const std::string& where,
                 const std::string& what) {
   for (const auto& [key, value] : j.items()) {
@@ -70,7 +104,11 @@ void check_layer_name(const std::string& name, const std::string& where) {
 
 }  // namespace
 
-std::vector<std::string> builtin_architecture_names() { return {"mlp_2-256", "loop_mnist"}; }
+std::vector<std::string> builtin_architecture_names() { return {"mlp_2-256", "loop_mnist", "cnn", "cnn_small"}; }
+
+std::string default_activation(const std::string& name_or_path) {
+  return name_or_path == "cnn" || name_or_path == "cnn_small" ? "dsilu" : "sigmoid";
+}
 
 // 16.7 million neurons in one layer: far beyond any dense layer that fits in memory with its edges.
 constexpr long long kMaxLayerSize = 1LL << 24;
@@ -152,9 +190,15 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
         es.kernel = static_cast<Index>(e["kernel"].get<long long>());
       }
       if (e.contains("padding")) {
-        const std::string pad = e["padding"].is_string() ? e["padding"].get<std::string>() : "";
-        if (pad != "same" && pad != "valid") throw InputError(where, name + ": 'padding' must be \"same\" or \"valid\"");
-        es.same = pad == "same";
+        const auto& pj = e["padding"];
+        if (pj.is_number_integer() && pj.get<long long>() >= 0 && pj.get<long long>() <= 64) {
+          es.pad = static_cast<Index>(pj.get<long long>());
+        } else {
+          const std::string pad = pj.is_string() ? pj.get<std::string>() : "";
+          if (pad != "same" && pad != "valid")
+            throw InputError(where, name + ": 'padding' must be \"same\", \"valid\" or zeros per side from 0 to 64");
+          es.same = pad == "same";
+        }
       }
       if (e.contains("pool")) {
         const std::string pool = e["pool"].is_string() ? e["pool"].get<std::string>() : "";
@@ -178,6 +222,8 @@ Architecture load_architecture(const std::string& name_or_path, Index input_size
                                MapShape input_shape) {
   if (name_or_path == "mlp_2-256") return mlp_2_256(input_size, classes);
   if (name_or_path == "loop_mnist") return loop_mnist(input_size, classes);
+  if (name_or_path == "cnn") return cnn("cnn", 128, 256, 512, 512, input_shape, classes);
+  if (name_or_path == "cnn_small") return cnn("cnn_small", 32, 64, 128, 128, input_shape, classes);
   if (name_or_path.size() < 5 || name_or_path.substr(name_or_path.size() - 5) != ".json") {
     std::string names;
     for (const auto& n : builtin_architecture_names()) names += (names.empty() ? "" : ", ") + n;
@@ -211,7 +257,12 @@ std::string to_json(const Network& net) {
       case EdgeKind::conv_feedback:
         ej["type"] = e.kind == EdgeKind::conv ? "conv" : "conv_feedback";
         ej["kernel"] = e.conv.conv.k;
-        ej["padding"] = e.conv.conv.pad > 0 || e.conv.conv.k == 1 ? "same" : "valid";
+        if (e.conv.conv.pad == (e.conv.conv.k - 1) / 2)
+          ej["padding"] = "same";
+        else if (e.conv.conv.pad == 0)
+          ej["padding"] = "valid";
+        else
+          ej["padding"] = e.conv.conv.pad;
         ej["pool"] = e.conv.pool ? "softmax2" : "none";
         if (e.kind == EdgeKind::conv) ej["bias"] = e.bias;
         break;
@@ -321,14 +372,16 @@ Network compile(const Architecture& arch, const std::string& where_given) {
         throw InputError(where, "edge " + e.name + ": a convolution needs a shaped post layer (" + name_of(false) +
                                     " has a 'size', not a 'shape')");
       if (fb && e.pre == Network::kInput) throw InputError(where, "edge " + e.name + ": the input cannot feed back");
-      e.conv.conv = {lower, upper.c, es.kernel, es.same ? (es.kernel - 1) / 2 : 0};
+      e.conv.conv = {lower, upper.c, es.kernel, es.pad >= 0 ? es.pad : es.same ? (es.kernel - 1) / 2 : 0};
       e.conv.pool = es.pool;
       const MapShape conv_out = e.conv.conv.out();
       auto str = [](const MapShape& m) {
         return std::to_string(m.c) + "x" + std::to_string(m.h) + "x" + std::to_string(m.w);
       };
-      const std::string what = std::to_string(es.kernel) + "x" + std::to_string(es.kernel) + " '" +
-                               (es.same ? "same" : "valid") + "' convolution" + (es.pool ? " with 2x2 pooling" : "");
+      const std::string padding =
+          es.pad >= 0 ? std::to_string(es.pad) + "-zero-padded" : std::string("'") + (es.same ? "same" : "valid") + "'";
+      const std::string what = std::to_string(es.kernel) + "x" + std::to_string(es.kernel) + " " + padding +
+                               " convolution" + (es.pool ? " with 2x2 pooling" : "");
       if (conv_out.h < 1 || conv_out.w < 1)
         throw InputError(where, "edge " + e.name + ": a " + what + " of " + str(lower) + " has no output");
       if (es.pool && (conv_out.h % 2 != 0 || conv_out.w % 2 != 0))

@@ -45,6 +45,7 @@ struct EdgeSpec {
   // Convolutions only:
   Index kernel = 3;     // odd kernel size k (k x k taps)
   bool same = true;     // padding "same" ((k − 1)/2 zeros: H x W kept) or "valid" (none)
+  Index pad = -1;       // explicit zeros on each side (≥ 0; JSON "padding": n), overriding `same`
   bool pool = true;     // 2x2 softmax pooling ("softmax2") or none
   bool bias = true;     // conv: a bias per output channel (conv_feedback never has one)
 };
@@ -60,7 +61,12 @@ struct Architecture {
 };
 
 // Built-in architectures by name (SPEC 2.1). The MLP output layer `out` has `classes` neurons.
+// `cnn` is the paper's CNN (32x32 inputs, 128/256/512/512 channels) and `cnn_small` the same
+// topology with a quarter of the channels; both take the input's channel count from the data and
+// read 28x28 images as zero-padded to 32x32 (their input convolution pads 3 instead of 1).
 std::vector<std::string> builtin_architecture_names();
+// The activation a built-in is meant for (SPEC 2.2: dsilu for the CNNs, sigmoid otherwise).
+std::string default_activation(const std::string& name_or_path);
 // `name_or_path` is a built-in name or a JSON file; bad names/files throw InputError naming them.
 Architecture load_architecture(const std::string& name_or_path, Index input_size, Index classes,
                                MapShape input_shape = {0, 0, 0});

@@ -394,7 +394,7 @@ void check_outcome(const nlohmann::json& j, const std::vector<RelaxStatus>& free
 void register_gradcheck(CLI::App& app) {
   auto opt = std::make_shared<GradcheckOptions>();
   CLI::App* cmd = app.add_subcommand("gradcheck", "Compare every gradient estimator with the exact references (double)");
-  cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist or a JSON file")->capture_default_str();
+  cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist, cnn, cnn_small or a JSON file")->capture_default_str();
   cmd->add_option("--angle", opt->angle, "Initial feedback/forward angle (degrees, 0 .. 180)")->capture_default_str();
   cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the random batch and the FD directions (0 .. 2^63 − 1)")
       ->capture_default_str();
@@ -414,12 +414,13 @@ void register_gradcheck(CLI::App& app) {
       ->capture_default_str();
   add_integer(cmd, "--fd-directions", opt->fd_directions, 1, kMaxFdDirections, "Random directions of the finite-difference check");
   cmd->add_option("--fd-step", opt->fd_step, "Finite-difference step")->capture_default_str();
-  cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
+  cmd->add_option("--activation", opt->activation, "sigmoid or dsilu (default: dsilu for cnn and cnn_small, else sigmoid)");
   add_integer(cmd, "--input-size", opt->input_size, 1, kMaxInputSize, "Input size of --dataset random");
   add_integer(cmd, "--classes", opt->classes, kMinClasses, kMaxClasses, "Classes of --dataset random");
   add_integer(cmd, "--threads", opt->threads, 0, kMaxThreads, "Threads (0 = all cores)");
-  cmd->callback([opt] {
+  cmd->callback([cmd, opt] {
     opt->seed = parse_seed(opt->seed_text);
+    if (cmd->count("--activation") == 0) opt->activation = default_activation(opt->arch);  // dsilu for the CNNs
     const GradcheckOptions& o = *opt;
     require_angle(o.angle, "--angle");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");

@@ -142,7 +142,7 @@ void register_jacobian(CLI::App& app) {
   auto opt = std::make_shared<JacobianOptions>();
   CLI::App* cmd = app.add_subcommand(
       "jacobian", "Jacobian symmetry, spectrum and homeostatic loss of freshly initialised weights");
-  cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist or a JSON file")->capture_default_str();
+  cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist, cnn, cnn_small or a JSON file")->capture_default_str();
   cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)")
       ->capture_default_str();
   cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the probes and the random inputs (0 .. 2^63 − 1)")
@@ -153,7 +153,7 @@ void register_jacobian(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--data-dir", opt->data_dir, "Dataset directory (default: the dataset's standard place)");
   add_integer(cmd, "--samples", opt->samples, 1, kMaxSamples, "Samples whose fixed point is linearised");
-  cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
+  cmd->add_option("--activation", opt->activation, "sigmoid or dsilu (default: dsilu for cnn and cnn_small, else sigmoid)");
   add_integer(cmd, "--max-dense", opt->max_dense, 0, kMaxDenseLimit, "Largest neuron count for which spectra are computed");
   cmd->add_option("--tol", opt->tol, "Free-phase residual tolerance")->capture_default_str();
   cmd->add_option("--solver", opt->solver, "Free-phase solver: map, rk4, dopri5 or anderson")->capture_default_str();
@@ -162,8 +162,9 @@ void register_jacobian(CLI::App& app) {
   cmd->add_option("--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)")
       ->capture_default_str();
   add_integer(cmd, "--threads", opt->threads, 0, kMaxThreads, "Threads (0 = all cores)");
-  cmd->callback([opt] {
+  cmd->callback([cmd, opt] {
     opt->seed = parse_seed(opt->seed_text);
+    if (cmd->count("--activation") == 0) opt->activation = default_activation(opt->arch);  // dsilu for the CNNs
     const JacobianOptions& o = *opt;
     require_angle(o.angle, "--angle");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");

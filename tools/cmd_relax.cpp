@@ -236,7 +236,7 @@ void check_outcome(const nlohmann::json& j, const RelaxOptions& o, const std::ve
 void register_relax(CLI::App& app) {
   auto opt = std::make_shared<RelaxOptions>();
   CLI::App* cmd = app.add_subcommand("relax", "Relax test samples with fresh weights; compare a solver with the map");
-  cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist or a JSON file")->capture_default_str();
+  cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist, cnn, cnn_small or a JSON file")->capture_default_str();
   cmd->add_option("--dataset", opt->dataset, "fmnist, mnist, cifar10, cifar100, imagenet32, imagenet64, h5")
       ->capture_default_str();
   cmd->add_option("--data-dir", opt->data_dir, "Dataset directory (default: the dataset's standard place)");
@@ -256,12 +256,13 @@ void register_relax(CLI::App& app) {
                   "Time step: map damping (1 = the paper's map) and Anderson mixing, rk4 step, dopri5 first step "
                   "(0: the solver's default, 1 for map/anderson, 0.5 for rk4/dopri5)")
       ->capture_default_str();
-  cmd->add_option("--activation", opt->activation, "sigmoid or dsilu")->capture_default_str();
+  cmd->add_option("--activation", opt->activation, "sigmoid or dsilu (default: dsilu for cnn and cnn_small, else sigmoid)");
   cmd->add_option("--precision", opt->precision, "double or float")->capture_default_str();
   add_integer(cmd, "--batch-size", opt->batch_size, 1, 1000000, "Samples relaxed together");
   add_integer(cmd, "--threads", opt->threads, 0, kMaxThreads, "Threads (0 = all cores)");
-  cmd->callback([opt] {
+  cmd->callback([cmd, opt] {
     opt->seed = parse_seed(opt->seed_text);
+    if (cmd->count("--activation") == 0) opt->activation = default_activation(opt->arch);  // dsilu for the CNNs
     const RelaxOptions& o = *opt;
     require_stall_window(o.stall_window);
     require_finite(o.beta, "--beta");

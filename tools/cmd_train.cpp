@@ -208,6 +208,8 @@ void register_train(CLI::App& app) {
       if (!config_path->empty()) b.merge_file(*config_path);
       flags->apply(*cmd, b);
     }
+    // The CNN built-ins run dsilu unless an activation is asked for (SPEC 2.2).
+    if (!b.given("activation")) b.set_default("activation", default_activation(b.json().at("arch").get<std::string>()));
     // Stored absolute: a resume from another working directory finds the same data.
     const std::string given_dir = b.json().at("data-dir").get<std::string>();
     if (!given_dir.empty() && (!ck || cmd->count("--data-dir") > 0))

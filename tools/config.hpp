@@ -44,6 +44,10 @@ class ConfigBuilder {
   const nlohmann::json& json() const { return cfg_; }
   // Where a key's value came from, for messages: "--lr" (a flag or the default), "run.json: lr".
   std::string where(const std::string& key) const;
+  // True when a file or flag set `key` (not the default).
+  bool given(const std::string& key) const { return source_.count(key) > 0; }
+  // Replaces a default (e.g. the activation a built-in architecture is meant for); not "given".
+  void set_default(const std::string& key, const nlohmann::json& value) { cfg_[key] = value; }
 
  private:
   nlohmann::json cfg_;

@@ -273,3 +273,28 @@ TEST_CASE("conv architectures: bad shapes and pairs are refused naming the file 
                          doctest::Contains("cnn.json"), InputError);
   }
 }
+
+TEST_CASE("built-in CNNs: the paper's shapes, a quarter of the channels for cnn_small, 28x28 inputs padded to 32x32") {
+  const Network net = compile(load_architecture("cnn", 3 * 32 * 32, 10, MapShape{3, 32, 32}));
+  REQUIRE(net.layers.size() == 4);
+  CHECK(net.layers[0].shape == MapShape{128, 16, 16});
+  CHECK(net.layers[1].shape == MapShape{256, 8, 8});
+  CHECK(net.layers[2].shape == MapShape{512, 4, 4});
+  CHECK(net.layers[3].shape == MapShape{512, 1, 1});
+  CHECK(net.reciprocal_pairs().size() == 3);  // conv1<->conv2, conv2<->conv3, conv3<->out
+  CHECK(net.edges.size() == 7);
+  // Kernels: 3x3, C_out x C_in·9; conv3-out is 'valid' (4x4 -> 2x2, pooled to 1x1).
+  CHECK(net.edges[0].rows == 128);
+  CHECK(net.edges[0].cols == 27);
+  CHECK(net.edges[5].conv.conv.pad == 0);
+  CHECK(default_activation("cnn") == "dsilu");
+  CHECK(default_activation("mlp_2-256") == "sigmoid");
+  const Network small = compile(load_architecture("cnn_small", 784, 10, MapShape{1, 28, 28}));
+  CHECK(small.layers[0].shape == MapShape{32, 16, 16});
+  CHECK(small.layers[3].shape == MapShape{128, 1, 1});
+  CHECK(small.edges[0].conv.conv.pad == 3);  // 28 + 2·3 − 3 + 1 = 32, pooled to 16
+  // The JSON of a compiled built-in (what a checkpoint stores) compiles to the same network.
+  CHECK(to_json(compile(parse_architecture(to_json(small), "ck", 784, 10, MapShape{1, 28, 28}))) == to_json(small));
+  CHECK_THROWS_WITH_AS(load_architecture("cnn", 3 * 64 * 64, 1000, MapShape{3, 64, 64}),
+                       doctest::Contains("--arch: cnn takes 32x32 images"), InputError);
+}

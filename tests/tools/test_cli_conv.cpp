@@ -61,6 +61,9 @@ TEST_CASE("conv networks: relax and gradcheck on images, exact estimators, refus
   CHECK_MESSAGE(res.code == 0, res.err);
   const RunResult ev = run_hepsim("eval --checkpoint " + tmp.file("run/checkpoint.h5"), tmp);
   CHECK_MESSAGE(ev.code == 0, ev.err);
+  // The built-in cnn_small on 28x28 images (padded to 32x32), dsilu by default.
+  const RunResult small = run_hepsim("relax --arch cnn_small --dataset fmnist --data-dir " + data.str() + " --samples 2", tmp);
+  CHECK_MESSAGE(small.code == 0, small.err);
   check_bad_input({{t + " --homeostasis 1 --out " + tmp.file("h"), "--homeostasis"},
                    {"jacobian --arch " + arch + d + "--samples 2", "--arch"},
                    {"jacobian --arch " + arch + " --samples 2", "--arch"}},  // random inputs: 1 x 28 x 28
