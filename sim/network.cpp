@@ -209,7 +209,10 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
         if (!e["bias"].is_boolean()) throw InputError(where, name + ": 'bias' must be true or false");
         es.bias = e["bias"].get<bool>();
       }
-      if (!forward) es.bias = false;
+      if (!forward) {
+        es.bias = false;
+        es.inherit = !e.contains("kernel") && !e.contains("padding") && !e.contains("pool");
+      }
     } else {
       throw InputError(where, name + ": unknown type '" + type + "' (dense, dense_nobias, conv or conv_feedback)");
     }
@@ -356,6 +359,16 @@ Network compile(const Architecture& arch, const std::string& where_given) {
     e.rows = net.layers[static_cast<std::size_t>(e.post)].size;
     e.cols = e.pre == Network::kInput ? net.input_size : net.layers[static_cast<std::size_t>(e.pre)].size;
     if (e.is_conv()) {
+      // A feedback conv that names no kernel, padding or pooling takes its forward partner's.
+      EdgeSpec own = es;
+      if (es.kind == EdgeKind::conv_feedback && es.inherit)
+        for (const EdgeSpec& f : arch.edges)
+          if (f.kind == EdgeKind::conv && f.pre == es.post && f.post == es.pre) {
+            own.kernel = f.kernel;
+            own.same = f.same;
+            own.pad = f.pad;
+            own.pool = f.pool;
+          }
       // The forward pathway lower -> upper: the edge itself, or (feedback) the reverse.
       const bool fb = e.kind == EdgeKind::conv_feedback;
       const MapShape pre_shape = e.pre == Network::kInput ? arch.input_shape : net.layers[static_cast<std::size_t>(e.pre)].shape;
@@ -372,19 +385,19 @@ Network compile(const Architecture& arch, const std::string& where_given) {
         throw InputError(where, "edge " + e.name + ": a convolution needs a shaped post layer (" + name_of(false) +
                                     " has a 'size', not a 'shape')");
       if (fb && e.pre == Network::kInput) throw InputError(where, "edge " + e.name + ": the input cannot feed back");
-      e.conv.conv = {lower, upper.c, es.kernel, es.pad >= 0 ? es.pad : es.same ? (es.kernel - 1) / 2 : 0};
-      e.conv.pool = es.pool;
+      e.conv.conv = {lower, upper.c, own.kernel, own.pad >= 0 ? own.pad : own.same ? (own.kernel - 1) / 2 : 0};
+      e.conv.pool = own.pool;
       const MapShape conv_out = e.conv.conv.out();
       auto str = [](const MapShape& m) {
         return std::to_string(m.c) + "x" + std::to_string(m.h) + "x" + std::to_string(m.w);
       };
       const std::string padding =
-          es.pad >= 0 ? std::to_string(es.pad) + "-zero-padded" : std::string("'") + (es.same ? "same" : "valid") + "'";
-      const std::string what = std::to_string(es.kernel) + "x" + std::to_string(es.kernel) + " " + padding +
-                               " convolution" + (es.pool ? " with 2x2 pooling" : "");
+          own.pad >= 0 ? std::to_string(own.pad) + "-zero-padded" : std::string("'") + (own.same ? "same" : "valid") + "'";
+      const std::string what = std::to_string(own.kernel) + "x" + std::to_string(own.kernel) + " " + padding +
+                               " convolution" + (own.pool ? " with 2x2 pooling" : "");
       if (conv_out.h < 1 || conv_out.w < 1)
         throw InputError(where, "edge " + e.name + ": a " + what + " of " + str(lower) + " has no output");
-      if (es.pool && (conv_out.h % 2 != 0 || conv_out.w % 2 != 0))
+      if (own.pool && (conv_out.h % 2 != 0 || conv_out.w % 2 != 0))
         throw InputError(where, "edge " + e.name + ": the " + what + " of " + str(lower) + " gives " + str(conv_out) +
                                     ", which 2x2 pooling cannot halve");
       if (!(e.conv.post() == upper))

@@ -230,6 +230,15 @@ TEST_CASE("conv architectures: shapes, kernel blocks, pairs, the angle without t
       "v.json", 3 * 64, 3, MapShape{3, 8, 8})), 1, 90.0);
   const Eigen::Map<const Vec<double>> k(big.data(), 64 * 27);
   CHECK(k.squaredNorm() / static_cast<double>(k.size()) == doctest::Approx(1.0 / 27).epsilon(0.05));
+  // A conv_feedback edge that names no kernel, padding or pooling takes its partner's.
+  const Network inherit = compile(parse_architecture(
+      R"({"layers": [{"name": "c1", "shape": [4, 8, 8]}, {"name": "c2", "shape": [6, 8, 8]}, {"name": "out", "size": 3}],
+          "edges": [{"pre": "in", "post": "c1", "type": "conv", "pool": "none"},
+                    {"pre": "c1", "post": "c2", "type": "conv", "kernel": 5, "pool": "none"},
+                    {"pre": "c2", "post": "c1", "type": "conv_feedback"}, {"pre": "c2", "post": "out"}]})",
+      "inherit.json", 128, 3, MapShape{2, 8, 8}));
+  CHECK(inherit.edges[2].conv.conv.k == 5);
+  CHECK(!inherit.edges[2].conv.pool);
   // The JSON of the compiled network compiles to the same network.
   const Network again = compile(parse_architecture(to_json(net), "ck.h5", 128, 3, MapShape{2, 8, 8}));
   CHECK(to_json(again) == to_json(net));
