@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -21,6 +23,33 @@
 #include "sim/error.hpp"
 
 namespace hepsim {
+
+namespace detail {
+// A SAX pass that sees each number's text: one written with nonzero digits that lands below
+// double's normal range (1e-400 reads as 0, 1e-320 as a denormal) would silently change what
+// the file says. Everything else is checked by the DOM parse.
+struct NumberRangeCheck : nlohmann::json_sax<nlohmann::json> {
+  std::string bad;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t v, const string_t& text) override {
+    const std::size_t mantissa_end = text.find_first_of("eE");
+    const bool nonzero = text.substr(0, mantissa_end).find_first_of("123456789") != std::string::npos;
+    if (nonzero && std::abs(v) < std::numeric_limits<double>::min() && bad.empty()) bad = text;
+    return true;
+  }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return true; }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+};
+}  // namespace detail
 
 inline nlohmann::json parse_json_strict(const std::string& text, const std::string& where) {
   // nlohmann's lexer takes a NUL for the end of the input: what follows it would be ignored.
@@ -46,12 +75,18 @@ inline nlohmann::json parse_json_strict(const std::string& text, const std::stri
     }
     return true;
   };
+  nlohmann::json j;
   try {
     // parse() of a whole string rejects anything but whitespace after the first value.
-    return nlohmann::json::parse(text, callback);
+    j = nlohmann::json::parse(text, callback);
   } catch (const nlohmann::json::exception& e) {
     throw InputError(where, std::string("invalid JSON: ") + e.what());
   }
+  detail::NumberRangeCheck range;
+  nlohmann::json::sax_parse(text, &range);
+  if (!range.bad.empty())
+    throw InputError(where, "the number " + range.bad + " is outside the range of double precision");
+  return j;
 }
 
 // The whole text of a small input file (an architecture, a configuration): a regular file, or a

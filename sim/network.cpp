@@ -211,7 +211,9 @@ Architecture parse_architecture(const std::string& json_text, const std::string&
       }
       if (!forward) {
         es.bias = false;
-        es.inherit = !e.contains("kernel") && !e.contains("padding") && !e.contains("pool");
+        es.names_kernel = e.contains("kernel");
+        es.names_padding = e.contains("padding");
+        es.names_pool = e.contains("pool");
       }
     } else {
       throw InputError(where, name + ": unknown type '" + type + "' (dense, dense_nobias, conv or conv_feedback)");
@@ -359,15 +361,17 @@ Network compile(const Architecture& arch, const std::string& where_given) {
     e.rows = net.layers[static_cast<std::size_t>(e.post)].size;
     e.cols = e.pre == Network::kInput ? net.input_size : net.layers[static_cast<std::size_t>(e.pre)].size;
     if (e.is_conv()) {
-      // A feedback conv that names no kernel, padding or pooling takes its forward partner's.
+      // A feedback conv takes the kernel, padding and pooling it does not name from its partner.
       EdgeSpec own = es;
-      if (es.kind == EdgeKind::conv_feedback && es.inherit)
+      if (es.kind == EdgeKind::conv_feedback)
         for (const EdgeSpec& f : arch.edges)
           if (f.kind == EdgeKind::conv && f.pre == es.post && f.post == es.pre) {
-            own.kernel = f.kernel;
-            own.same = f.same;
-            own.pad = f.pad;
-            own.pool = f.pool;
+            if (!es.names_kernel) own.kernel = f.kernel;
+            if (!es.names_padding) {
+              own.same = f.same;
+              own.pad = f.pad;
+            }
+            if (!es.names_pool) own.pool = f.pool;
           }
       // The forward pathway lower -> upper: the edge itself, or (feedback) the reverse.
       const bool fb = e.kind == EdgeKind::conv_feedback;

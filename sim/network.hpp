@@ -48,7 +48,8 @@ struct EdgeSpec {
   Index pad = -1;       // explicit zeros on each side (≥ 0; JSON "padding": n), overriding `same`
   bool pool = true;     // 2x2 softmax pooling ("softmax2") or none
   bool bias = true;     // conv: a bias per output channel (conv_feedback never has one)
-  bool inherit = false; // conv_feedback without kernel/padding/pool of its own: its partner's
+  // conv_feedback: the options it names; the others are its forward partner's.
+  bool names_kernel = true, names_padding = true, names_pool = true;
 };
 
 struct Architecture {

@@ -277,12 +277,21 @@ void register_eval(CLI::App& app) {
     model.loss = s.loss;
     // The run's own test set (nothing named, no limit then or now): it must be the data the run
     // was trained with, wherever its directory now points.
+    // (The run's fingerprint covers its first test-limit samples, or all of them; without
+    // --test-limit eval reads them all.)
     const bool runs_own = cmd->count("--dataset") == 0 && cmd->count("--data-dir") == 0 &&
-                          cmd->count("--test-limit") == 0 && ck.config.value("test-limit", 0) == 0;
+                          cmd->count("--test-limit") == 0;
     const std::size_t dash = ck.data_fingerprint.find('-');
     if (runs_own && dash != std::string::npos) {
+      const Index limit = static_cast<Index>(ck.config.value("test-limit", 0LL));
+      Dataset head = test;
+      if (limit > 0 && limit < head.n) {
+        head.n = limit;
+        head.labels.resize(static_cast<std::size_t>(limit));
+        head.images.resize(static_cast<std::size_t>(limit * head.dim()));
+      }
       char hex[20];
-      std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fingerprint(test)));
+      std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fingerprint(head)));
       if (ck.data_fingerprint.substr(dash + 1) != hex)
         throw InputError(s.data_dir, "holds another test set than the run was trained with (its fingerprint differs "
                                      "from the checkpoint's); name the data to evaluate with --data-dir");

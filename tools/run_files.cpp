@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -141,8 +142,16 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
   const std::string lock = dir_ + "/" + kLockName;
   // A run that holds the directory: nothing else about it matters.
   auto take_lock = [&] {
-    lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    // Never through a symlink (it would write our pid into whatever file it names).
+    lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (lock_fd_ < 0 && errno == ELOOP) throw InputError(flag, lock + " is a symlink, not hepsim's lock: remove it");
     if (lock_fd_ < 0) throw InputError(flag, "cannot create " + lock + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(lock_fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+      throw InputError(flag, lock + " is not a regular file, not hepsim's lock: remove it");
+    }
     if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
       char pid[32] = {0};
       const ssize_t n = ::pread(lock_fd_, pid, sizeof pid - 1, 0);

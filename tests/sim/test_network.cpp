@@ -239,6 +239,14 @@ TEST_CASE("conv architectures: shapes, kernel blocks, pairs, the angle without t
       "inherit.json", 128, 3, MapShape{2, 8, 8}));
   CHECK(inherit.edges[2].conv.conv.k == 5);
   CHECK(!inherit.edges[2].conv.pool);
+  // Each option it does not name is its partner's (naming the pooling keeps the partner's kernel).
+  const Network some = compile(parse_architecture(
+      R"({"layers": [{"name": "c1", "shape": [4, 8, 8]}, {"name": "c2", "shape": [6, 4, 4]}, {"name": "out", "size": 3}],
+          "edges": [{"pre": "in", "post": "c1", "type": "conv", "pool": "none"},
+                    {"pre": "c1", "post": "c2", "type": "conv", "kernel": 5},
+                    {"pre": "c2", "post": "c1", "type": "conv_feedback", "pool": "softmax2"}, {"pre": "c2", "post": "out"}]})",
+      "some.json", 128, 3, MapShape{2, 8, 8}));
+  CHECK(some.edges[2].conv.conv.k == 5);
   // The JSON of the compiled network compiles to the same network.
   const Network again = compile(parse_architecture(to_json(net), "ck.h5", 128, 3, MapShape{2, 8, 8}));
   CHECK(to_json(again) == to_json(net));

@@ -521,3 +521,33 @@ TEST_CASE("fourth audit: symlinks around --out survive, diverged test sets and f
   CHECK(run_hepsim("eval --checkpoint " + tmp.file("r/checkpoint.h5") + " --data-dir " + moved, tmp).code == 0);
   check_bad_input({{"train " + flags(data, arch) + " --beta 1e-320 --out " + tmp.file("x"), "outside the range"}}, tmp);
 }
+
+TEST_CASE("fifth audit: a symlinked lock is refused untouched, numbers below double's range in files are named") {
+  TempDir data, other, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 18);
+  write_tiny_fmnist(other.str(), 60, 20, 19);
+  const std::string arch = small_arch(tmp);
+  // DIR/.hepsim.lock as a symlink to the user's file: our pid was written into that file.
+  std::ofstream(tmp.file("mine.txt")) << "data";
+  fs::create_directories(tmp.file("X"));
+  fs::create_symlink(tmp.file("mine.txt"), tmp.file("X/.hepsim.lock"));
+  check_bad_input({{"train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("X"), "is a symlink"}}, tmp);
+  CHECK(slurp(tmp.file("mine.txt")) == "data");
+  CHECK(fs::is_symlink(fs::symlink_status(tmp.file("X/.hepsim.lock"))));
+  // 1e-400 in a configuration file read as 0 (a fixed budget instead of a tolerance).
+  std::ofstream(tmp.file("tiny.json")) << R"({"tol": 1e-400})";
+  check_bad_input({{"train " + flags(data, arch) + " --config " + tmp.file("tiny.json") + " --out " + tmp.file("t"),
+                    tmp.file("tiny.json") + ": the number 1e-400 is outside the range"}},
+                  tmp);
+  // A run with --test-limit: its own test set replaced, eval refuses it too.
+  const std::string moved = tmp.file("data");
+  fs::copy(data.str(), moved);
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --data-dir " + moved + " --test-limit 10 --epochs 1 --out " +
+                         tmp.file("r"),
+                     tmp)
+              .code == 0);
+  CHECK(run_hepsim("eval --checkpoint " + tmp.file("r/checkpoint.h5"), tmp).code == 0);
+  fs::remove_all(moved);
+  fs::copy(other.str(), moved);
+  check_bad_input({{"eval --checkpoint " + tmp.file("r/checkpoint.h5"), "holds another test set"}}, tmp);
+}
