@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "sim/error.hpp"
+#include "sim/conv/conv_map.hpp"
 #include "sim/fused_map.hpp"
 
 // Trap (SPEC 2.5): odeint's Eigen infinity norm declares its result as the matrix scalar, which
@@ -338,30 +339,43 @@ class ColumnMonitor {
   std::vector<double> mark_r_, mark_t_;
 };
 
+// The map on one of the single-precision engines (FusedMap, ConvMap: one interface).
+template <class S, class Engine>
+void relax_engine(Engine& engine, Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res,
+                  ColumnMonitor<S>& mon) {
+  const double dt = cfg.step();
+  engine.load(u);
+  std::vector<double> r(static_cast<std::size_t>(u.cols())), a(r.size()), d(r.size());
+  for (long k = 0; k < cfg.max_steps; ++k) {
+    ++res.steps;
+    const bool measure = mon.distance_due();  // for the state after this step
+    engine.step(r.data(), a.data(), measure ? d.data() : nullptr, mon.watch());
+    const bool done = mon.update_norms(r.data(), a.data(), measure ? d.data() : nullptr,
+                                       static_cast<double>(res.steps) * dt, [&](Index j) { engine.freeze(j); },
+                                       [&](Index j) { engine.settle(j); });
+    if (done) break;
+    if (mon.snapshot_due()) {
+      engine.snapshot();
+      mon.snapshot_taken();
+    }
+  }
+  engine.store(u);
+  field.count_evaluations(res.steps);
+  res.t = static_cast<double>(res.steps) * dt;
+}
+
 template <class S>
 void relax_map(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res, ColumnMonitor<S>& mon) {
   const double dt = cfg.step();
   if constexpr (std::is_same_v<RealOf<S>, float>) {
     if (detail::fused_map_applies(field, cfg)) {
-      detail::FusedMap<S> fused(field, dt);
-      fused.load(u);
-      std::vector<double> r(static_cast<std::size_t>(u.cols())), a(r.size()), d(r.size());
-      for (long k = 0; k < cfg.max_steps; ++k) {
-        ++res.steps;
-        const bool measure = mon.distance_due();  // for the state after this step
-        fused.step(r.data(), a.data(), measure ? d.data() : nullptr, mon.watch());
-        const bool done = mon.update_norms(r.data(), a.data(), measure ? d.data() : nullptr,
-                                           static_cast<double>(res.steps) * dt, [&](Index j) { fused.freeze(j); },
-                                           [&](Index j) { fused.settle(j); });
-        if (done) break;
-        if (mon.snapshot_due()) {
-          fused.snapshot();
-          mon.snapshot_taken();
-        }
-      }
-      fused.store(u);
-      field.count_evaluations(res.steps);
-      res.t = static_cast<double>(res.steps) * dt;
+      detail::FusedMap<S> engine(field, dt);
+      relax_engine(engine, field, u, cfg, res, mon);
+      return;
+    }
+    if (detail::conv_map_applies(field, cfg)) {
+      detail::ConvMap<S> engine(field, dt);
+      relax_engine(engine, field, u, cfg, res, mon);
       return;
     }
   }
