@@ -73,10 +73,14 @@ struct Forward {
   Index row = 0, c = 0;
 };
 // A feedback edge up → a: its z = conv_B(s_a) rows (row −1 without pooling: none needed), and the
-// transpose conv_Bᵀ as a convolution (kernel Bt, geometry gt) added into layer a.
+// transpose conv_Bᵀ added into layer a, either as a convolution (kernel Bt: C_a x k²·C_up,
+// geometry gt) or, when the product map is smaller than layer a's (a "valid" convolution, where
+// the convolution form would multiply mostly zeros), as the GEMM Bt (k²·C_a x C_up) g followed
+// by col2im: only useful multiply-adds either way.
 struct Backward {
   int up = 0;
   Index row = -1, c = 0;
+  bool scatter = false;
   Mat<float> Bt;
   ConvGeometry gt;
 };
@@ -97,6 +101,28 @@ void pack_forward(const Eigen::Map<const Mat<float>>& K, Index cin, Index k, Mat
   for (Index ci = 0; ci < cin; ++ci)
     for (Index t = 0; t < k * k; ++t) W.block(r0, t * cin + ci, K.rows(), 1) = K.col(ci * k * k + t);
 }
+// x += col2im(cols) for `slots` channels-last maps (g.in each, the s-th at x + s·stride): the
+// transpose of im2col_last (cols: k²·C x (slots · H_out·W_out), column (s, oy, ox)).
+void col2im_last_add(const ConvGeometry& g, const float* cols, Index slots, float* x, Index stride) {
+  const MapShape o = g.out();
+  const Index C = g.in.c, k = g.k, rows = k * k * C;
+  for (Index s = 0; s < slots; ++s)
+    for (Index oy = 0; oy < o.h; ++oy)
+      for (Index ox = 0; ox < o.w; ++ox) {
+        const float* col = cols + ((s * o.h + oy) * o.w + ox) * rows;
+        for (Index ky = 0; ky < k; ++ky) {
+          const Index iy = oy + ky - g.pad;
+          if (iy < 0 || iy >= g.in.h) continue;
+          for (Index kx = 0; kx < k; ++kx) {
+            const Index ix = ox + kx - g.pad;
+            if (ix < 0 || ix >= g.in.w) continue;
+            Eigen::Map<Eigen::ArrayXf>(x + s * stride + (iy * g.in.w + ix) * C, C) +=
+                Eigen::Map<const Eigen::ArrayXf>(col + (ky * k + kx) * C, C);
+          }
+        }
+      }
+}
+
 // The transposed conv as a conv: Bt(ci, (ky·k + kx)·C_out + co) = B(co, ci, k−1−ky, k−1−kx).
 Mat<float> pack_transpose(const Eigen::Map<const Mat<float>>& B, Index cin, Index k) {
   const Index cout = B.rows();
@@ -246,11 +272,20 @@ struct ConvMap<S>::Impl {
             b.row = r;
             r += ed.rows;
           }
-          b.Bt = pack_transpose(K, cin, op.g.k);
-          b.gt.in = ed.conv.conv.out();
-          b.gt.out_channels = cin;
-          b.gt.k = op.g.k;
-          b.gt.pad = op.g.k - 1 - op.g.pad;
+          const MapShape zo = ed.conv.conv.out(), la = layer(op.layer).shape;
+          b.scatter = zo.h * zo.w < la.h * la.w;
+          if (b.scatter) {
+            Mat<float> packed(ed.rows, op.W.cols());
+            pack_forward(K, cin, op.g.k, packed, 0);
+            b.Bt = packed.transpose();
+            b.gt = op.g;
+          } else {
+            b.Bt = pack_transpose(K, cin, op.g.k);
+            b.gt.in = zo;
+            b.gt.out_channels = cin;
+            b.gt.k = op.g.k;
+            b.gt.pad = op.g.k - 1 - op.g.pad;
+          }
           op.back.push_back(std::move(b));
         }
       }
@@ -263,9 +298,13 @@ struct ConvMap<S>::Impl {
       maxZ = std::max(maxZ, rows * cc);
       for (const Backward& b : op.back) {
         maxG = std::max(maxG, b.c * cc);
-        const Index tpix = b.gt.out().h * b.gt.out().w;
-        maxP2 = std::max(maxP2, b.Bt.cols() * tpix * op.chunk * sp);
-        maxT = std::max(maxT, cin * tpix * op.chunk * sp);
+        if (b.scatter) {
+          maxT = std::max(maxT, b.Bt.rows() * cc);
+        } else {
+          const Index tpix = b.gt.out().h * b.gt.out().w;
+          maxP2 = std::max(maxP2, b.Bt.cols() * tpix * op.chunk * sp);
+          maxT = std::max(maxT, cin * tpix * op.chunk * sp);
+        }
       }
     }
     P.resize(maxP, 1);
@@ -405,9 +444,20 @@ struct ConvMap<S>::Impl {
                      Sx.col(s0 + s + sp - 1).data() + up.offset, G.data() + s * pix * b.c, pix * b.c);
           gsrc = G.data();
           gstride = pix * b.c;
+        } else if (b.scatter) {  // the GEMM below reads g as one matrix: gather s_up's slots
+          for (Index s = 0; s < slots; ++s)
+            std::copy_n(Sx.col(s0 + s).data() + up.offset, pix * b.c, G.data() + s * pix * b.c);
+          gsrc = G.data();
+          gstride = pix * b.c;
         } else {
           gsrc = Sx.col(s0).data() + up.offset;
           gstride = n;
+        }
+        if (b.scatter) {  // Bt g, then col2im into layer a
+          Eigen::Map<Mat<float>> Tm(T.data(), b.Bt.rows(), cc);
+          Tm.noalias() = b.Bt * Eigen::Map<const Mat<float>>(gsrc, b.c, cc);
+          col2im_last_add(b.gt, T.data(), slots, Un.col(s0).data() + off_a, n);
+          continue;
         }
         const MapShape to = b.gt.out();
         const Index tcols = slots * to.h * to.w;

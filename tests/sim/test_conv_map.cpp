@@ -32,16 +32,18 @@ Model paper_like() {
   return m;
 }
 
-// An unpooled conv pair (a ↔ b, 4x4 maps, 5x5 kernels), a pooled valid conv to a 1x1 `out`, and a
-// dense loop out ↔ h beside the convolutions.
+// An unpooled conv pair (a ↔ b, 4x4 maps, 5x5 kernels), an unpooled "valid" pair (b ↔ c, 4x4 →
+// 2x2), a pooled valid conv to a 1x1 `out`, and a dense loop out ↔ h beside the convolutions.
 Model mixed() {
   Model m;
   m.net = compile(parse_architecture(R"({"name": "mixed", "layers": [
       {"name": "a", "shape": [3, 4, 4]}, {"name": "b", "shape": [5, 4, 4]}, {"name": "out", "shape": [4, 1, 1]},
-      {"name": "h", "size": 7}],
+      {"name": "h", "size": 7}, {"name": "c", "shape": [2, 2, 2]}],
     "edges": [{"pre": "in", "post": "a", "type": "conv"},
               {"pre": "a", "post": "b", "type": "conv", "kernel": 5, "pool": "none"},
               {"pre": "b", "post": "a", "type": "conv_feedback"},
+              {"pre": "b", "post": "c", "type": "conv", "padding": "valid", "pool": "none"},
+              {"pre": "c", "post": "b", "type": "conv_feedback"},
               {"pre": "b", "post": "out", "type": "conv", "padding": "valid"},
               {"pre": "out", "post": "h"}, {"pre": "h", "post": "out", "type": "dense_nobias"}]})",
                                      "mixed", 8 * 8, 4, MapShape{1, 8, 8}));
