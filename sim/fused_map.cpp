@@ -5,6 +5,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "sim/fused_map.hpp"
+#include "sim/panel_gemm.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -73,14 +74,11 @@ namespace hepsim::detail {
 
 namespace {
 
-constexpr int kPanel = 32;  // rows of a packed panel: two zmm registers
 constexpr int kBlock = 13;  // widest register block: 2 x 13 accumulators + 2 panel rows + 1 broadcast of the 32 zmm
 // Columns are cut into blocks of nearly equal width (25 = 13 + 12, 50 = 13 + 13 + 12 + 12), never
 // a narrow remainder: a block streams the whole panel whatever its width, so a 1-column block
 // costs about as much panel traffic as a 13-column one.
 // Complex states use even widths (Re, Im pairs), at most 12.
-
-using Floats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 // A group of layers fed by the same layers: one packed matrix W_g (rows: the group's layers,
 // contiguous in the internal order; columns: its input layers in internal order).
@@ -159,19 +157,7 @@ template <int NC, Epilogue E>
 inline void kernel(const float* a_panel, const float* b, Index ldb, Index k, const Out& o, Index row, Index col,
                    __mmask16 m0, __mmask16 m1) {
   __m512 acc0[NC], acc1[NC];
-  for (int j = 0; j < NC; ++j) acc0[j] = acc1[j] = _mm512_setzero_ps();
-  const float* bj[NC];
-  for (int j = 0; j < NC; ++j) bj[j] = b + j * ldb;
-  for (Index kk = 0; kk < k; ++kk) {
-    const __m512 a0 = _mm512_load_ps(a_panel + kk * kPanel);
-    const __m512 a1 = _mm512_load_ps(a_panel + kk * kPanel + 16);
-#pragma GCC unroll 13
-    for (int j = 0; j < NC; ++j) {
-      const __m512 bv = _mm512_set1_ps(bj[j][kk]);
-      acc0[j] = _mm512_fmadd_ps(a0, bv, acc0[j]);
-      acc1[j] = _mm512_fmadd_ps(a1, bv, acc1[j]);
-    }
-  }
+  panel_product<NC>(a_panel, b, ldb, k, acc0, acc1);
   const __m512 sign = _mm512_set1_ps(-0.0f);
   if constexpr (E != Epilogue::complex_sigmoid) {
     for (int j = 0; j < NC; ++j) {

@@ -5,8 +5,10 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "sim/conv/conv_map.hpp"
+#include "sim/panel_gemm.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -81,7 +83,7 @@ struct Backward {
   int up = 0;
   Index row = -1, c = 0;
   bool scatter = false;
-  Mat<float> Bt;
+  PackedMatrix Bt;
   ConvGeometry gt;
 };
 // The convolutions that read layer `layer` with one geometry: one GEMM Z = W · patches.
@@ -89,7 +91,7 @@ struct Op {
   int layer = 0;
   ConvGeometry g;
   bool pool = true;
-  Mat<float> W;  // stacked packed kernels, rows of the forward and pooled-feedback members
+  PackedMatrix W;  // stacked kernels, rows of the forward and pooled-feedback members
   std::vector<Forward> fwd;
   std::vector<Backward> back;
   Index chunk = 1;  // samples (positions) per GEMM
@@ -135,7 +137,7 @@ Mat<float> pack_transpose(const Eigen::Map<const Mat<float>>& B, Index cin, Inde
   return Bt;
 }
 
-constexpr Index kTargetColumns = 512;  // GEMM columns per chunk: big enough to be efficient, small enough for cache
+static const Index kTargetColumns = getenv("HEPSIM_TC") ? atol(getenv("HEPSIM_TC")) : 512;  // GEMM columns per chunk: big enough to be efficient, small enough for cache
 
 }  // namespace
 
@@ -254,13 +256,13 @@ struct ConvMap<S>::Impl {
         if (!m.feedback || op.pool) rows += ed.rows;
       }
       const Index cin = layer(op.layer).shape.c;
-      op.W.setZero(rows, op.g.k * op.g.k * cin);
+      Mat<float> W = Mat<float>::Zero(rows, op.g.k * op.g.k * cin);
       Index r = 0;
       for (const Rows& m : members[oi]) {
         const Edge& ed = net.edges[static_cast<std::size_t>(m.edge)];
         const auto K = kernel(net, theta, m.edge);
         if (!m.feedback) {
-          pack_forward(K, cin, op.g.k, op.W, r);
+          pack_forward(K, cin, op.g.k, W, r);
           op.fwd.push_back({ed.post, r, ed.rows});
           r += ed.rows;
         } else {
@@ -268,19 +270,19 @@ struct ConvMap<S>::Impl {
           b.up = ed.pre;
           b.c = ed.rows;
           if (op.pool) {
-            pack_forward(K, cin, op.g.k, op.W, r);
+            pack_forward(K, cin, op.g.k, W, r);
             b.row = r;
             r += ed.rows;
           }
           const MapShape zo = ed.conv.conv.out(), la = layer(op.layer).shape;
           b.scatter = zo.h * zo.w < la.h * la.w;
           if (b.scatter) {
-            Mat<float> packed(ed.rows, op.W.cols());
+            Mat<float> packed(ed.rows, W.cols());
             pack_forward(K, cin, op.g.k, packed, 0);
-            b.Bt = packed.transpose();
+            b.Bt.pack(packed.transpose());
             b.gt = op.g;
           } else {
-            b.Bt = pack_transpose(K, cin, op.g.k);
+            b.Bt.pack(pack_transpose(K, cin, op.g.k));
             b.gt.in = zo;
             b.gt.out_channels = cin;
             b.gt.k = op.g.k;
@@ -289,6 +291,7 @@ struct ConvMap<S>::Impl {
           op.back.push_back(std::move(b));
         }
       }
+      op.W.pack(W);
       ConvGeometry g = op.g;
       g.out_channels = std::max<Index>(1, rows);
       const Index pix = g.out().h * g.out().w;
@@ -420,7 +423,7 @@ struct ConvMap<S>::Impl {
       Eigen::Map<Mat<float>> Zm(Z.data(), rows, cc);
       if (rows > 0) {
         im2col_last(op.g, Sx.col(s0).data() + off_a, n, slots, P.data());
-        Zm.noalias() = op.W * Eigen::Map<const Mat<float>>(P.data(), op.W.cols(), cc);
+        op.W.multiply(P.data(), op.W.cols(), cc, Zm.data(), rows);
       }
       for (const Forward& f : op.fwd) {
         const Layer& post = layer(f.post);
@@ -455,7 +458,7 @@ struct ConvMap<S>::Impl {
         }
         if (b.scatter) {  // Bt g, then col2im into layer a
           Eigen::Map<Mat<float>> Tm(T.data(), b.Bt.rows(), cc);
-          Tm.noalias() = b.Bt * Eigen::Map<const Mat<float>>(gsrc, b.c, cc);
+          b.Bt.multiply(gsrc, b.c, cc, Tm.data(), b.Bt.rows());
           col2im_last_add(b.gt, T.data(), slots, Un.col(s0).data() + off_a, n);
           continue;
         }
@@ -463,7 +466,7 @@ struct ConvMap<S>::Impl {
         const Index tcols = slots * to.h * to.w;
         im2col_last(b.gt, gsrc, gstride, slots, P2.data());
         Eigen::Map<Mat<float>> Tm(T.data(), cin, tcols);
-        Tm.noalias() = b.Bt * Eigen::Map<const Mat<float>>(P2.data(), b.Bt.cols(), tcols);
+        b.Bt.multiply(P2.data(), b.Bt.cols(), tcols, Tm.data(), cin);
         for (Index s = 0; s < slots; ++s)
           Un.col(s0 + s).segment(off_a, size_a) += Eigen::Map<const Vec<float>>(T.data() + s * size_a, size_a);
       }
