@@ -127,6 +127,59 @@ JacobianNorms norms_at_states(const Network& net, const Vec<R>& theta, const CMa
 }
 
 template <class R>
+Estimate homeo_at_states(const Network& net, const Vec<R>& theta, const CMatRef<R>& s, Index draws, bool exact,
+                         std::uint64_t seed, std::uint64_t step, Index first, R weight, Vec<R>* grad) {
+  using C = std::complex<R>;
+  const Index n = net.neurons, B = s.cols();
+  const Index per = exact ? n : draws, P = B * per;  // probe columns: sample j's are j·per … (j+1)·per − 1
+  Estimate est;
+  est.probes = P;
+  if (P == 0) return est;
+  Mat<R> states(n, P), E = Mat<R>::Zero(n, P), Y = Mat<R>::Zero(n, P), Z = Mat<R>::Zero(n, P);
+  for (Index j = 0; j < B; ++j) {
+    states.middleCols(j * per, per).colwise() = s.col(j);
+    if (exact) {
+      E.middleCols(j * per, per).setIdentity();
+    } else {
+      Rng rng(seed, Stream::probes, step, static_cast<std::uint64_t>(first + j) + 1);
+      rng.fill_normal(E.col(j * per).data(), static_cast<std::size_t>(n * per));
+    }
+  }
+  ConvCache<R> cache;
+  linearize<R>(net, theta, states, cache);
+  add_jvp<R>(net, theta, states, cache, E, Y);
+  add_vjp<R>(net, theta, states, cache, E, Z);
+  // ℓ(ε) = ‖Hε‖² − (Hᵀε)ᵀ(Hε) per column; L_h at a state = mean over its probes / n (Hutchinson)
+  // or the sum over the basis / n (exact).
+  const Vec<double> ell = (Y.cwiseProduct(Y - Z)).colwise().sum().transpose().template cast<double>();
+  const double scale = exact ? 1.0 / static_cast<double>(B * n) : 1.0 / static_cast<double>(P * n);
+  est.value = ell.sum() * scale;
+  if (!exact && P > 1) {
+    const double mean = ell.mean();
+    est.std_error = std::sqrt((ell.array() - mean).square().sum() / static_cast<double>(P - 1) / static_cast<double>(P)) /
+                    static_cast<double>(n);
+  }
+  if (!grad) return est;
+  // grad += weight · scale · Σ_columns [∂θ⟨2Y − Z, H ε⟩ − ∂θ⟨ε, H Y⟩]
+  const R h0 = std::is_same_v<R, float> ? R(1e-6) : R(1e-20);
+  Vec<C> g(net.n_params);
+  const auto directional = [&](const Mat<R>& a, const Mat<R>& b, R sign) {
+    const R bmax = b.cwiseAbs().maxCoeff();
+    if (!(bmax > 0)) return;
+    const R h = h0 / bmax;
+    const Mat<C> sc = states.template cast<C>() + C(0, h) * b.template cast<C>();
+    ConvCache<C> cc;
+    linearize<C>(net, theta, sc, cc);
+    g.setZero();
+    add_param_vjp<C>(net, theta, Mat<C>(0, P), sc, cc, a.template cast<C>(), C(1), g, true);
+    *grad += (sign * weight * static_cast<R>(scale) / h) * g.imag();
+  };
+  directional(R(2) * Y - Z, E, R(1));
+  directional(E, Y, R(-1));
+  return est;
+}
+
+template <class R>
 double homeo_exact(const Network& net, const Vec<R>& theta) {
   return exact_norms(net, theta).homeo();
 }
@@ -271,6 +324,8 @@ Estimate Homeostasis<R>::add_gradient(const Vec<R>& theta, std::uint64_t seed, s
   template JacobianNorms exact_norms<R>(const Network&, const Vec<R>&);                                    \
   template JacobianNorms norms_at_states<R>(const Network&, const Vec<R>&, const CMatRef<R>&, Index,          \
                                             std::uint64_t);                                                \
+  template Estimate homeo_at_states<R>(const Network&, const Vec<R>&, const CMatRef<R>&, Index, bool,       \
+                                       std::uint64_t, std::uint64_t, Index, R, Vec<R>*);                    \
   template double homeo_exact<R>(const Network&, const Vec<R>&);                                           \
   template void add_homeo_exact_gradient<R>(const Network&, const Vec<R>&, R, Vec<R>&);                    \
   template class Probes<R>;                                                                                \

@@ -64,6 +64,13 @@ Mat<R> dense_jacobian(const Network& net, const Vec<R>& theta);
 template <class R>
 Mat<R> map_jacobian(const Network& net, const Vec<R>& theta, const CVecRef<R>& d);
 
+// A mean over probes with its standard error (sample std / sqrt(P); 0 for exact values).
+struct Estimate {
+  double value = 0;
+  double std_error = 0;
+  Index probes = 0;
+};
+
 // ---- exact symmetry metrics (any size: block norms) -----------------------------------------
 
 struct JacobianNorms {
@@ -85,6 +92,21 @@ template <class R>
 JacobianNorms norms_at_states(const Network& net, const Vec<R>& theta, const CMatRef<R>& s, Index draws,
                               std::uint64_t seed);
 
+// Homeostasis where H depends on the state (convolutional edges), at the activated free states s
+// (one column per sample, held constant as in the paper; the columns are samples first … first +
+// B − 1 of the step's batch). Per sample, `draws` standard-normal probes from Rng(seed,
+// Stream::probes, step, sample + 1) — independent of how a batch is split over threads — or, with
+// exact = true, the n basis vectors (the exact ½‖H − Hᵀ‖²_F at each state). Returns the mean over
+// samples of the per-state L_h (its standard error over the probes), and with grad ≠ nullptr adds
+// weight · ∂L̂/∂θ, exact for these probes: with Y = Hε, Z = Hᵀε held constant,
+//   ∂ℓ(ε)/∂θ = ∂θ⟨2Y − Z, H(θ) ε⟩ − ∂θ⟨ε, H(θ) Y⟩,
+// each a directional derivative of the parameter VJP, ∂θ⟨a, H b⟩ = d/dt ∂θ⟨a, G(s + t b; θ)⟩ (the
+// pooling's second derivative enters through z = conv_K s), computed by a complex step,
+// Im ∂θ⟨a, G(s + ihb; θ)⟩ / h, which has no subtraction and is exact to rounding for h² ≪ eps.
+template <class R>
+Estimate homeo_at_states(const Network& net, const Vec<R>& theta, const CMatRef<R>& s, Index draws, bool exact,
+                         std::uint64_t seed, std::uint64_t step, Index first, R weight, Vec<R>* grad);
+
 // L_h = ½‖H − Hᵀ‖²_F / n, and grad += weight · ∂L_h/∂θ (kernel blocks only).
 template <class R>
 double homeo_exact(const Network& net, const Vec<R>& theta);
@@ -92,13 +114,6 @@ template <class R>
 void add_homeo_exact_gradient(const Network& net, const Vec<R>& theta, R weight, Vec<R>& grad);
 
 // ---- random-probe estimates (any size) ------------------------------------------------------
-
-// A mean over probes with its standard error (sample std / sqrt(P); 0 for exact values).
-struct Estimate {
-  double value = 0;
-  double std_error = 0;
-  Index probes = 0;
-};
 
 template <class R>
 class Probes;

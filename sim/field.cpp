@@ -135,21 +135,23 @@ void add_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& 
   });
 }
 
-template <class R>
-void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& s,
-                   ConvCache<R>& cache, const CMatRef<R>& v, R weight, Vec<R>& grad) {
+template <class S>
+void add_param_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& x, const CMatRef<S>& s,
+                   ConvCache<S>& cache, const CMatRef<S>& v, S weight, Vec<S>& grad, bool recurrent_only) {
+  using R = RealOf<S>;
   for (std::size_t e = 0; e < net.edges.size(); ++e) {
     const Edge& ed = net.edges[e];
+    if (recurrent_only && ed.pre == Network::kInput) continue;
     const Layer& post = net.layers[static_cast<std::size_t>(ed.post)];
     const auto v_post = v.middleRows(post.offset, post.size);
     const bool from_input = ed.pre == Network::kInput;
-    const auto pre_state = [&]() -> CMatRef<R> {
+    const auto pre_state = [&]() -> CMatRef<S> {
       if (from_input) return x;
       const Layer& pre = net.layers[static_cast<std::size_t>(ed.pre)];
       return s.middleRows(pre.offset, pre.size);
     };
-    Eigen::Map<Mat<R>> gK(grad.data() + ed.k_offset, ed.rows, ed.cols);
-    Eigen::Map<Vec<R>> gb(grad.data() + (ed.bias ? ed.b_offset : 0), ed.bias ? ed.rows : 0);
+    Eigen::Map<Mat<S>> gK(grad.data() + ed.k_offset, ed.rows, ed.cols);
+    Eigen::Map<Vec<S>> gb(grad.data() + (ed.bias ? ed.b_offset : 0), ed.bias ? ed.rows : 0);
     const auto K = kernel(net, theta, static_cast<int>(e));
     switch (ed.kind) {
       case EdgeKind::dense:
@@ -160,17 +162,17 @@ void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x,
       case EdgeKind::conv: {
         size_cache(net, cache);
         if (from_input) {  // its z (at x) is not part of the linearisation at s
-          Mat<R> scratch = Mat<R>::Zero(post.size, x.cols());
-          conv_edge_apply<R>(ed.conv, K, Eigen::Map<const Vec<R>>(nullptr, 0), x, scratch, cache.z[e], cache.work[e]);
+          Mat<S> scratch = Mat<S>::Zero(post.size, x.cols());
+          conv_edge_apply<S>(ed.conv, K, Eigen::Map<const Vec<R>>(nullptr, 0), x, scratch, cache.z[e], cache.work[e]);
         }
         // P' does not see the bias (P(v + c) = P(v) + c), so z without it serves.
-        conv_edge_param_vjp<R>(ed.conv, pre_state(), cache.z[e], Mat<R>(weight * v_post), gK, gb, cache.work[e]);
+        conv_edge_param_vjp<S>(ed.conv, pre_state(), cache.z[e], Mat<S>(weight * v_post), gK, gb, cache.work[e]);
         break;
       }
       case EdgeKind::conv_feedback: {
         const Layer& up = net.layers[static_cast<std::size_t>(ed.pre)];
-        conv_feedback_param_vjp<R>(ed.conv, K, s.middleRows(post.offset, post.size), cache.z[e],
-                                   s.middleRows(up.offset, up.size), Mat<R>(weight * v_post), gK, cache.work[e]);
+        conv_feedback_param_vjp<S>(ed.conv, K, s.middleRows(post.offset, post.size), cache.z[e],
+                                   s.middleRows(up.offset, up.size), Mat<S>(weight * v_post), gK, cache.work[e]);
         break;
       }
     }
@@ -234,15 +236,13 @@ void Field<S>::unfreeze_all() {
 
 template void input_drive<float>(const Network&, const Vec<float>&, const CMatRef<float>&, MatRef<float>);
 template void input_drive<double>(const Network&, const Vec<double>&, const CMatRef<double>&, MatRef<double>);
-template void add_param_vjp<float>(const Network&, const Vec<float>&, const CMatRef<float>&, const CMatRef<float>&,
-                                   ConvCache<float>&, const CMatRef<float>&, float, Vec<float>&);
-template void add_param_vjp<double>(const Network&, const Vec<double>&, const CMatRef<double>&, const CMatRef<double>&,
-                                    ConvCache<double>&, const CMatRef<double>&, double, Vec<double>&);
 #define HEPSIM_INSTANTIATE(S)                                                                            \
   template void add_recurrent<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, MatRef<S>,     \
                                  ConvCache<S>*);                                                         \
   template void add_recurrent_transpose<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&,     \
                                            MatRef<S>);                                                   \
+  template void add_param_vjp<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, const CMatRef<S>&,   \
+                                 ConvCache<S>&, const CMatRef<S>&, S, Vec<S>&, bool);                     \
   template void linearize<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, ConvCache<S>&);    \
   template void add_jvp<S>(const Network&, const Vec<RealOf<S>>&, const CMatRef<S>&, ConvCache<S>&,         \
                            const CMatRef<S>&, MatRef<S>);                                                   \

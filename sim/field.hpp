@@ -52,7 +52,9 @@ void add_recurrent(const Network& net, const Vec<RealOf<S>>& theta, const CMatRe
 // which `linearize` computes into `cache` (the calls below then use them: same s).
 //   add_jvp:        g += J_G(s) v
 //   add_vjp:        g += J_G(s)ᵀ w            (non-conjugating transpose: holomorphic)
-//   add_param_vjp:  grad += weight · ∂⟨v, G(s, x; θ)⟩/∂θ   (every kernel and bias; real)
+//   add_param_vjp:  grad += weight · ∂⟨v, G(s, x; θ)⟩/∂θ   (every kernel and bias, or only the
+//                   recurrent edges' with recurrent_only; for complex s, v the holomorphic
+//                   extension, grad complex: a complex step s + ihb gives ∂θ⟨v, J_G b⟩ as Im/h)
 template <class S>
 void linearize(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache);
 template <class S>
@@ -61,9 +63,9 @@ void add_jvp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& 
 template <class S>
 void add_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& s, ConvCache<S>& cache,
              const CMatRef<S>& w, MatRef<S> g);
-template <class R>
-void add_param_vjp(const Network& net, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& s,
-                   ConvCache<R>& cache, const CMatRef<R>& v, R weight, Vec<R>& grad);
+template <class S>
+void add_param_vjp(const Network& net, const Vec<RealOf<S>>& theta, const CMatRef<S>& x, const CMatRef<S>& s,
+                   ConvCache<S>& cache, const CMatRef<S>& v, S weight, Vec<S>& grad, bool recurrent_only = false);
 
 // g += J_Gᵀ w, i.e. g_pre += K_eᵀ w_post (non-conjugating transpose: holomorphic). Dense
 // networks only (a conv network's Jacobian depends on the state: add_vjp).

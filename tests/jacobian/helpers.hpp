@@ -56,4 +56,23 @@ inline Vec<double> recurrent_mask(const Network& net) {
   return m;
 }
 
+// Central differences of f at θ along every coordinate, step h. For a dense network f is a
+// quadratic in θ (both the exact loss and the Hutchinson estimate for fixed probes), so the
+// truncation error is exactly zero and only rounding remains: ≈ ε|f|/h per coordinate, 1e-13
+// with the default h = 1e-2. A conv network's is not: there h ~ 1e-5 balances the O(h²)
+// truncation against the rounding.
+template <class F>
+Vec<double> central_differences(const Vec<double>& theta, F f, double h = 1e-2) {
+  Vec<double> g(theta.size()), th = theta;
+  for (Index i = 0; i < theta.size(); ++i) {
+    th[i] = theta[i] + h;
+    const double fp = f(th);
+    th[i] = theta[i] - h;
+    const double fm = f(th);
+    th[i] = theta[i];
+    g[i] = (fp - fm) / (2 * h);
+  }
+  return g;
+}
+
 }  // namespace hepsim::testing

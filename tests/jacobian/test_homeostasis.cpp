@@ -21,24 +21,6 @@ Probes<R> drawn_probes(Index neurons, Index count, std::uint64_t seed, std::uint
   return p;
 }
 
-// Central differences of f at θ along every coordinate. f is a quadratic in θ (both the exact
-// loss and the Hutchinson estimate for fixed probes), so the truncation error is exactly zero and
-// only rounding remains: ≈ ε|f|/h per coordinate, 1e-13 here with h = 1e-2.
-template <class F>
-Vec<double> central_differences(const Vec<double>& theta, F f) {
-  constexpr double h = 1e-2;
-  Vec<double> g(theta.size()), th = theta;
-  for (Index i = 0; i < theta.size(); ++i) {
-    th[i] = theta[i] + h;
-    const double fp = f(th);
-    th[i] = theta[i] - h;
-    const double fm = f(th);
-    th[i] = theta[i];
-    g[i] = (fp - fm) / (2 * h);
-  }
-  return g;
-}
-
 }  // namespace
 
 TEST_CASE("Hutchinson: the mean over many draws lies within 3 standard errors of ½‖H−Hᵀ‖²/n") {
