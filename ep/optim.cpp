@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "sim/error.hpp"
 
@@ -57,7 +58,27 @@ Optimizer<R>::Optimizer(const Network& net, const OptimizerConfig& cfg)
       lr_factor_(factors<R>(net, cfg.lr_mult, cfg.lr_mult_source)),
       wd_factor_(factors<R>(net, cfg.wd_mult, cfg.wd_mult_source)),
       m_(Vec<R>::Zero(net.n_params)),
-      v_(cfg.kind == OptimizerKind::adamw ? Vec<R>::Zero(net.n_params) : Vec<R>()) {}
+      v_(cfg.kind == OptimizerKind::adamw ? Vec<R>::Zero(net.n_params) : Vec<R>()) {
+  // The weight decay alone must not diverge. SGD's coupled decay with momentum μ is the linear
+  // recursion v ← μv − lr·wd·θ, θ ← θ + v: stable iff lr·wd < 2(1 + μ); AdamW's decoupled decay
+  // θ ← (1 − lr·wd)θ iff lr·wd < 2. (A schedule only lowers lr.) Past that every parameter the
+  // decay touches oscillates with growing amplitude, whatever the gradient does.
+  if (cfg.wd <= 0) return;
+  const double limit = cfg.kind == OptimizerKind::sgd ? 2 * (1 + cfg.momentum) : 2.0;
+  for (const ParamBlock& b : net.blocks) {
+    const double lf = static_cast<double>(lr_factor_[b.offset]), wf = static_cast<double>(wd_factor_[b.offset]);
+    const double decay = cfg.lr * cfg.wd * lf * wf;
+    if (decay < limit) continue;
+    const std::string flag = wf != 1 ? cfg.wd_mult_source : lf != 1 ? cfg.lr_mult_source : "--wd";
+    char msg[320];
+    std::snprintf(msg, sizeof msg,
+                  "lr × wd = %.3g for block %s is at least %.3g (%s): the weight decay alone makes the parameters "
+                  "oscillate and grow; lower --wd or --lr",
+                  decay, b.name.c_str(), limit,
+                  cfg.kind == OptimizerKind::sgd ? "2(1 + momentum) for sgd" : "2 for adamw");
+    throw InputError(flag, msg);
+  }
+}
 
 template <class R>
 double Optimizer<R>::lr_at(long k, long K) const {

@@ -173,10 +173,20 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
   // Non-finite values are blamed on what produced them: the task gradient (the dynamics overflowed
   // the precision: the nudge or the step), the homeostasis term, or the optimizer's step.
   const std::string at = " at step " + std::to_string(index + 1);
+  // After a first step, the weights that step made are the likely cause (RBP and BPTT have no
+  // nudge to blame); at the first step, the nudge (EP) or the unrolled iterations (RBP, BPTT).
+  const std::string cause = index > 0 && cfg_.algo != Algo::hep ? "--lr"
+                            : cfg_.algo != Algo::hep            ? "--T2"
+                            : cfg_.free.solver == Solver::map   ? "--beta"
+                                                                : "--dt/--beta";
   if (!grad_.allFinite())
-    throw InputError(cfg_.free.solver == Solver::map ? "--beta" : "--dt/--beta",
-                     "the gradient became non-finite" + at + " (the relaxation overflowed " +
-                         (sizeof(R) == 4 ? std::string("float; --precision double may help") : std::string("double")) + ")");
+    throw InputError(cause, "the gradient became non-finite" + at +
+                                (cause == "--lr" ? std::string(" (the weights of the previous steps make the relaxation "
+                                                               "overflow); lower --lr")
+                                                 : " (the relaxation overflowed " +
+                                                       (sizeof(R) == 4 ? std::string("float; --precision double may help")
+                                                                       : std::string("double")) +
+                                                       ")"));
   if (homeo_) {
     (void)homeo_->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(index), grad_);
     if (!grad_.allFinite())
@@ -519,6 +529,10 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   const double dense = net.neurons <= 2048 ? 2 * n * n * 8 : 0;  // rbp_dense's H and one LU
   parts.push_back({"the alignment metrics (" + std::to_string(static_cast<long>(P)) + " probe samples, double)",
                    "--probe-size", (dim + classes + 14 * n * points * 2) * P * 8 + dense});
+  if (cfg.algo == Algo::bp)  // the metrics' own truncated BPTT on the probe batch, in double
+    parts.push_back({"truncated BPTT's unrolled states of the alignment metrics (" + std::to_string(static_cast<long>(P)) +
+                         " probe samples x (T2 + 1) steps, double)",
+                     "--probe-size", static_cast<double>(cfg.nudged.max_steps + 1) * n * P * 8});
   if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson)
     parts.push_back({"the homeostasis probes (" + std::to_string(cfg.homeo.draws) + " draws per sample)",
                      "--homeo-draws", 4 * n * static_cast<double>(cfg.homeo.draws) * B * r});

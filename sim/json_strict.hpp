@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -90,9 +91,10 @@ inline nlohmann::json parse_json_strict(const std::string& text, const std::stri
 }
 
 // The whole text of a small input file (an architecture, a configuration): a regular file, or a
-// pipe or FIFO that delivers its data (process substitution, <(…)) — waiting at most 10 s for
-// each piece, so a FIFO nobody writes to is an error instead of a hang — and at most 16 MB, so
-// /dev/zero is an error instead of exhausting memory. Directories and devices are refused.
+// pipe or FIFO that delivers its data (process substitution, <(…)) — within 10 s in all, so a
+// FIFO nobody writes to, or a writer that never closes its end, is an error instead of a hang —
+// and at most 16 MB, so /dev/zero is an error instead of exhausting memory. Directories and
+// devices are refused.
 inline std::string read_small_input(const std::string& path, const std::string& what) {
   constexpr std::size_t kMaxBytes = 16u << 20;
   constexpr int kWaitMs = 10000;
@@ -107,13 +109,17 @@ inline std::string read_small_input(const std::string& path, const std::string& 
   if (fd < 0) throw InputError(path, "cannot open " + what + ": " + std::strerror(errno));
   std::string text;
   char buf[65536];
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
   for (;;) {
     if (stream) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       pollfd p{fd, POLLIN, 0};
-      const int ready = ::poll(&p, 1, kWaitMs);
+      const int ready = left.count() > 0 ? ::poll(&p, 1, static_cast<int>(left.count())) : 0;
       if (ready == 0) {
         ::close(fd);
-        throw InputError(path, "no data arrived within 10 s (a FIFO nobody writes to?)");
+        throw InputError(path, text.empty() ? "no data arrived within 10 s (a FIFO nobody writes to?)"
+                                            : "did not end within 10 s (" + std::to_string(text.size()) +
+                                                  " bytes arrived; a writer that never closes its end?)");
       }
     }
     const ssize_t n = ::read(fd, buf, sizeof buf);

@@ -1,5 +1,7 @@
 #include "sim/network.hpp"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -229,7 +231,10 @@ Architecture load_architecture(const std::string& name_or_path, Index input_size
   if (name_or_path == "loop_mnist") return loop_mnist(input_size, classes);
   if (name_or_path == "cnn") return cnn("cnn", 128, 256, 512, 512, input_shape, classes);
   if (name_or_path == "cnn_small") return cnn("cnn_small", 32, 64, 128, 128, input_shape, classes);
-  if (name_or_path.size() < 5 || name_or_path.substr(name_or_path.size() - 5) != ".json") {
+  // A .json path, or a pipe (process substitution, <(…)): read as a file; any other name is a typo.
+  struct stat st {};
+  const bool pipe = ::stat(name_or_path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
+  if (!pipe && (name_or_path.size() < 5 || name_or_path.substr(name_or_path.size() - 5) != ".json")) {
     std::string names;
     for (const auto& n : builtin_architecture_names()) names += (names.empty() ? "" : ", ") + n;
     throw InputError("--arch", "'" + name_or_path + "' is neither a built-in (" + names + ") nor a .json file");

@@ -102,13 +102,14 @@ void check_memory(const std::vector<MemoryPart>& parts, double already) {
   throw InputError(largest->where, msg);
 }
 
-void check_network_memory(const Network& net, double columns, const std::string& columns_flag) {
-  check_memory({{"the parameters (" + std::to_string(net.n_params) + ")", "--arch", 4.0 * 8 * static_cast<double>(net.n_params)},
-                {"the relaxing states (" + std::to_string(static_cast<long long>(columns)) + " columns of " +
-                     std::to_string(net.neurons) + " neurons)",
-                 columns_flag, 16.0 * 16 * static_cast<double>(net.neurons) * columns},
-                {"the convolutions' im2col buffers", "--arch", omp_get_max_threads() * conv_work_bytes(net, 16)}},
-               0);
+void check_network_memory(const Network& net, double columns, const std::string& columns_flag,
+                          std::vector<MemoryPart> extra) {
+  extra.push_back({"the parameters (" + std::to_string(net.n_params) + ")", "--arch", 4.0 * 8 * static_cast<double>(net.n_params)});
+  extra.push_back({"the relaxing states (" + std::to_string(static_cast<long long>(columns)) + " columns of " +
+                       std::to_string(net.neurons) + " neurons)",
+                   columns_flag, 16.0 * 16 * static_cast<double>(net.neurons) * columns});
+  extra.push_back({"the convolutions' im2col buffers", "--arch", omp_get_max_threads() * conv_work_bytes(net, 16)});
+  check_memory(extra, 0);
 }
 
 namespace {
@@ -154,7 +155,8 @@ std::string settle_advice(const std::vector<RelaxStatus>& status) {
   if (count_status(status, RelaxStatus::cycling) > 0)
     add("cycling samples settle with a damped map (--dt 0.5) or an ODE solver (--solver dopri5)");
   if (count_status(status, RelaxStatus::stalled) > 0)
-    add("stalled samples need a larger --tol, another --solver or, in float, --precision double");
+    add("stalled samples need a longer --stall-window (the time in which the residual must halve), a larger --tol, "
+        "another --solver or, in float, --precision double");
   if (count_status(status, RelaxStatus::max_steps) > 0) add("a larger --max-steps or --solver anderson");
   if (count_status(status, RelaxStatus::diverged) > 0) add("diverged samples need a smaller --dt or another --solver");
   return advice;
@@ -171,7 +173,8 @@ void check_settled(const std::string& command, const std::vector<RelaxStatus>& s
       counts += (counts.empty() ? "" : ", ") + std::to_string(count_status(status, s)) + " " + to_string(s);
   if (2 * good < n) {
     const bool budget = count_status(status, RelaxStatus::max_steps) == n - good;
-    throw InputError(budget ? "--max-steps" : "--dt/--solver",
+    const bool stalled = count_status(status, RelaxStatus::stalled) == n - good;  // ended by the stall test
+    throw InputError(budget ? "--max-steps" : stalled ? "--tol/--stall-window" : "--dt/--solver",
                      "only " + std::to_string(good) + " of " + std::to_string(n) + " samples settled in " + phase +
                          " (" + counts + "): " + settle_advice(status));
   }

@@ -101,7 +101,8 @@ void check_memory(const std::vector<MemoryPart>& parts, double already);
 // The same for relax, jacobian and gradcheck, before θ is allocated: the parameters and their
 // working copies (about four θ-sized vectors, named --arch) and `columns` relaxing state columns
 // of about 16 state-sized double matrices (complex: twice; named `columns_flag`).
-void check_network_memory(const Network& net, double columns, const std::string& columns_flag);
+void check_network_memory(const Network& net, double columns, const std::string& columns_flag,
+                          std::vector<MemoryPart> extra = {});
 
 // body(i) for i = 0 … n − 1 on the OpenMP threads (dynamic schedule: the items may differ in
 // cost); the first exception thrown by any item is rethrown once all have finished (an exception

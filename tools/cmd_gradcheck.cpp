@@ -4,6 +4,8 @@
 // Samples whose free phase does not settle (cycling, stalled, out of budget, diverged) have no
 // fixed point to be exact about: they are listed in free.not_settled and every metric is computed
 // on the others; with fewer than half settled the run ends with exit code 2 after its JSON.
+#include <omp.h>
+
 #include <chrono>
 #include <cstdio>
 #include <iomanip>
@@ -14,6 +16,8 @@
 
 #include "datasets/dataset.hpp"
 #include "ep/estimators.hpp"
+#include <omp.h>
+
 #include "tools/cli.hpp"
 #include "tools/progress.hpp"
 
@@ -160,7 +164,14 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   const Network& net = model.net;
   int max_N = 0;
   for (int N : parse_list<int>(o.N_list, "--N")) max_N = std::max(max_N, N);
-  check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1), "--batch");
+  // The finite-difference directions are held together (drawn in order): θ-sized each, in double,
+  // plus each thread's two perturbed copies.
+  check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1), "--batch",
+                       {{"the finite-difference directions (" + std::to_string(o.fd_directions) + " x " +
+                             std::to_string(net.n_params) + " parameters, double)",
+                         "--fd-directions",
+                         8.0 * static_cast<double>(net.n_params) *
+                             (static_cast<double>(o.fd_directions) + 2.0 * omp_get_max_threads())}});
   const double states = static_cast<double>(net.neurons) * static_cast<double>(o.batch);
   check_size((max_N / 2 + 1) * states, kMaxStackedValues, "--batch",
              "the stacked nudged states (⌊N/2⌋ + 1) × " + std::to_string(net.neurons) + " neurons × --batch");

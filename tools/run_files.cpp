@@ -8,12 +8,14 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
 
 #include "datasets/h5_io.hpp"
@@ -116,12 +118,26 @@ constexpr IntColumn kIntColumns[] = {
 namespace {
 constexpr const char* kLockName = ".hepsim.lock";
 
-// What a run that stopped before its first epoch leaves: its config.json (a complete hepsim
-// configuration) and the lock file.
-bool leftover_of_unstarted_run(const std::filesystem::path& entry) {
+// hepsim's lock file holds the pid of the run that took it (or nothing, if it was killed between
+// truncating and writing): a regular file of at most 20 digits. Anything else of that name is a
+// user's file.
+bool lock_is_ours(const std::filesystem::path& lock) {
+  std::error_code ec;
+  const auto st = std::filesystem::symlink_status(lock, ec);
+  if (ec || st.type() != std::filesystem::file_type::regular) return false;
+  const auto size = std::filesystem::file_size(lock, ec);
+  if (ec || size > 20) return false;
+  std::ifstream f(lock, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  return std::all_of(text.begin(), text.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+// What a run killed before its first epoch leaves: its lock file and its config.json (a complete
+// hepsim configuration). A config.json without our lock beside it is a user's file.
+bool leftover_of_unstarted_run(const std::filesystem::path& entry, bool locked) {
   const std::string name = entry.filename().string();
-  if (name == kLockName) return true;
-  if (name != "config.json") return false;
+  if (name == kLockName) return locked;
+  if (name != "config.json" || !locked) return false;
   try {
     std::ifstream f(entry);
     const nlohmann::json j = nlohmann::json::parse(f);
@@ -169,7 +185,13 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
   try {
     if (fs::exists(dir_, ec)) {
       if (!fs::is_directory(dir_, ec)) throw InputError(flag, dir_ + " exists and is not a directory");
-      if (fs::exists(lock, ec)) take_lock();
+      const bool locked = fs::exists(fs::symlink_status(lock, ec));
+      if (locked && !lock_is_ours(lock))
+        throw InputError(flag, lock + (fs::is_symlink(fs::symlink_status(lock, ec))
+                                           ? " is a symlink, not hepsim's lock: remove it"
+                                           : " is not hepsim's lock (a file of that name that holds no process id): "
+                                             "remove it or choose another " + flag));
+      if (locked) take_lock();
       if (!resume_) {
         if (fs::exists(dir_ + "/checkpoint.h5"))
           throw InputError(flag, dir_ + " already holds a run; continue it with --resume " + dir_ +
@@ -178,7 +200,7 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
           throw InputError(flag, dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
                                         "delete it or choose another --out");
         for (const auto& entry : fs::directory_iterator(dir_, ec))
-          if (!leftover_of_unstarted_run(entry.path()))
+          if (!leftover_of_unstarted_run(entry.path(), locked))
             throw InputError(flag, dir_ + " is not empty and holds no hepsim run (it has '" +
                                        entry.path().filename().string() + "'): choose another --out");
       }

@@ -551,3 +551,84 @@ TEST_CASE("fifth audit: a symlinked lock is refused untouched, numbers below dou
   fs::copy(other.str(), moved);
   check_bad_input({{"eval --checkpoint " + tmp.file("r/checkpoint.h5"), "holds another test set"}}, tmp);
 }
+
+TEST_CASE("sixth audit: a user's config.json is never a leftover, weight decay and RBP blame their flags") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 21);
+  const std::string arch = small_arch(tmp);
+  // A complete hepsim configuration of the user's (here: a finished run's), without hepsim's lock
+  // beside it, was taken for what a killed run leaves: a failing run deleted it, a run rewrote it.
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("done"), tmp).code == 0);
+  fs::create_directories(tmp.file("exp"));
+  fs::copy_file(tmp.file("done/config.json"), tmp.file("exp/config.json"));
+  const std::string mine = slurp(tmp.file("exp/config.json"));
+  check_bad_input({{"train " + flags(data, arch) + " --data-dir " + tmp.file("nowhere") + " --out " + tmp.file("exp"),
+                    "config.json"},
+                   {"train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("exp"), "config.json"}},
+                  tmp);
+  CHECK(slurp(tmp.file("exp/config.json")) == mine);
+  // A user's file named like the lock is refused untouched, not overwritten with a pid.
+  fs::create_directories(tmp.file("L"));
+  std::ofstream(tmp.file("L/.hepsim.lock")) << "notes";
+  check_bad_input({{"train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("L"), "not hepsim's lock"}}, tmp);
+  CHECK(slurp(tmp.file("L/.hepsim.lock")) == "notes");
+  // The weight decay alone diverges (|1 − lr·wd| > 1 without momentum): refused before training,
+  // naming --wd (it was blamed on --lr after nine epochs), also for adamw and through a multiplier.
+  check_bad_input({{"train " + flags(data, arch) + " --lr 0.5 --wd 6 --momentum 0 --out " + tmp.file("w1"), "--wd:"},
+                   {"train " + flags(data, arch) + " --optimizer adamw --lr 0.5 --wd 6 --out " + tmp.file("w2"),
+                    "--wd:"},
+                   {"train " + flags(data, arch) + " --lr 0.5 --wd 1 --wd-mult readout=10 --out " + tmp.file("w3"),
+                    "--wd-mult:"}},
+                  tmp);
+  CHECK(!fs::exists(tmp.file("w1")));
+  // RBP has no nudge: a gradient that overflows after a step names --lr, not --beta.
+  const RunResult r = run_hepsim("train " + flags(data, arch) + " --algo rbp --lr 1e6 --epochs 2 --out " + tmp.file("r"), tmp);
+  CAPTURE(r.err);
+  CHECK(r.code == 2);
+  CHECK(r.err.rfind("--lr", 0) == 0);
+}
+
+TEST_CASE("sixth audit: stalled samples name --stall-window, and fd directions are in gradcheck's memory estimate") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 22);
+  const std::string arch = small_arch(tmp);
+  // (relax prints its JSON, then ends with exit code 2 and the one line)
+  const RunResult st =
+      run_hepsim("relax --dataset fmnist --data-dir " + data.str() + " --arch " + arch + " --samples 4 --stall-window 1", tmp);
+  CAPTURE(st.err);
+  CHECK(st.code == 2);
+  CHECK(st.err_lines() == 1);
+  CHECK(st.err.rfind("--tol/--stall-window:", 0) == 0);
+  // 10,000 directions of 4.2 M parameters (340 GB in double) were allocated: an out-of-memory exit
+  // naming no flag, or GBs of growth for smaller counts.
+  const std::string wide = tmp.file("wide.json");
+  std::ofstream(wide) << R"({"name": "wide", "layers": [{"name": "h", "size": 2048}, {"name": "g", "size": 2048},
+    {"name": "out", "size": "classes"}], "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "g"},
+    {"pre": "g", "post": "h", "type": "dense_nobias"}, {"pre": "g", "post": "out"}]})";
+  check_bad_input({{"gradcheck --dataset fmnist --data-dir " + data.str() + " --arch " + wide +
+                        " --batch 2 --N 1 --fd-directions 10000",
+                    "--fd-directions:"}},
+                  tmp);
+}
+
+TEST_CASE("sixth audit: a FIFO that trickles forever ends after 10 s, an architecture may come through a pipe") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 20, 20, 23);
+  const std::string arch = small_arch(tmp);
+  const std::string bin = HEPSIM_BINARY;
+  const std::string r = "relax --dataset fmnist --data-dir " + data.str() + " --samples 2 --arch ";
+  // <(cat arch.json) is /dev/fd/N, a pipe without the .json suffix: it was refused as a typo.
+  CHECK(shell("bash -c 'timeout 60 " + bin + " " + r + "<(cat " + arch + ") >/dev/null 2>&1'") == 0);
+  // A writer that sends a byte a second and never closes: the 10 s applied to each byte only.
+  REQUIRE(mkfifo(tmp.file("slow.fifo").c_str(), 0644) == 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  // (the writer's output goes nowhere: it must not hold the test's pipes open; it dies of SIGPIPE
+  // once hepsim has given up)
+  const int slow = shell("(for i in $(seq 30); do printf ' '; sleep 1; done > " + tmp.file("slow.fifo") +
+                         " &) </dev/null >/dev/null 2>&1; timeout 60 " + bin + " " + r + tmp.file("slow.fifo") +
+                         " >/dev/null 2>" + tmp.file("slow.err"));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(slow == 2);
+  CHECK(seconds < 30);
+  CHECK(slurp(tmp.file("slow.err")).find("did not end within 10 s") != std::string::npos);
+}
