@@ -153,17 +153,20 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
 template <class R>
 Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
     : model_(model), cfg_(cfg), theta_(std::move(theta)), opt_(model.net, cfg.optimizer), grad_(model.net.n_params) {
-  if (model.net.has_conv() && cfg.homeostasis > 0)
-    throw InputError("--homeostasis", model.net.name + " has convolutional edges: homeostasis supports dense networks "
-                                                       "only so far (train it with --homeostasis 0)");
+  // A conv network's exact homeostasis probes every sample's state with the n basis vectors.
+  if (model.net.has_conv() && cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::exact &&
+      model.net.neurons > kMaxExactConvNeurons)
+    throw InputError("--homeo-mode", "exact homeostasis on a conv network probes each sample with all its " +
+                                         std::to_string(model.net.neurons) + " neurons (at most " +
+                                         std::to_string(kMaxExactConvNeurons) + "): use hutchinson");
   if (theta_.size() != model.net.n_params) throw std::invalid_argument("Trainer: θ has the wrong size");
 }
 
 template <class R>
 typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total,
                                                 const Index* samples) {
-  const StepStats st = gradient(x, y, grad_, samples);
-  if (cfg_.homeostasis > 0 && !homeo_) {
+  const StepStats st = gradient(x, y, grad_, samples, index);
+  if (cfg_.homeostasis > 0 && !homeo_ && !model_.net.has_conv()) {  // conv: at the free states, in gradient()
     // Probe buffers for draws × (the first batch's columns): a nominal batch larger than the data
     // never materialises (before, --batch-size 1000000 on 200 samples allocated 15 GB of probes).
     HomeoConfig hc = cfg_.homeo;
@@ -211,7 +214,7 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
 
 template <class R>
 typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad,
-                                                    const Index* samples) const {
+                                                    const Index* samples, long index) const {
   const bool warm = cfg_.warm_start && samples != nullptr && warm_.size() > 0;
   const Index B = x.cols();
   const int chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(cfg_.threads, B)));
@@ -243,6 +246,15 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       const Mat<R> v = algorithm_error_vector<R>(model_, theta_, fs, cfg_, &nudged);
       g.setZero();
       add_parameter_gradient<R>(model_, theta_, fs, v, R(1) / static_cast<R>(B), g);
+    }
+    if (cfg_.homeostasis > 0 && model_.net.has_conv()) {
+      // Homeostasis at this chunk's free states (held constant), its share count/B of the batch
+      // mean; the probes are keyed by the step and each sample's place in the batch.
+      Mat<R> s(fs.u.rows(), fs.u.cols());
+      activate<R>(model_.activation, fs.u, s);
+      (void)homeo_at_states<R>(model_.net, theta_, s, cfg_.homeo.draws, cfg_.homeo.mode == HomeoMode::exact, cfg_.seed,
+                               static_cast<std::uint64_t>(index), first,
+                               static_cast<R>(cfg_.homeostasis) * static_cast<R>(count) / static_cast<R>(B), &g);
     }
     const Scored sc = score<R>(model_, theta_, fs.u, fs.y);
     st.loss = sc.loss;
@@ -533,9 +545,22 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
     parts.push_back({"truncated BPTT's unrolled states of the alignment metrics (" + std::to_string(static_cast<long>(P)) +
                          " probe samples x (T2 + 1) steps, double)",
                      "--probe-size", static_cast<double>(cfg.nudged.max_steps + 1) * n * P * 8});
-  if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson)
+  if (cfg.homeostasis > 0 && net.has_conv()) {
+    // At each thread's free states: probe columns (draws, or the n basis vectors, per sample) of
+    // the states, E, HE, HᵀE, their complex-step copies and the conv edges' pre-pool maps.
+    const bool exact = cfg.homeo.mode == HomeoMode::exact;
+    const double cols = (exact ? n : static_cast<double>(cfg.homeo.draws)) * Bc;
+    double z = 0;
+    for (const Edge& e : net.edges)
+      if (e.is_conv() && e.pre != Network::kInput) z += static_cast<double>(e.conv.conv.out().size());
+    parts.push_back({"the homeostasis probes at the free states (" +
+                         (exact ? std::string("every neuron") : std::to_string(cfg.homeo.draws) + " draws") +
+                         " per sample)",
+                     exact ? "--homeo-mode" : "--homeo-draws", cols * (12 * n + 3 * z) * r * T});
+  } else if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson) {
     parts.push_back({"the homeostasis probes (" + std::to_string(cfg.homeo.draws) + " draws per sample)",
                      "--homeo-draws", 4 * n * static_cast<double>(cfg.homeo.draws) * B * r});
+  }
   if (cfg.warm_start)
     parts.push_back({"the warm-start states (one per training sample)", "--warm-start",
                      n * static_cast<double>(train_n) * r});

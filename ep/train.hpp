@@ -131,8 +131,9 @@ class Trainer {
   const TrainConfig& config() const { return cfg_; }
 
  private:
-  // grad = the algorithm's gradient of the batch (assigned, not accumulated).
-  StepStats gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad, const Index* samples) const;
+  // grad = the algorithm's gradient of the batch (assigned, not accumulated); for conv networks
+  // with homeostasis also λ ∂L_h/∂θ at the batch's free states (probes keyed by `index`).
+  StepStats gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad, const Index* samples, long index) const;
   void epoch_metrics(const Dataset& test, EpochRecord& rec) const;
 
   const Model& model_;

@@ -48,6 +48,9 @@ namespace hepsim {
 
 // Above this neuron count the dense H (and its spectrum) is not formed.
 inline constexpr Index kMaxDenseNeurons = 4096;
+// Exact homeostasis on a conv network probes every sample's state with all n basis vectors
+// (an n x n block per sample): allowed up to this many neurons.
+inline constexpr Index kMaxExactConvNeurons = 512;
 
 // ---- products and dense matrices ------------------------------------------------------------
 
