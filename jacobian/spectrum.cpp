@@ -29,8 +29,111 @@ Spectrum spectrum(const Mat<double>& J) {
   return sp;
 }
 
+namespace {
+
+// The free fixed points of the samples x (β = 0) with the analysis' relaxation settings.
+RelaxResult free_states(const Model& model, const Vec<double>& theta, const Mat<double>& x, const AnalysisConfig& cfg,
+                        Mat<double>& u) {
+  const Network& net = model.net;
+  const Index B = x.cols();
+  Mat<double> drive(net.neurons, B);
+  input_drive<double>(net, theta, x, drive);
+  const Mat<double> y = Mat<double>::Zero(net.classes, B);  // unused: β = 0
+  const Vec<double> beta = Vec<double>::Zero(B);
+  Field<double> field(model, theta, drive, y, beta);
+  u = Mat<double>::Zero(net.neurons, B);
+  RelaxConfig rc;
+  rc.solver = cfg.solver;
+  rc.tol = cfg.tol;
+  rc.max_steps = cfg.max_steps;
+  rc.dt = cfg.dt;
+  rc.stall_window = cfg.stall_window;
+  rc.progress = cfg.progress;
+  return relax(field, u, rc);
+}
+
+// Records the rightmost eigenvalue of one sample's linearised dynamics J_G D − I.
+void add_dynamics(JacobianAnalysis& r, const std::complex<double>& z) {
+  ++r.converged;
+  r.unstable += z.real() > 0;
+  if (!r.max_real_eig_dynamics || z.real() > r.max_real_eig_dynamics->real()) r.max_real_eig_dynamics = z;
+}
+
+// A conv network's H depends on the state: everything is measured at the samples' free states.
+// Estimates always (Hutchinson at the states, the probes shared out over the samples); with
+// n ≤ max_dense the dense H of each state (n JVPs), its norms averaged over the states, the
+// spectrum of J = H − I at the first settled state, and every state's dynamics.
+JacobianAnalysis analyse_conv(const Model& model, const Vec<double>& theta, const Mat<double>& x,
+                              const AnalysisConfig& cfg) {
+  const Network& net = model.net;
+  const Index n = net.neurons;
+  JacobianAnalysis r;
+  r.neurons = n;
+  r.weight_angle_deg = weight_angle_deg(net, theta);
+  r.jac_sym = r.homeo_exact = std::nan("");
+  r.jac_sym_estimate.value = r.jac_sym_estimate.std_error = std::nan("");
+  r.homeo_estimate = r.jac_sym_estimate;
+  const Index B = x.cols();
+  r.samples = B;
+  if (B == 0) return r;
+  Mat<double> u;
+  const RelaxResult rr = free_states(model, theta, x, cfg, u);
+  r.free_status = rr.status;
+  std::vector<Index> settled;
+  for (Index j = 0; j < B; ++j)
+    if (rr.status[static_cast<std::size_t>(j)] == RelaxStatus::converged) settled.push_back(j);
+  const Index S = static_cast<Index>(settled.size());
+  if (S == 0) return r;
+  Mat<double> s(n, S), d(n, S);
+  for (Index k = 0; k < S; ++k) {
+    const Vec<double> uk = u.col(settled[static_cast<std::size_t>(k)]);
+    activate<double>(model.activation, uk, s.col(k));
+    activate_deriv<double>(model.activation, uk, d.col(k));
+  }
+  const Index draws = std::max<Index>(1, cfg.probes / S);
+  const JacobianNorms est = norms_at_states<double>(net, theta, s, draws, cfg.seed);
+  r.jac_sym_estimate.value = est.jac_sym();
+  r.jac_sym_estimate.probes = draws * S;
+  r.homeo_estimate = homeo_at_states<double>(net, theta, s, draws, false, cfg.seed, 0, 0, 1.0, nullptr);
+  if (n > cfg.max_dense) return r;
+  std::vector<Mat<double>> H(static_cast<std::size_t>(S));
+  std::vector<std::complex<double>> rightmost(static_cast<std::size_t>(S));
+  std::exception_ptr error;  // an exception must not leave an OpenMP region
+#pragma omp parallel for schedule(dynamic, 1)
+  for (Index k = 0; k < S; ++k) try {
+    const Mat<double> states = s.col(k).replicate(1, n);
+    ConvCache<double> cache;
+    linearize<double>(net, theta, states, cache);
+    Mat<double>& h = H[static_cast<std::size_t>(k)];
+    h = Mat<double>::Zero(n, n);
+    add_jvp<double>(net, theta, states, cache, Mat<double>::Identity(n, n), h);
+    Mat<double> Jd = h * d.col(k).asDiagonal();
+    Jd.diagonal().array() -= 1.0;
+    rightmost[static_cast<std::size_t>(k)] = spectrum(Jd).max_real;
+  } catch (...) {
+#pragma omp critical
+    error = std::current_exception();
+  }
+  if (error) std::rethrow_exception(error);
+  JacobianNorms exact;
+  exact.neurons = n;
+  for (Index k = 0; k < S; ++k) {
+    const Mat<double>& h = H[static_cast<std::size_t>(k)];
+    exact.s2 += ((0.5 * (h + h.transpose())) - Mat<double>::Identity(n, n)).squaredNorm() / static_cast<double>(S);
+    exact.a2 += (0.5 * (h - h.transpose())).squaredNorm() / static_cast<double>(S);
+    add_dynamics(r, rightmost[static_cast<std::size_t>(k)]);
+  }
+  r.jac_sym = exact.jac_sym();
+  r.homeo_exact = exact.homeo();
+  r.jac = spectrum(H[0] - Mat<double>::Identity(n, n));
+  return r;
+}
+
+}  // namespace
+
 JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, const Mat<double>& x,
                                   const AnalysisConfig& cfg) {
+  if (model.net.has_conv()) return analyse_conv(model, theta, x, cfg);
   const Network& net = model.net;
   const Index n = net.neurons;
   JacobianAnalysis r;
@@ -56,20 +159,8 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
   const Index B = x.cols();
   r.samples = B;
   if (B == 0) return r;
-  Mat<double> drive(n, B);
-  input_drive<double>(net, theta, x, drive);
-  const Mat<double> y = Mat<double>::Zero(net.classes, B);  // unused: β = 0
-  const Vec<double> beta = Vec<double>::Zero(B);
-  Field<double> field(model, theta, drive, y, beta);
-  Mat<double> u = Mat<double>::Zero(n, B);
-  RelaxConfig rc;
-  rc.solver = cfg.solver;
-  rc.tol = cfg.tol;
-  rc.max_steps = cfg.max_steps;
-  rc.dt = cfg.dt;
-  rc.stall_window = cfg.stall_window;
-  rc.progress = cfg.progress;
-  const RelaxResult rr = relax(field, u, rc);
+  Mat<double> u;
+  const RelaxResult rr = free_states(model, theta, x, cfg, u);
   r.free_status = rr.status;
   Mat<double> d(n, B);
   activate_deriv<double>(model.activation, u, d);
@@ -89,13 +180,8 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
     error = std::current_exception();
   }
   if (error) std::rethrow_exception(error);
-  for (Index j = 0; j < B; ++j) {
-    if (!ok[static_cast<std::size_t>(j)]) continue;
-    ++r.converged;
-    const auto& z = rightmost[static_cast<std::size_t>(j)];
-    r.unstable += z.real() > 0;
-    if (!r.max_real_eig_dynamics || z.real() > r.max_real_eig_dynamics->real()) r.max_real_eig_dynamics = z;
-  }
+  for (Index j = 0; j < B; ++j)
+    if (ok[static_cast<std::size_t>(j)]) add_dynamics(r, rightmost[static_cast<std::size_t>(j)]);
   return r;
 }
 

@@ -111,10 +111,10 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
 
   nlohmann::json j;
   j["neurons"] = a.neurons;
-  j["jac_sym"] = a.jac_sym;
-  j["jac_sym_estimate"] = a.jac_sym_estimate.value;
-  j["jac_sym_estimate_stderr"] = a.jac_sym_estimate.std_error;
-  j["homeo_exact"] = a.homeo_exact;
+  j["jac_sym"] = number_or_null(a.jac_sym);  // null: a conv network above --max-dense
+  j["jac_sym_estimate"] = number_or_null(a.jac_sym_estimate.value);
+  j["jac_sym_estimate_stderr"] = number_or_null(a.jac_sym_estimate.std_error);  // null for conv networks
+  j["homeo_exact"] = number_or_null(a.homeo_exact);
   j["homeo_estimate"] = a.homeo_estimate.value;
   j["homeo_estimate_stderr"] = a.homeo_estimate.std_error;
   j["max_real_eig"] = a.jac ? nlohmann::json(a.jac->max_real.real()) : nlohmann::json(nullptr);
