@@ -4,7 +4,10 @@
 // `hepsim jacobian` measures symmetry at the samples' free states.
 #include <doctest/doctest.h>
 
+#include <filesystem>
+
 #include "cli_helpers.hpp"
+#include "tools/run_files.hpp"
 
 using namespace hepsim;
 using namespace hepsim::test;
@@ -99,4 +102,60 @@ TEST_CASE("conv networks: relax and gradcheck on images, exact estimators, refus
   REQUIRE_MESSAGE(jd.code == 0, jd.err);
   CHECK(jd.json()["jac_sym"].is_null());
   CHECK(jd.json()["homeo_estimate"].get<double>() == k["homeo_estimate"].get<double>());
+}
+
+TEST_CASE("cnn_small trains from the command line on CIFAR-10, CIFAR-100 and ImageNet 32x32 files in their formats") {
+  TempDir tmp;
+  namespace fs = std::filesystem;
+  // 80 training images in the first training file (the others, which the loaders require, hold
+  // 4 each) and 20 test images per dataset, in the official layouts.
+  std::vector<Bytes> labels10, labels100;
+  for (std::uint8_t i = 0; i < 100; ++i) {
+    labels10.push_back({static_cast<std::uint8_t>(i % 10)});
+    labels100.push_back({static_cast<std::uint8_t>(i % 20), static_cast<std::uint8_t>(i % 100)});
+  }
+  const auto head = [](const std::vector<Bytes>& v, std::size_t a, std::size_t b) {
+    return std::vector<Bytes>(v.begin() + static_cast<long>(a), v.begin() + static_cast<long>(b));
+  };
+  fs::create_directories(tmp.file("c10/cifar-10-batches-bin"));
+  write_file(tmp.file("c10/cifar-10-batches-bin/data_batch_1.bin"), cifar_records(head(labels10, 0, 80)));
+  write_file(tmp.file("c10/cifar-10-batches-bin/test_batch.bin"), cifar_records(head(labels10, 80, 100), 80));
+  for (int b = 2; b <= 5; ++b)
+    write_file(tmp.file("c10/cifar-10-batches-bin/data_batch_" + std::to_string(b) + ".bin"),
+               cifar_records(head(labels10, 0, 4)));
+  fs::create_directories(tmp.file("c100/cifar-100-binary"));
+  write_file(tmp.file("c100/cifar-100-binary/train.bin"), cifar_records(head(labels100, 0, 80)));
+  write_file(tmp.file("c100/cifar-100-binary/test.bin"), cifar_records(head(labels100, 80, 100), 80));
+  std::vector<std::int64_t> in_labels;
+  for (std::int64_t i = 0; i < 100; ++i) in_labels.push_back(1 + (i * 37) % 1000);
+  fs::create_directories(tmp.file("in32"));
+  write_file(tmp.file("in32/train_data_batch_1.npz"),
+             imagenet_npz(std::vector<std::int64_t>(in_labels.begin(), in_labels.begin() + 80), 32, true));
+  for (int b = 2; b <= 10; ++b)
+    write_file(tmp.file("in32/train_data_batch_" + std::to_string(b) + ".npz"),
+               imagenet_npz(std::vector<std::int64_t>(in_labels.begin(), in_labels.begin() + 4), 32, false));
+  write_file(tmp.file("in32/val_data.npz"),
+             imagenet_npz(std::vector<std::int64_t>(in_labels.begin() + 80, in_labels.end()), 32, true, 80));
+  const std::string t = "train --arch cnn_small --epochs 1 --train-limit 64 --T1 8 --T2 3 --N 2 --beta 0.5 "
+                        "--batch-size 16 --probe-size 4 --quiet ";
+  for (const auto& [dataset, dir] : {std::pair<std::string, std::string>{"cifar10", "c10"}, {"cifar100", "c100"},
+                                     {"imagenet32", "in32"}}) {
+    CAPTURE(dataset);
+    const RunResult r = run_hepsim(t + "--dataset " + dataset + " --data-dir " + tmp.file(dir) + " --out " +
+                                       tmp.file("run_" + dataset),
+                                   tmp);
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    const auto j = r.json();
+    CHECK(j["epochs"] == 1);
+    CHECK(j["test_top5"].get<double>() >= j["test_acc"].get<double>());
+    const auto recs = tools::TrainLog::read_records(tmp.file("run_" + dataset + "/log.h5"), 10);
+    CHECK(recs.size() == 1);
+  }
+  // A truncated training file (half a record at the end of what is read) names the file.
+  Bytes cut = cifar_records(head(labels10, 0, 80));
+  cut.resize(cut.size() - 1500);
+  write_file(tmp.file("c10/cifar-10-batches-bin/data_batch_1.bin"), cut);
+  check_bad_input({{t + "--dataset cifar10 --train-limit 80 --data-dir " + tmp.file("c10") + " --out " + tmp.file("bad"),
+                    "data_batch_1.bin"}},
+                  tmp);
 }
