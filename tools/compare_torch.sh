@@ -8,8 +8,8 @@
 #
 # Usage: tools/compare_torch.sh [ROUNDS (3)] [BATCHES per round (100)] [THREADS (2)]
 # Env:   TORCH_HEP=path/to/torch_hep.py (default ../shared/peers/torch_hep.py next to the repo)
-# This is a comparison tool, not a dependency of hepsim: it installs python3-torch, python3-numpy
-# and libopenblas0-pthread from Debian when missing.
+# This is a comparison tool, not a dependency of hepsim: `tools/deps.sh --torch` installs
+# python3-torch, python3-numpy and libopenblas0-pthread from Debian when missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 rounds="${1:-3}"
@@ -17,15 +17,7 @@ batches="${2:-100}"
 threads="${3:-2}"
 torch_hep="${TORCH_HEP:-$root/../shared/peers/torch_hep.py}"
 [[ -f "$torch_hep" ]] || { echo "tools/compare_torch.sh: $torch_hep: not found (set TORCH_HEP)" >&2; exit 2; }
-"$root/tools/deps.sh"
-missing=()
-for p in python3-torch python3-numpy libopenblas0-pthread; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >&2
-fi
+"$root/tools/deps.sh" --torch
 [[ -x "$root/build/tools/hepsim" ]] || "$root/tools/build.sh"
 hepsim="$root/build/tools/hepsim"
 tmp="$(mktemp -d)"

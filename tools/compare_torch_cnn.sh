@@ -10,8 +10,8 @@
 #
 # Usage: tools/compare_torch_cnn.sh [ROUNDS (3)] [ARCHS ("cnn_small cnn")] [THREADS (2)] [BATCH (32)]
 # Env:   TORCH_CNN=path/to/torch_cnn.py (default ../shared/peers/torch_cnn.py next to the repo)
-# A comparison tool, not a dependency of hepsim: it installs python3-torch and python3-numpy from
-# Debian when missing.
+# A comparison tool, not a dependency of hepsim: `tools/deps.sh --torch` installs python3-torch
+# and python3-numpy from Debian when missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 rounds="${1:-3}"
@@ -20,15 +20,7 @@ threads="${3:-2}"
 batch="${4:-32}"
 torch_cnn="${TORCH_CNN:-$root/../shared/peers/torch_cnn.py}"
 [[ -f "$torch_cnn" ]] || { echo "tools/compare_torch_cnn.sh: $torch_cnn: not found (set TORCH_CNN)" >&2; exit 2; }
-"$root/tools/deps.sh"
-missing=()
-for p in python3-torch python3-numpy; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >&2
-fi
+"$root/tools/deps.sh" --torch
 [[ -x "$root/build/tools/hepsim" ]] || "$root/tools/build.sh"
 hepsim="$root/build/tools/hepsim"
 tmp="$(mktemp -d)"
