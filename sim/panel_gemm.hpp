@@ -3,9 +3,9 @@
 // (sim/fused_map.cpp) and the conv engine (sim/conv/conv_map.cpp). A real matrix A is packed once
 // into panels of 32 rows (two AVX-512 registers), k-major: panel p holds A(32p + r, kk) at
 // [(p·k + kk)·32 + r], rows past A's end zero. A block product C(32 x NC) = panel · B(k x NC)
-// keeps its 2·NC accumulators in registers and broadcasts each element of B once; measured on
-// this machine's cores at 104–110 GFLOP/s per core (93 % of the FMA peak) on the conv engine's
-// shapes, against 74–90 for Eigen's general GEMM, which repacks both operands on every call.
+// keeps its 2·NC accumulators in registers and broadcasts each element of B once; on the conv
+// engine's shapes 104–110 GFLOP/s per core (about 93 % of the FMA peak), against 73–90 for Eigen's
+// general GEMM, which repacks both operands on every call (bench_components: BM_ConvGemm).
 #include <vector>
 
 #include "sim/types.hpp"

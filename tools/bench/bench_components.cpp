@@ -1,13 +1,17 @@
 // Google Benchmark of hepsim's components on mlp_2-256 (float): one relaxation step (fused engine
 // and per-edge path), a free phase, a full training step for N = 1, 2, 4, 6, the homeostasis
-// term, evaluation, and Eigen's GEMM on the relaxation's own shapes (the peak to compare with).
+// term, evaluation, and Eigen's GEMM on the relaxation's own shapes (the peak to compare with);
+// and the packed-panel GEMM against Eigen's on the conv engine's shapes.
 // Counters: items/s = examples/s, "GFLOP/s" from the flop counts of ep/train.hpp.
 //   build/tools/bench/bench_components [--benchmark_filter=…]
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <numeric>
+#include <vector>
 
 #include "ep/train.hpp"
+#include "sim/panel_gemm.hpp"
 
 namespace hepsim {
 namespace {
@@ -100,6 +104,35 @@ void BM_GemmPeak(benchmark::State& state) {
   set_rate(state, flops, static_cast<double>(B));
 }
 BENCHMARK(BM_GemmPeak)->Arg(25)->Arg(50)->Arg(100)->Unit(benchmark::kMicrosecond);
+
+// The packed-panel GEMM of the engines (sim/panel_gemm.hpp, range(3) = 1) against Eigen's general
+// GEMM (range(3) = 0) on the conv engine's shapes: rows x inner x columns of cnn_small's and cnn's
+// stacked-kernel and transposed-conv products for a chunk of 256 columns. One thread; the panel
+// is packed once outside the loop, as the engine packs its kernels once per relaxation.
+void BM_ConvGemm(benchmark::State& state) {
+  const Index M = state.range(0), K = state.range(1), N = state.range(2);
+  const Mat<float> A = Mat<float>::Random(M, K), X = Mat<float>::Random(K, N);
+  Mat<float> Y(M, N);
+  const detail::PackedMatrix packed(A);
+  Eigen::setNbThreads(1);
+  for (auto _ : state) {
+    if (state.range(3))
+      packed.multiply(X.data(), K, N, Y.data(), M);
+    else
+      Y.noalias() = A * X;
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(M * K * N) *
+                                                     static_cast<double>(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+void conv_gemm_shapes(benchmark::internal::Benchmark* b) {
+  for (const auto& s : std::vector<std::array<int64_t, 3>>{
+           {128, 288, 256}, {32, 576, 256}, {256, 576, 256}, {64, 1152, 256}, {512, 1152, 256}, {1024, 2304, 64},
+           {256, 4608, 256}})
+    for (int64_t panel : {0, 1}) b->Args({s[0], s[1], s[2], panel});
+}
+BENCHMARK(BM_ConvGemm)->Apply(conv_gemm_shapes)->Unit(benchmark::kMicrosecond);
 
 // A full training step of batch 50: range(0) = N, range(1) = threads.
 void BM_TrainStep(benchmark::State& state) {
