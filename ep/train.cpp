@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <exception>
@@ -383,10 +384,18 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
   if (net.neurons <= 2048 && !net.has_conv()) {
     delta = rbp_dense<double>(model_, th, fs.u, fs.y);
   } else {
+    // Columns are independent: one chunk per thread (a conv network's per-sample convolutions in
+    // double are the slowest part of an epoch's metrics; inside the chunks Eigen runs sequentially).
     const long steps = std::min<long>(20000, std::max<long>(1000, 20 * cfg_.free.max_steps));
-    IterationResult<double> it = rbp_adjoint<double>(model_, th, fs.u, fs.y, {steps, 1e-10});
-    if (!(it.last_update <= 1e-10)) return;
-    delta = std::move(it.v);
+    delta.resize(fs.u.rows(), P);
+    std::vector<char> converged(static_cast<std::size_t>(std::max(1, cfg_.threads)), 1);
+    for_chunks(P, cfg_.threads, [&](int c, Index first, Index count) {
+      IterationResult<double> it =
+          rbp_adjoint<double>(model_, th, fs.u.middleCols(first, count), fs.y.middleCols(first, count), {steps, 1e-10});
+      converged[static_cast<std::size_t>(c)] = it.last_update <= 1e-10;
+      delta.middleCols(first, count) = it.v;
+    });
+    if (std::find(converged.begin(), converged.end(), 0) != converged.end()) return;
   }
   const Mat<double> v = algorithm_error_vector<double>(model_, th, fs, cfg_);
   for (std::size_t l = 0; l < net.layers.size(); ++l) {
