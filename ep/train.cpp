@@ -179,14 +179,19 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
   const std::string at = " at step " + std::to_string(index + 1);
   // After a first step, the weights that step made are the likely cause (RBP and BPTT have no
   // nudge to blame); at the first step, the nudge (EP) or the unrolled iterations (RBP, BPTT).
+  // A conv network's homeostasis gradient is part of this gradient: after a first step with it,
+  // the weights that the penalty's steps made are the likely cause.
+  const bool conv_homeo = cfg_.homeostasis > 0 && model_.net.has_conv();
   const std::string cause = index > 0 && cfg_.algo != Algo::hep ? "--lr"
+                            : index > 0 && conv_homeo           ? "--lr/--homeostasis"
                             : cfg_.algo != Algo::hep            ? "--T2"
                             : cfg_.free.solver == Solver::map   ? "--beta"
                                                                 : "--dt/--beta";
   if (!grad_.allFinite())
     throw InputError(cause, "the gradient became non-finite" + at +
-                                (cause == "--lr" ? std::string(" (the weights of the previous steps make the relaxation "
-                                                               "overflow); lower --lr")
+                                (cause.rfind("--lr", 0) == 0
+                                     ? " (the weights of the previous steps make the relaxation overflow); lower " +
+                                           std::string(cause == "--lr" ? "--lr" : "--lr or --homeostasis")
                                                  : " (the relaxation overflowed " +
                                                        (sizeof(R) == 4 ? std::string("float; --precision double may help")
                                                                        : std::string("double")) +
@@ -548,8 +553,12 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
                    "--eval-chunk", (dim + classes + 14 * n) * E * r * T});
   const double P = static_cast<double>(std::min<Index>(cfg.probe_size, test_n));
   const double dense = net.neurons <= 2048 ? 2 * n * n * 8 : 0;  // rbp_dense's H and one LU
+  // A conv network's metrics also probe H at the probe batch's states: kMetricDraws columns per
+  // sample of states, probes, Hε, Hᵀε and the linearisation's pre-pool products (and a copy).
+  const double z = conv_product_values(net);
+  const double conv_metrics = net.has_conv() ? static_cast<double>(kMetricDraws) * P * (4 * n + 2 * z) * 8 : 0;
   parts.push_back({"the alignment metrics (" + std::to_string(static_cast<long>(P)) + " probe samples, double)",
-                   "--probe-size", (dim + classes + 14 * n * points * 2) * P * 8 + dense});
+                   "--probe-size", (dim + classes + 14 * n * points * 2) * P * 8 + dense + conv_metrics});
   if (cfg.algo == Algo::bp)  // the metrics' own truncated BPTT on the probe batch, in double
     parts.push_back({"truncated BPTT's unrolled states of the alignment metrics (" + std::to_string(static_cast<long>(P)) +
                          " probe samples x (T2 + 1) steps, double)",
@@ -558,18 +567,20 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
     // At each thread's free states: probe columns (draws, or the n basis vectors, per sample) of
     // the states, E, HE, HᵀE, their complex-step copies and the conv edges' pre-pool maps.
     const bool exact = cfg.homeo.mode == HomeoMode::exact;
+    // (real: states, E, Y, Z, ℓ and the products; complex step: the complex states, their
+    // temporaries, the weights a, the complex products and the parameter VJP's copies)
     const double cols = (exact ? n : static_cast<double>(cfg.homeo.draws)) * Bc;
-    double z = 0;
-    for (const Edge& e : net.edges)
-      if (e.is_conv() && e.pre != Network::kInput) z += static_cast<double>(e.conv.conv.out().size());
     parts.push_back({"the homeostasis probes at the free states (" +
                          (exact ? std::string("every neuron") : std::to_string(cfg.homeo.draws) + " draws") +
                          " per sample)",
-                     exact ? "--homeo-mode" : "--homeo-draws", cols * (12 * n + 3 * z) * r * T});
+                     exact ? "--homeo-mode" : "--homeo-draws", cols * (18 * n + 5 * z) * r * T});
   } else if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson) {
     parts.push_back({"the homeostasis probes (" + std::to_string(cfg.homeo.draws) + " draws per sample)",
                      "--homeo-draws", 4 * n * static_cast<double>(cfg.homeo.draws) * B * r});
   }
+  if (cfg.free.solver == Solver::anderson)  // per column: m past differences of states and residuals, and work
+    parts.push_back({"Anderson's history (m = " + std::to_string(cfg.free.anderson_m) + ")", "--anderson-m",
+                     (2.0 * cfg.free.anderson_m + 6) * n * Bc * (1 + points * 2) * r * T});
   if (cfg.warm_start)
     parts.push_back({"the warm-start states (one per training sample)", "--warm-start",
                      n * static_cast<double>(train_n) * r});

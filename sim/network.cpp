@@ -300,6 +300,13 @@ double conv_work_bytes(const Network& net, double scalar) {
   return bytes;
 }
 
+double conv_product_values(const Network& net) {
+  double values = 0;
+  for (const Edge& e : net.edges)
+    if (e.is_conv() && e.pre != Network::kInput) values += static_cast<double>(e.conv.conv.out().size());
+  return values;
+}
+
 void require_dense(const Network& net, const std::string& what) {
   if (net.has_conv())
     throw InputError("--arch", net.name + " has convolutional edges: " + what +

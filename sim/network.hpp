@@ -156,6 +156,11 @@ double edge_flops(const Edge& e);
 // each, per conv edge) of one relaxing thread, for scalars of `scalar` bytes.
 double conv_work_bytes(const Network& net, double scalar);
 
+// Values of the recurrent convolutions' pre-pool products of one sample (Σ over conv and
+// conv_feedback edges not from the input of C_out·H_out·W_out): what a linearisation caches per
+// column (ConvCache::z), for memory estimates.
+double conv_product_values(const Network& net);
+
 // Throws InputError naming --arch when `net` has convolutional edges: `what` (a Jacobian product,
 // an estimator, training) supports dense networks only so far (the conv edges' state-dependent
 // Jacobians are not wired into it yet); relaxations support both.

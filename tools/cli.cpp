@@ -2,6 +2,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <sstream>
 #include <cerrno>
 #include <cmath>
 #include <charconv>
@@ -121,10 +122,18 @@ long count_status(const std::vector<RelaxStatus>& status, RelaxStatus s) {
 }
 }  // namespace
 
+CLI::Option* add_real(CLI::App* cmd, const std::string& flag, double& target, const std::string& help) {
+  std::ostringstream shown;
+  shown << target;
+  return cmd
+      ->add_option_function<std::string>(
+          flag, [&target, flag](const std::string& text) { target = parse_real(text, flag); }, help)
+      ->default_str(shown.str());
+}
+
 void add_stall_window(CLI::App* cmd, double& value) {
-  cmd->add_option("--stall-window", value,
-                  "Time (map steps at dt 1) within which a phase must halve its residual, else it is stalled (0: never)")
-      ->capture_default_str();
+  add_real(cmd, "--stall-window", value,
+           "Time (map steps at dt 1) within which a phase must halve its residual, else it is stalled (0: never)");
 }
 
 double require_stall_window(double v, const std::string& flag) {

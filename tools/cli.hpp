@@ -51,6 +51,8 @@ CLI::Option* add_integer(CLI::App* cmd, const std::string& flag, T& target, long
           help + " (" + std::to_string(lo) + " .. " + std::to_string(hi) + ")")
       ->default_str(std::to_string(target));
 }
+// A real option read through parse_real, like the train flags (CLI11 would read "" and 1e-400 as 0).
+CLI::Option* add_real(CLI::App* cmd, const std::string& flag, double& target, const std::string& help);
 // --threads: 0 (all cores) .. kMaxThreads.
 constexpr long long kMaxThreads = 256;
 

@@ -96,6 +96,7 @@ template <class T>
 std::vector<T> parse_list(const std::string& text, const std::string& flag, long long lo = kMinListInt,
                           long long hi = kMaxListInt) {
   std::vector<T> out;
+  if (!text.empty() && text.back() == ',') throw InputError(flag, "'" + text + "': an empty item after the last comma");
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ',')) {
@@ -166,12 +167,22 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   for (int N : parse_list<int>(o.N_list, "--N")) max_N = std::max(max_N, N);
   // The finite-difference directions are held together (drawn in order): θ-sized each, in double,
   // plus each thread's two perturbed copies.
-  check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1), "--batch",
-                       {{"the finite-difference directions (" + std::to_string(o.fd_directions) + " x " +
-                             std::to_string(net.n_params) + " parameters, double)",
-                         "--fd-directions",
-                         8.0 * static_cast<double>(net.n_params) *
-                             (static_cast<double>(o.fd_directions) + 2.0 * omp_get_max_threads())}});
+  std::vector<MemoryPart> extra = {
+      {"the finite-difference directions (" + std::to_string(o.fd_directions) + " x " + std::to_string(net.n_params) +
+           " parameters, double)",
+       "--fd-directions",
+       8.0 * static_cast<double>(net.n_params) * (static_cast<double>(o.fd_directions) + 2.0 * omp_get_max_threads())}};
+  if (net.has_conv() && net.neurons <= kMaxDenseReference) {
+    // The dense references of a conv network: each sample's H from n JVPs (the replicated state,
+    // the identity, H, its LU and the n columns' pre-pool products), one sample per thread.
+    const double nn = static_cast<double>(net.neurons);
+    extra.push_back({"the dense references (one " + std::to_string(net.neurons) + " x " + std::to_string(net.neurons) +
+                         " Jacobian per sample and thread)",
+                     "--arch",
+                     (8 * nn * nn + 2 * conv_product_values(net) * nn) * 8 *
+                         static_cast<double>(std::min<long>(o.batch, omp_get_max_threads()))});
+  }
+  check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1), "--batch", extra);
   const double states = static_cast<double>(net.neurons) * static_cast<double>(o.batch);
   check_size((max_N / 2 + 1) * states, kMaxStackedValues, "--batch",
              "the stacked nudged states (⌊N/2⌋ + 1) × " + std::to_string(net.neurons) + " neurons × --batch");
@@ -406,7 +417,7 @@ void register_gradcheck(CLI::App& app) {
   auto opt = std::make_shared<GradcheckOptions>();
   CLI::App* cmd = app.add_subcommand("gradcheck", "Compare every gradient estimator with the exact references (double)");
   cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist, cnn, cnn_small or a JSON file")->capture_default_str();
-  cmd->add_option("--angle", opt->angle, "Initial feedback/forward angle (degrees, 0 .. 180)")->capture_default_str();
+  add_real(cmd, "--angle", opt->angle, "Initial feedback/forward angle (degrees, 0 .. 180)");
   cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the random batch and the FD directions (0 .. 2^63 − 1)")
       ->capture_default_str();
   add_integer(cmd, "--batch", opt->batch, 1, kMaxBatch, "Samples in the batch (less for large networks or N)");
@@ -417,14 +428,13 @@ void register_gradcheck(CLI::App& app) {
   cmd->add_option("--beta", opt->beta_list, "Comma-separated nudge radii |beta|")->capture_default_str();
   add_integer(cmd, "--T1", opt->T1, 0, 1000000000, "Free-phase steps (0: relax to --tol)");
   add_integer(cmd, "--T2", opt->T2, 0, 1000000000, "Nudged-phase steps and iterations (0: to --tol)");
-  cmd->add_option("--tol", opt->tol, "Residual at which a converged phase stops")->capture_default_str();
+  add_real(cmd, "--tol", opt->tol, "Residual at which a converged phase stops");
   add_integer(cmd, "--max-steps", opt->max_steps, 1, 1000000000, "Step budget of a converged phase");
   cmd->add_option("--solver", opt->solver, "map, rk4, dopri5 or anderson")->capture_default_str();
   add_stall_window(cmd, opt->stall_window);
-  cmd->add_option("--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)")
-      ->capture_default_str();
+  add_real(cmd, "--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)");
   add_integer(cmd, "--fd-directions", opt->fd_directions, 1, kMaxFdDirections, "Random directions of the finite-difference check");
-  cmd->add_option("--fd-step", opt->fd_step, "Finite-difference step")->capture_default_str();
+  add_real(cmd, "--fd-step", opt->fd_step, "Finite-difference step");
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu (default: dsilu for cnn and cnn_small, else sigmoid)");
   add_integer(cmd, "--input-size", opt->input_size, 1, kMaxInputSize, "Input size of --dataset random");
   add_integer(cmd, "--classes", opt->classes, kMinClasses, kMaxClasses, "Classes of --dataset random");

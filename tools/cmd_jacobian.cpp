@@ -80,7 +80,18 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
     make_batch<double>(test, idx.data(), o.samples, default_normalization(loaded.kind), Augmentation{}, nullptr, x,
                        y);
   }
-  check_network_memory(model.net, static_cast<double>(o.samples), "--samples");
+  std::vector<MemoryPart> extra;
+  if (model.net.has_conv() && model.net.neurons <= o.max_dense) {
+    // Each settled sample's dense H from n JVPs (replicated state, identity, H, the dynamics'
+    // matrix and the n columns' pre-pool products), one sample per thread; all H kept.
+    const double nn = static_cast<double>(model.net.neurons);
+    extra.push_back({"the dense Jacobians at the samples' states (" + std::to_string(model.net.neurons) + " x " +
+                         std::to_string(model.net.neurons) + " each)",
+                     "--max-dense",
+                     nn * nn * 8 * static_cast<double>(o.samples) +
+                         (5 * nn * nn + 2 * conv_product_values(model.net) * nn) * 8 * omp_get_max_threads()});
+  }
+  check_network_memory(model.net, static_cast<double>(o.samples), "--samples", extra);
   const Vec<double> theta = init_params<double>(model.net, o.seed, o.angle);
   const Index n = model.net.neurons;
   if (n <= o.max_dense) {
@@ -143,8 +154,7 @@ void register_jacobian(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "jacobian", "Jacobian symmetry, spectrum and homeostatic loss of freshly initialised weights");
   cmd->add_option("--arch", opt->arch, "Architecture: mlp_2-256, loop_mnist, cnn, cnn_small or a JSON file")->capture_default_str();
-  cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)")
-      ->capture_default_str();
+  add_real(cmd, "--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)");
   cmd->add_option("--seed", opt->seed_text, "Seed of the weights, the probes and the random inputs (0 .. 2^63 − 1)")
       ->capture_default_str();
   add_integer(cmd, "--probes", opt->probes, 2, kMaxProbes, "Gaussian probes of the estimates");
@@ -155,12 +165,11 @@ void register_jacobian(CLI::App& app) {
   add_integer(cmd, "--samples", opt->samples, 1, kMaxSamples, "Samples whose fixed point is linearised");
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu (default: dsilu for cnn and cnn_small, else sigmoid)");
   add_integer(cmd, "--max-dense", opt->max_dense, 0, kMaxDenseLimit, "Largest neuron count for which spectra are computed");
-  cmd->add_option("--tol", opt->tol, "Free-phase residual tolerance")->capture_default_str();
+  add_real(cmd, "--tol", opt->tol, "Free-phase residual tolerance");
   cmd->add_option("--solver", opt->solver, "Free-phase solver: map, rk4, dopri5 or anderson")->capture_default_str();
   add_integer(cmd, "--max-steps", opt->max_steps, 1, 1000000000, "Free-phase step budget");
   add_stall_window(cmd, opt->stall_window);
-  cmd->add_option("--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)")
-      ->capture_default_str();
+  add_real(cmd, "--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)");
   add_integer(cmd, "--threads", opt->threads, 0, kMaxThreads, "Threads (0 = all cores)");
   cmd->callback([cmd, opt] {
     opt->seed = parse_seed(opt->seed_text);

@@ -97,8 +97,12 @@ nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_s
   Model model;
   model.net = compile(load_architecture(o.arch, test.dim(), test.classes, MapShape{test.channels, test.height, test.width}));
   model.activation = parse_activation(o.activation);
-  check_network_memory(model.net, static_cast<double>(std::min(o.batch_size, o.samples)) * omp_get_max_threads(),
-                       "--batch-size");
+  const double columns = static_cast<double>(std::min(o.batch_size, o.samples)) * omp_get_max_threads();
+  std::vector<MemoryPart> extra;
+  if (o.solver == "anderson")  // per column: m past differences of states and residuals, and work (complex: twice)
+    extra.push_back({"Anderson's history (m = " + std::to_string(o.anderson_m) + ")", "--anderson-m",
+                     (2.0 * o.anderson_m + 6) * static_cast<double>(model.net.neurons) * columns * 16});
+  check_network_memory(model.net, columns, "--batch-size", extra);
   const Vec<R> theta = init_params<R>(model.net, o.seed, o.angle);
 
   RelaxConfig cfg;
@@ -244,18 +248,14 @@ void register_relax(CLI::App& app) {
   cmd->add_option("--solver", opt->solver, "map, rk4, dopri5 or anderson")->capture_default_str();
   add_integer(cmd, "--anderson-m", opt->anderson_m, 1, 16, "Anderson memory");
   add_stall_window(cmd, opt->stall_window);
-  cmd->add_option("--beta", opt->beta, "Nudge of a second phase from the free fixed point (0: none)")
-      ->capture_default_str();
+  add_real(cmd, "--beta", opt->beta, "Nudge of a second phase from the free fixed point (0: none)");
   cmd->add_option("--seed", opt->seed_text, "Seed of the weight initialisation (0 .. 2^63 − 1)")
       ->capture_default_str();
-  cmd->add_option("--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)")
-      ->capture_default_str();
-  cmd->add_option("--tol", opt->tol, "Residual tolerance of every phase")->capture_default_str();
+  add_real(cmd, "--angle", opt->angle, "Initial angle between feedback and forward weights (degrees, 0 .. 180)");
+  add_real(cmd, "--tol", opt->tol, "Residual tolerance of every phase");
   add_integer(cmd, "--max-steps", opt->max_steps, 1, 1000000000, "Step budget of every phase");
-  cmd->add_option("--dt", opt->dt,
-                  "Time step: map damping (1 = the paper's map) and Anderson mixing, rk4 step, dopri5 first step "
-                  "(0: the solver's default, 1 for map/anderson, 0.5 for rk4/dopri5)")
-      ->capture_default_str();
+  add_real(cmd, "--dt", opt->dt, "Time step: map damping (1 = the paper's map) and Anderson mixing, rk4 step, dopri5 first step "
+                  "(0: the solver's default, 1 for map/anderson, 0.5 for rk4/dopri5)");
   cmd->add_option("--activation", opt->activation, "sigmoid or dsilu (default: dsilu for cnn and cnn_small, else sigmoid)");
   cmd->add_option("--precision", opt->precision, "double or float")->capture_default_str();
   add_integer(cmd, "--batch-size", opt->batch_size, 1, 1000000, "Samples relaxed together");

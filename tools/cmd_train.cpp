@@ -193,6 +193,11 @@ void register_train(CLI::App& app) {
     if (cmd->count("--config") > 0 && config_path->empty()) throw InputError("--config", "must name a file");
     if (!resume_dir->empty()) {
       if (!config_path->empty()) throw InputError("--config", "cannot be combined with --resume (the run's config is used)");
+      // A run killed in its first epoch (before its first checkpoint) has nothing to resume from.
+      if (!fs::exists(*resume_dir + "/checkpoint.h5") && fs::exists(*resume_dir + "/config.json"))
+        throw InputError(*resume_dir + "/checkpoint.h5",
+                         "missing: the run stopped before its first checkpoint; start it again with --out " +
+                             *resume_dir + " --config " + *resume_dir + "/config.json");
       ck = std::make_unique<Checkpoint>(read_checkpoint(*resume_dir + "/checkpoint.h5"));
       b.merge(ck->config, *resume_dir + "/checkpoint.h5");
       const nlohmann::json saved = b.json();

@@ -196,9 +196,14 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
         if (fs::exists(dir_ + "/checkpoint.h5"))
           throw InputError(flag, dir_ + " already holds a run; continue it with --resume " + dir_ +
                                      " or choose another --out");
-        if (fs::exists(dir_ + "/log.h5"))  // killed between the first log and checkpoint writes
-          throw InputError(flag, dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
-                                        "delete it or choose another --out");
+        if (fs::exists(dir_ + "/log.h5")) {  // killed between the first log and checkpoint writes
+          // Beside hepsim's lock (a run killed in its first epoch) the log's one epoch is ours to
+          // redo; without the lock the log is not known to be ours.
+          if (!locked || !fs::is_regular_file(fs::symlink_status(dir_ + "/log.h5", ec)))
+            throw InputError(flag, dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
+                                          "delete it or choose another --out");
+          fs::remove(dir_ + "/log.h5", ec);
+        }
         for (const auto& entry : fs::directory_iterator(dir_, ec))
           if (!leftover_of_unstarted_run(entry.path(), locked))
             throw InputError(flag, dir_ + " is not empty and holds no hepsim run (it has '" +

@@ -632,3 +632,39 @@ TEST_CASE("sixth audit: a FIFO that trickles forever ends after 10 s, an archite
   CHECK(seconds < 30);
   CHECK(slurp(tmp.file("slow.err")).find("did not end within 10 s") != std::string::npos);
 }
+
+TEST_CASE("seventh audit: real flags of relax, jacobian and gradcheck are parsed strictly, conv homeostasis and a first-epoch kill") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 24);
+  const std::string arch = small_arch(tmp);
+  const std::string d = " --dataset fmnist --data-dir " + data.str() + " --arch " + arch;
+  // '' and 1e-400 were read as 0 (`--angle ''` ran the symmetric network; `--stall-window ''`
+  // turned the stall test off); a trailing comma in a list was dropped.
+  check_bad_input({{"relax" + d + " --samples 2 --tol ''", "--tol:"},
+                   {"relax" + d + " --samples 2 --stall-window 1e-400", "--stall-window:"},
+                   {"jacobian" + d + " --samples 2 --angle ''", "--angle:"},
+                   {"gradcheck" + d + " --batch 2 --N 1 --dt ''", "--dt:"},
+                   {"gradcheck" + d + " --batch 2 --N 1 --beta 0.05,", "--beta:"}},
+                  tmp);
+  // A conv network's homeostasis gradient is part of the step's gradient: its overflow after a
+  // step named --beta, which the exact response (N = 0) does not even use.
+  const std::string conv = tmp.file("conv.json");
+  std::ofstream(conv) << R"({"name": "c", "layers": [{"name": "c1", "shape": [2, 14, 14]}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "out"},
+              {"pre": "out", "post": "c1", "type": "dense_nobias"}]})";
+  const RunResult h = run_hepsim("train --dataset fmnist --data-dir " + data.str() + " --arch " + conv +
+                                     " --activation dsilu --N 0 --T1 20 --T2 5 --batch-size 20 --probe-size 4 --quiet "
+                                     "--homeostasis 1e12 --out " + tmp.file("h"),
+                                 tmp);
+  CAPTURE(h.err);
+  CHECK(h.code == 2);
+  CHECK(h.err.rfind("--lr/--homeostasis:", 0) == 0);
+  // Killed between the first epoch's log and checkpoint writes: the log beside hepsim's lock is
+  // redone by a new run in the directory; --resume says how to start again.
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("k"), tmp).code == 0);
+  fs::remove(tmp.file("k/checkpoint.h5"));
+  check_bad_input({{"train --resume " + tmp.file("k"), "start it again with --out"}}, tmp);
+  const RunResult again = run_hepsim("train " + flags(data, arch) + " --epochs 2 --out " + tmp.file("k"), tmp);
+  CHECK_MESSAGE(again.code == 0, again.err);
+  CHECK(tools::TrainLog::read_records(tmp.file("k/log.h5"), 10).size() == 2);
+}
