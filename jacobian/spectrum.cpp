@@ -31,9 +31,10 @@ Spectrum spectrum(const Mat<double>& J) {
 
 namespace {
 
-// The free fixed points of the samples x (β = 0) with the analysis' relaxation settings.
+// The free fixed points of the samples x (β = 0) with the analysis' relaxation settings; their
+// count and statuses are recorded in r.
 RelaxResult free_states(const Model& model, const Vec<double>& theta, const Mat<double>& x, const AnalysisConfig& cfg,
-                        Mat<double>& u) {
+                        Mat<double>& u, JacobianAnalysis& r) {
   const Network& net = model.net;
   const Index B = x.cols();
   Mat<double> drive(net.neurons, B);
@@ -49,7 +50,10 @@ RelaxResult free_states(const Model& model, const Vec<double>& theta, const Mat<
   rc.dt = cfg.dt;
   rc.stall_window = cfg.stall_window;
   rc.progress = cfg.progress;
-  return relax(field, u, rc);
+  RelaxResult rr = relax(field, u, rc);
+  r.samples = B;
+  r.free_status = rr.status;
+  return rr;
 }
 
 // Records the rightmost eigenvalue of one sample's linearised dynamics J_G D − I.
@@ -74,11 +78,9 @@ JacobianAnalysis analyse_conv(const Model& model, const Vec<double>& theta, cons
   r.jac_sym_estimate.value = r.jac_sym_estimate.std_error = std::nan("");
   r.homeo_estimate = r.jac_sym_estimate;
   const Index B = x.cols();
-  r.samples = B;
   if (B == 0) return r;
   Mat<double> u;
-  const RelaxResult rr = free_states(model, theta, x, cfg, u);
-  r.free_status = rr.status;
+  const RelaxResult rr = free_states(model, theta, x, cfg, u, r);
   std::vector<Index> settled;
   for (Index j = 0; j < B; ++j)
     if (rr.status[static_cast<std::size_t>(j)] == RelaxStatus::converged) settled.push_back(j);
@@ -157,11 +159,9 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
 
   // Dynamics: the rightmost eigenvalue of J_G D − I at each sample's free fixed point.
   const Index B = x.cols();
-  r.samples = B;
   if (B == 0) return r;
   Mat<double> u;
-  const RelaxResult rr = free_states(model, theta, x, cfg, u);
-  r.free_status = rr.status;
+  const RelaxResult rr = free_states(model, theta, x, cfg, u, r);
   Mat<double> d(n, B);
   activate_deriv<double>(model.activation, u, d);
   std::vector<std::complex<double>> rightmost(static_cast<std::size_t>(B));
