@@ -161,9 +161,10 @@ double conv_work_bytes(const Network& net, double scalar);
 // column (ConvCache::z), for memory estimates.
 double conv_product_values(const Network& net);
 
-// Throws InputError naming --arch when `net` has convolutional edges: `what` (a Jacobian product,
-// an estimator, training) supports dense networks only so far (the conv edges' state-dependent
-// Jacobians are not wired into it yet); relaxations support both.
+// Throws InputError naming --arch when `net` has convolutional edges: `what` assumes a
+// state-independent Jacobian (the dense H, its block norms, the dense homeostasis), which a conv
+// network does not have; its state-dependent counterparts take the states (field.hpp's
+// linearize/add_jvp/add_vjp, jacobian.hpp's *_at_states).
 void require_dense(const Network& net, const std::string& what);
 
 // Views into θ (no copies).
