@@ -100,9 +100,10 @@ TEST_CASE("conv engine = per-edge conv map, float and complex<float>, real and c
         const Mat<float> u0 = Mat<float>::Zero(net.neurons, B);
         const auto [ua, ra] = run<float>(m, p, zero, u0, true, 40);
         const auto [ub, rb] = run<float>(m, p, zero, u0, false, 40);
-        // Float (eps 6e-8) sums of at most 9·6 + 9·5 = 99 products of O(1) terms per step, through
-        // 40 contracting steps: 1e-5 on O(1) states leaves a factor > 10 over the rounding seen
-        // (≤ 1e-6) and is far below what a wrong index or a missing term does (≥ 1e-2).
+        // Float (eps 6e-8) sums of at most 9·6 + 9·5 = 99 products of O(1) terms per step, in a
+        // different order in the two paths: about sqrt(99)·6e-8 ≈ 6e-7 per step, not amplified by
+        // the contracting steps; 1e-5 on O(1) states leaves a factor > 10 over that and is far
+        // below what a wrong index or a missing term does (a missing kernel flip or col2im tap fails it).
         CHECK((ua - ub).cwiseAbs().maxCoeff() < 1e-5);
         CHECK(ua.cwiseAbs().maxCoeff() > 0.1);
         CHECK(ra.steps == rb.steps);
