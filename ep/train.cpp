@@ -172,7 +172,9 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
     // never materialises (before, --batch-size 1000000 on 200 samples allocated 15 GB of probes).
     HomeoConfig hc = cfg_.homeo;
     hc.lambda = cfg_.homeostasis;
-    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, std::min<Index>(cfg_.batch_size, x.cols()));
+    Index probed = std::min<Index>(cfg_.batch_size, x.cols());
+    if (hc.samples > 0) probed = std::min(probed, hc.samples);  // H is the same at every state: fewer probes
+    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, probed);
   }
   // Non-finite values are blamed on what produced them: the task gradient (the dynamics overflowed
   // the precision: the nudge or the step), the homeostasis term, or the optimizer's step.
@@ -254,13 +256,28 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       add_parameter_gradient<R>(model_, theta_, fs, v, R(1) / static_cast<R>(B), g);
     }
     if (cfg_.homeostasis > 0 && model_.net.has_conv()) {
-      // Homeostasis at this chunk's free states (held constant), its share count/B of the batch
-      // mean; the probes are keyed by the step and each sample's place in the batch.
-      Mat<R> s(fs.u.rows(), fs.u.cols());
-      activate<R>(model_.activation, fs.u, s);
-      (void)homeo_at_states<R>(model_.net, theta_, s, cfg_.homeo.draws, cfg_.homeo.mode == HomeoMode::exact, cfg_.seed,
-                               static_cast<std::uint64_t>(index), first,
-                               static_cast<R>(cfg_.homeostasis) * static_cast<R>(count) / static_cast<R>(B), &g);
+      // Homeostasis at the free states (held constant) of m of the batch's B samples: all, or
+      // homeo-samples of them spread evenly over the batch (place i when ⌊m(i+1)/B⌋ > ⌊mi/B⌋), a
+      // choice that does not depend on the threads; each weighs 1/m of the batch's mean. The probes
+      // are keyed by the step and each sample's place in the batch.
+      const Index m = cfg_.homeo.samples > 0 ? std::min<Index>(cfg_.homeo.samples, B) : B;
+      const R w = static_cast<R>(cfg_.homeostasis) / static_cast<R>(m);
+      const bool exact = cfg_.homeo.mode == HomeoMode::exact;
+      if (m == B) {
+        Mat<R> s(fs.u.rows(), count);
+        activate<R>(model_.activation, fs.u, s);
+        (void)homeo_at_states<R>(model_.net, theta_, s, cfg_.homeo.draws, exact, cfg_.seed,
+                                 static_cast<std::uint64_t>(index), first, w * static_cast<R>(count), &g);
+      } else {
+        Mat<R> s(fs.u.rows(), 1);
+        for (Index j = 0; j < count; ++j) {
+          const Index i = first + j;
+          if (m * (i + 1) / B == m * i / B) continue;
+          activate<R>(model_.activation, fs.u.col(j), s);
+          (void)homeo_at_states<R>(model_.net, theta_, s, cfg_.homeo.draws, exact, cfg_.seed,
+                                   static_cast<std::uint64_t>(index), i, w, &g);
+        }
+      }
     }
     const Scored sc = score<R>(model_, theta_, fs.u, fs.y);
     st.loss = sc.loss;
@@ -569,14 +586,16 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
     const bool exact = cfg.homeo.mode == HomeoMode::exact;
     // (real: states, E, Y, Z, ℓ and the products; complex step: the complex states, their
     // temporaries, the weights a, the complex products and the parameter VJP's copies)
-    const double cols = (exact ? n : static_cast<double>(cfg.homeo.draws)) * Bc;
+    const double m = cfg.homeo.samples > 0 ? std::min<double>(static_cast<double>(cfg.homeo.samples), B) : B;
+    const double cols = (exact ? n : static_cast<double>(cfg.homeo.draws)) * (m < B ? 1 : Bc);  // one state at a time
     parts.push_back({"the homeostasis probes at the free states (" +
                          (exact ? std::string("every neuron") : std::to_string(cfg.homeo.draws) + " draws") +
                          " per sample)",
                      exact ? "--homeo-mode" : "--homeo-draws", cols * (18 * n + 5 * z) * r * T});
   } else if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson) {
+    const double m = cfg.homeo.samples > 0 ? std::min<double>(static_cast<double>(cfg.homeo.samples), B) : B;
     parts.push_back({"the homeostasis probes (" + std::to_string(cfg.homeo.draws) + " draws per sample)",
-                     "--homeo-draws", 4 * n * static_cast<double>(cfg.homeo.draws) * B * r});
+                     "--homeo-draws", 4 * n * static_cast<double>(cfg.homeo.draws) * m * r});
   }
   if (cfg.free.solver == Solver::anderson)  // per column: m past differences of states and residuals, and work
     parts.push_back({"Anderson's history (m = " + std::to_string(cfg.free.anderson_m) + ")", "--anderson-m",
@@ -614,7 +633,8 @@ double train_step_flops(const Network& net, const TrainConfig& cfg, Index B) {
   per_sample += inp + rec + readout;  // the parameter gradient's outer products and the readout
   double flops = per_sample * static_cast<double>(B);
   if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson)
-    flops += 4 * rec * static_cast<double>(cfg.homeo.draws * B);  // HE, HᵀE and two gradient GEMMs per edge
+    flops += 4 * rec * static_cast<double>(cfg.homeo.draws) *  // HE, HᵀE and two gradient GEMMs per edge
+             static_cast<double>(cfg.homeo.samples > 0 ? std::min<Index>(cfg.homeo.samples, B) : B);
   return flops;
 }
 

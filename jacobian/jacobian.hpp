@@ -164,6 +164,7 @@ struct HomeoConfig {
   HomeoMode mode = HomeoMode::hutchinson;
   Index draws = 5;      // Gaussian probes per batch sample (hutchinson; the paper's 5), ≥ 1
   double lambda = 1.0;  // coefficient λ (SPEC 4: 1.0 MLP, 0.1 loop, 15 CIFAR, 10 ImageNet32)
+  Index samples = 0;    // batch samples (states) that carry probes, spread over the batch (0: all)
 };
 
 // Owns the probe buffers for batches of up to `batch` samples (draws × batch probe columns).

@@ -35,6 +35,7 @@ const nlohmann::json& train_defaults() {
       {"homeostasis", 0.0},       // λ of the Jacobian-homeostasis penalty (0: off)
       {"homeo-draws", 5},         // Gaussian probes per sample and step
       {"homeo-mode", "hutchinson"},  // hutchinson or exact
+      {"homeo-samples", 0},       // the batch's samples that carry the probes (0: all)
       {"angle", 90.0},            // initial feedback/forward angle (degrees)
       {"optimizer", "sgd"},       // sgd, adamw
       {"lr", 0.01},
@@ -64,8 +65,8 @@ void migrate_config(nlohmann::json& config, const std::string& written_by) {
   bool old = written_by == "0.1.0";
   if (written_by.empty()) {
     old = !config.contains("stall-window");
-    for (const auto& [key, value] : train_defaults().items())
-      if (key != "stall-window" && !config.contains(key)) old = false;
+    for (const auto& [key, value] : train_defaults().items())  // keys added after 0.1.0 are not evidence
+      if (key != "stall-window" && key != "homeo-samples" && !config.contains(key)) old = false;
   }
   const std::string solver = config.value("solver", std::string("map"));
   if (old && (solver == "map" || solver == "anderson")) config["dt"] = 0.0;
@@ -81,6 +82,7 @@ const std::map<std::string, std::pair<long long, long long>>& integer_bounds() {
       {"T2", {1, 1'000'000'000}},
       {"anderson-m", {1, 16}},
       {"homeo-draws", {1, 1024}},        // probes per sample and step: draws × batch state columns
+      {"homeo-samples", {0, 1'000'000}},  // 0: every sample of the batch
       {"epochs", {1, 1'000'000}},
       {"batch-size", {1, 1'000'000}},
       {"seed", {0, std::numeric_limits<long long>::max()}},
@@ -242,6 +244,7 @@ RunSetup make_setup(const ConfigBuilder& b) {
   t.nudged.max_steps = bounded("T2");
   t.homeostasis = nonneg("homeostasis");
   t.homeo.draws = static_cast<int>(bounded("homeo-draws"));
+  t.homeo.samples = bounded("homeo-samples");
   const std::string hm = str("homeo-mode");
   if (hm == "hutchinson") t.homeo.mode = HomeoMode::hutchinson;
   else if (hm == "exact") t.homeo.mode = HomeoMode::exact;

@@ -137,7 +137,9 @@ Mat<float> pack_transpose(const Eigen::Map<const Mat<float>>& B, Index cin, Inde
   return Bt;
 }
 
-static const Index kTargetColumns = getenv("HEPSIM_TC") ? atol(getenv("HEPSIM_TC")) : 512;  // GEMM columns per chunk: big enough to be efficient, small enough for cache
+// GEMM columns per chunk: big enough for the packed GEMM to run near its peak, small enough that a
+// chunk's patches and products stay in L2.
+constexpr Index kTargetColumns = 512;
 
 }  // namespace
 
