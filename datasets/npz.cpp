@@ -419,10 +419,17 @@ class ImagenetBatch {
   }
 
  private:
+  // The one entry of that name: a second one is ambiguous (numpy reads the last, a zip tool may
+  // read either), so the archive is refused rather than read as one of two datasets.
   ZipEntry find(const std::vector<ZipEntry>& entries, const std::string& name) const {
+    const ZipEntry* found = nullptr;
     for (const ZipEntry& e : entries)
-      if (e.name == name) return e;
-    file_.fail("no '" + name + "' array in the archive");
+      if (e.name == name) {
+        if (found) file_.fail("the archive holds '" + name + "' twice");
+        found = &e;
+      }
+    if (!found) file_.fail("no '" + name + "' array in the archive");
+    return *found;
   }
   std::int64_t decode_label(const std::uint8_t* p) const {
     const auto size = static_cast<std::size_t>(labels_array_.itemsize);

@@ -46,10 +46,11 @@ using Clock = std::chrono::steady_clock;
 // std is about sqrt(2/1600) per sample average, more with uneven spectra).
 constexpr Index kMetricDraws = 16;
 
-// The flag to blame, with advice, for samples whose relaxations diverged or cycled (the most
-// frequent cause): a free phase that diverges has no stable fixed point at its step (an ODE or
-// damped step too large: --dt) or with these weights (grown by --lr); a nudged phase that
-// diverges is pushed too hard (--beta); one that cycles follows the map's period-2 orbit.
+}  // namespace
+
+// A free phase that diverges has no stable fixed point at its step (an ODE or damped step too
+// large: --dt) or with these weights (grown by --lr); a nudged phase that diverges is pushed too
+// hard (--beta); one that cycles follows the map's period-2 orbit.
 std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled) {
   if (free > 0 && free >= nudged && free >= cycled) {
     const bool stepped = cfg.free.solver == Solver::rk4 || cfg.free.solver == Solver::dopri5 ||
@@ -64,6 +65,8 @@ std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, lon
   if (nudged >= cycled) return {"--beta", "lower --beta"};
   return {"--dt", "damp the map (--dt 0.5) or use --solver dopri5"};
 }
+
+namespace {
 
 // Class scores of a free state: the logits (cross-entropy) or the output activations (mse).
 template <class R>

@@ -146,6 +146,11 @@ class Trainer {
   mutable Mat<R> warm_;  // with cfg.warm_start: the last free state of every training sample (neurons x n)
 };
 
+// The flag to blame, with advice, for samples whose relaxations diverged (`free` of them in the
+// free phase, `nudged` only in a nudged phase) or whose nudged phase cycled (`cycled`): the most
+// frequent cause.
+std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled);
+
 // An upper bound of the memory a run of `cfg` allocates (bytes), by part, computed before any of
 // it is: the parameter-sized vectors, each thread's relaxations, evaluation, the alignment
 // metrics, homeostasis probes, warm-start states. `where` names what sets the part (a flag).

@@ -46,7 +46,36 @@ int set_threads(int threads) {
   return n;
 }
 
+namespace {
+// Plain decimal notation: an optional '-', digits with at most one '.' (a digit on at least one
+// side), an optional exponent e/E[sign]digits. No spaces, '+', hex floats, inf or nan (std::stod
+// takes all of those).
+bool decimal_syntax(const std::string& t) {
+  std::size_t i = 0;
+  const auto digits = [&] {
+    const std::size_t from = i;
+    while (i < t.size() && t[i] >= '0' && t[i] <= '9') ++i;
+    return i - from;
+  };
+  if (i < t.size() && t[i] == '-') ++i;
+  std::size_t mantissa = digits();
+  if (i < t.size() && t[i] == '.') {
+    ++i;
+    mantissa += digits();
+  }
+  if (mantissa == 0) return false;
+  if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
+    ++i;
+    if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
+    if (digits() == 0) return false;
+  }
+  return i == t.size();
+}
+}  // namespace
+
 double parse_real(const std::string& text, const std::string& flag) {
+  if (!decimal_syntax(text))
+    throw InputError(flag, "'" + text + "' is not a decimal number (digits, '.', e: no spaces, '+' or hex)");
   std::size_t used = 0;
   double v = 0;
   try {

@@ -168,10 +168,15 @@ void register_bench(CLI::App& app) {
     Mat<float> x(data.train.dim(), B), y(data.train.classes, B);
     long next = 0;
     const long per_pass = static_cast<long>(data.train.n / B);
+    long samples = 0, diverged = 0, free_diverged = 0, cycled = 0;  // of every step, warm-up included
     auto one_step = [&](long index) {
       const Index first = (next++ % per_pass) * B;
       make_batch<float>(data.train, perm.data() + first, B, s.train.norm, Augmentation{}, nullptr, x, y);
-      (void)trainer.step(x, y, index, 1);
+      const auto st = trainer.step(x, y, index, 1);
+      samples += B;
+      diverged += st.diverged;
+      free_diverged += st.free_diverged;
+      cycled += st.nudged_cycling;
     };
     for (long i = 0; i < *warmup; ++i) one_step(i);
     std::vector<double> rates;
@@ -179,6 +184,15 @@ void register_bench(CLI::App& app) {
       const auto t0 = Clock::now();
       for (long i = 0; i < *batches; ++i) one_step(*warmup + r * *batches + i);
       rates.push_back(static_cast<double>(*batches * B) / seconds_since(t0));
+    }
+    // Steps in which no sample contributed time relaxations that blew up or cycled, not training:
+    // refused like a training epoch that nothing contributed to.
+    if (diverged + cycled >= samples) {
+      const auto [flag, advice] = divergence_cause(s.train, free_diverged, diverged - free_diverged, cycled);
+      throw InputError(flag, "no sample contributed to the timed training steps (" + std::to_string(diverged) +
+                                 " of " + std::to_string(samples) + " diverged, " + std::to_string(free_diverged) +
+                                 " of them in the free phase; " + std::to_string(cycled) +
+                                 " cycled in a nudged phase): " + advice);
     }
     const double flops = train_step_flops(model.net, s.train, B);
     const double med = median(rates);
@@ -245,6 +259,9 @@ void register_bench(CLI::App& app) {
     j["threads"] = threads;
     j["homeostasis"] = s.train.homeostasis;
     j["train_rates"] = rates;
+    j["train_samples"] = samples;  // of the training steps (warm-up included): how many diverged or cycled
+    j["train_diverged"] = diverged;
+    j["train_nudged_cycling"] = cycled;
     j["train_median"] = med;
     j["flops_per_step"] = flops;
     j["train_gflops"] = flops * med / static_cast<double>(B) / 1e9;

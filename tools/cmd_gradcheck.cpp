@@ -110,19 +110,21 @@ std::vector<T> parse_list(const std::string& text, const std::string& flag, long
   return out;
 }
 
-// Cosine and relative error, per layer (each over that layer's neurons × the batch) and in total.
+// Cosine and relative error, per layer (each over that layer's neurons × the batch) and in total,
+// with norms that do not overflow: an estimate at a tiny |β| (rounding / β, about 1e284 at 1e-300)
+// has a finite length that norm()'s sum of squares overflows (its cosine came out 0).
 nlohmann::json per_layer(const Network& net, const Mat<double>& a, const Mat<double>& b, bool cosine) {
   nlohmann::json j;
   auto metric = [&](const auto& x, const auto& y) {
-    if (cosine) return x.cwiseProduct(y).sum() / (x.norm() * y.norm());
-    return (x - y).norm() / y.norm();
+    if (cosine) return (x / x.stableNorm()).cwiseProduct(y / y.stableNorm()).sum();
+    return (x - y).stableNorm() / y.stableNorm();
   };
   j["total"] = metric(a, b);
   for (const Layer& l : net.layers) j[l.name] = metric(a.middleRows(l.offset, l.size), b.middleRows(l.offset, l.size));
   return j;
 }
 
-double cosine(const Vec<double>& a, const Vec<double>& b) { return a.dot(b) / (a.norm() * b.norm()); }
+double cosine(const Vec<double>& a, const Vec<double>& b) { return (a / a.stableNorm()).dot(b / b.stableNorm()); }
 
 // The batch-mean loss at the free fixed point; `unsettled` counts columns that did not converge.
 double batch_loss(const Model& m, const Vec<double>& theta, const Mat<double>& x, const Mat<double>& y,

@@ -91,6 +91,14 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
                      nn * nn * 8 * static_cast<double>(o.samples) +
                          (5 * nn * nn + 2 * conv_product_values(model.net) * nn) * 8 * omp_get_max_threads()});
   }
+  {
+    // The estimates' probe columns: E, HE, HᵀE and a scratch (dense); at a conv network's states
+    // also the states per column, the complex step's copies and the pre-pool products (as the
+    // conv homeostasis of training counts them).
+    const double nn = static_cast<double>(model.net.neurons), p = static_cast<double>(o.probes);
+    extra.push_back({"the estimates' " + std::to_string(o.probes) + " probe columns", "--probes",
+                     model.net.has_conv() ? p * (18 * nn + 5 * conv_product_values(model.net)) * 8 : 4 * nn * p * 8});
+  }
   check_network_memory(model.net, static_cast<double>(o.samples), "--samples", extra);
   const Vec<double> theta = init_params<double>(model.net, o.seed, o.angle);
   const Index n = model.net.neurons;

@@ -267,7 +267,10 @@ void register_relax(CLI::App& app) {
     require_stall_window(o.stall_window);
     require_finite(o.beta, "--beta");
     require_angle(o.angle, "--angle");
-    if (!(o.tol >= 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite number ≥ 0");
+    // The statuses are measured against it: 0 (fixed steps) would count samples as converged
+    // against a tolerance nobody gave.
+    if (!(o.tol > 0) || !std::isfinite(o.tol))
+      throw InputError("--tol", "must be a finite positive number (the residual every phase is relaxed to)");
     if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
     set_threads(o.threads);
     // Columns are parallelised by chunks here; Eigen's own GEMM threads would oversubscribe.

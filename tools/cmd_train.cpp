@@ -313,7 +313,7 @@ void register_eval(CLI::App& app) {
       throw InputError(*checkpoint, std::to_string(r.diverged) + " of " + std::to_string(r.samples) +
                                         " test samples diverged under the run's relaxation (solver " +
                                         s.config.at("solver").get<std::string>() + ", step " +
-                                        std::to_string(s.train.free.step()) +
+                                        nlohmann::json(s.train.free.step()).dump() +  // shortest form: 0.5, 1e+300
                                         "): its parameters have no stable fixed point there");
     print_json({{"test_acc", r.top1}, {"test_top5", r.top5}, {"test_loss", r.loss}, {"samples", r.samples},
                 {"not_converged", r.not_converged}, {"diverged", r.diverged}, {"epoch", ck.epoch}});

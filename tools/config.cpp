@@ -132,14 +132,20 @@ namespace {
 nlohmann::json parse_multipliers(const std::string& text, const std::string& flag) {
   if (!text.empty() && text.front() == '{') return parse_json_strict(text, flag);
   nlohmann::json j = nlohmann::json::object();
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
+  // Item by item, an empty one too: '', 'a=1,' and 'a=1,,b=2' are errors (getline dropped the last).
+  for (std::size_t from = 0;;) {
+    const std::size_t comma = text.find(',', from);
+    const std::string item = text.substr(from, comma == std::string::npos ? std::string::npos : comma - from);
+    if (item.empty())
+      throw InputError(flag, text.empty() ? std::string("is empty (give name=value pairs or a JSON object)")
+                                          : "an empty item in '" + text + "'");
     const auto eq = item.find('=');
     if (eq == std::string::npos) throw InputError(flag, "expected name=value pairs, got '" + item + "'");
     const std::string name = item.substr(0, eq);
     if (j.contains(name)) throw InputError(flag, "'" + name + "' is given twice");
     j[name] = parse_real(item.substr(eq + 1), flag);
+    if (comma == std::string::npos) break;
+    from = comma + 1;
   }
   return j;
 }
@@ -214,6 +220,7 @@ RunSetup make_setup(const ConfigBuilder& b) {
   s.train_limit = bounded("train-limit");
   s.test_limit = bounded("test-limit");
   s.arch = str("arch");
+  s.arch_source = where("arch");
   s.angle = require_angle(num("angle"), where("angle"));
   s.activation = parse_activation(str("activation"), where("activation"));
   s.loss = parse_loss(str("loss"), where("loss"));
@@ -297,7 +304,14 @@ DatasetSplits load_data(RunSetup& s) {
 
 Model make_model(const RunSetup& s, Index input_size, Index classes, MapShape image) {
   Model m;
-  m.net = compile(load_architecture(s.arch, input_size, classes, image));
+  try {
+    m.net = compile(load_architecture(s.arch, input_size, classes, image));
+  } catch (const InputError& e) {
+    // The loader names the flag; the name may have come from a configuration file's key.
+    if (e.where() != "--arch" || s.arch_source == "--arch") throw;
+    const std::string what = e.what();
+    throw InputError(s.arch_source, what.substr(std::min(what.size(), e.where().size() + 2)));
+  }
   m.activation = s.activation;
   m.loss = s.loss;
   check_loss(m.net, m.loss);

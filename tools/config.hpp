@@ -68,6 +68,7 @@ struct RunSetup {
   std::string data_dir;
   Index train_limit = 0, test_limit = 0;
   std::string arch;
+  std::string arch_source = "--arch";  // where `arch` was given ("run.json: arch"), for messages
   double angle = 90;
   Activation activation = Activation::sigmoid;
   Loss loss = Loss::cross_entropy;

@@ -132,12 +132,22 @@ bool lock_is_ours(const std::filesystem::path& lock) {
   return std::all_of(text.begin(), text.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
 }
 
-// What a run killed before its first epoch leaves: its lock file and its config.json (a complete
-// hepsim configuration). A config.json without our lock beside it is a user's file.
+// The files of a run directory, each replaced atomically through its .tmp twin.
+constexpr const char* kRunFiles[] = {"config.json", "log.h5", "checkpoint.h5"};
+
+// What a run killed before its first checkpoint leaves: its lock file and its config.json (a
+// complete hepsim configuration), its first epoch's log, and the .tmp file of a write the kill
+// interrupted. None of these without our lock beside it is known to be ours (a config.json of a
+// user's, say).
 bool leftover_of_unstarted_run(const std::filesystem::path& entry, bool locked) {
   const std::string name = entry.filename().string();
   if (name == kLockName) return locked;
-  if (name != "config.json" || !locked) return false;
+  if (!locked) return false;
+  std::error_code ec;
+  const bool regular = std::filesystem::is_regular_file(std::filesystem::symlink_status(entry, ec));
+  if (name == "log.h5" || name == "config.json.tmp" || name == "log.h5.tmp" || name == "checkpoint.h5.tmp")
+    return regular;
+  if (name != "config.json") return false;
   try {
     std::ifstream f(entry);
     const nlohmann::json j = nlohmann::json::parse(f);
@@ -183,8 +193,26 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
     }
   };
   try {
+    // Not inside another run's directory (a live one, or one that may be resumed; every run
+    // leaves its lock file): a directory belongs to one run.
+    fs::path self = fs::weakly_canonical(fs::absolute(dir_, ec), ec);  // symlinks resolved, no trailing '/'
+    if (self.filename().empty()) self = self.parent_path();
+    for (fs::path p = self.parent_path(); !p.empty(); p = p.parent_path()) {
+      if (lock_is_ours(p / kLockName))
+        throw InputError(flag, dir_ + " is inside the run directory " + p.string() + ": choose another " + flag);
+      if (p == p.parent_path()) break;
+    }
     if (fs::exists(dir_, ec)) {
       if (!fs::is_directory(dir_, ec)) throw InputError(flag, dir_ + " exists and is not a directory");
+      // hepsim's own file names must be free for files: a directory or FIFO at one of them would
+      // fail the first write after an epoch of work.
+      for (const char* name : kRunFiles)
+        for (const std::string& path : {dir_ + "/" + name, dir_ + "/" + name + ".tmp"}) {
+          const auto st = fs::status(path, ec);
+          if (fs::exists(st) && !fs::is_regular_file(st))
+            throw InputError(flag, path + " is not a regular file: remove it" +
+                                       (resume_ ? std::string() : " or choose another --out"));
+        }
       const bool locked = fs::exists(fs::symlink_status(lock, ec));
       if (locked && !lock_is_ours(lock))
         throw InputError(flag, lock + (fs::is_symlink(fs::symlink_status(lock, ec))
@@ -196,18 +224,18 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
         if (fs::exists(dir_ + "/checkpoint.h5"))
           throw InputError(flag, dir_ + " already holds a run; continue it with --resume " + dir_ +
                                      " or choose another --out");
-        if (fs::exists(dir_ + "/log.h5")) {  // killed between the first log and checkpoint writes
-          // Beside hepsim's lock (a run killed in its first epoch) the log's one epoch is ours to
-          // redo; without the lock the log is not known to be ours.
-          if (!locked || !fs::is_regular_file(fs::symlink_status(dir_ + "/log.h5", ec)))
-            throw InputError(flag, dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
-                                          "delete it or choose another --out");
-          fs::remove(dir_ + "/log.h5", ec);
-        }
+        // Killed between the first log and checkpoint writes: beside hepsim's lock the log's one
+        // epoch is ours to redo; without the lock the log is not known to be ours.
+        if (fs::exists(dir_ + "/log.h5") && (!locked || !fs::is_regular_file(fs::symlink_status(dir_ + "/log.h5", ec))))
+          throw InputError(flag, dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
+                                        "delete it or choose another --out");
+        // Everything is checked before anything is removed: a refused directory stays untouched.
         for (const auto& entry : fs::directory_iterator(dir_, ec))
           if (!leftover_of_unstarted_run(entry.path(), locked))
             throw InputError(flag, dir_ + " is not empty and holds no hepsim run (it has '" +
                                        entry.path().filename().string() + "'): choose another --out");
+        for (const char* name : {"log.h5", "config.json.tmp", "log.h5.tmp", "checkpoint.h5.tmp"})
+          fs::remove(dir_ + "/" + name, ec);
       }
     } else {
       // The directories this run creates (the leaf first), removed again if it never starts.

@@ -116,6 +116,12 @@ TEST_CASE("read_imagenet_npz: malformed archives give an InputError naming the f
     write_file(path, imagenet_npz({-3}, 32, false));
     check_input_error(load, path, "label -3 out of range");
   }
+  SUBCASE("an entry given twice (numpy reads the last, hepsim read the first): ambiguous, refused") {
+    write_file(path, zip_archive({{"data.npy", data1, false},
+                                  {"labels.npy", label1, false},
+                                  {"labels.npy", npy("<i8", "(1,)", int64_le({1000})), false}}));
+    check_input_error(load, path, "holds 'labels.npy' twice");
+  }
   SUBCASE("bad CRC-32: corrupted stored pixels") {
     Bytes zip = imagenet_npz({1}, 32, false);
     zip[first_data + 200] ^= 0x01;

@@ -668,3 +668,102 @@ TEST_CASE("seventh audit: real flags of relax, jacobian and gradcheck are parsed
   CHECK_MESSAGE(again.code == 0, again.err);
   CHECK(tools::TrainLog::read_records(tmp.file("k/log.h5"), 10).size() == 2);
 }
+
+TEST_CASE("eighth audit: strict reals and multiplier lists, relax's tolerance, bench's divergence, tiny-β metrics") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 24);
+  const std::string arch = small_arch(tmp);
+  const std::string d = " --dataset fmnist --data-dir " + data.str() + " --arch " + arch;
+  // std::stod read hex floats and leading spaces; getline dropped a last empty list item; relax
+  // took --tol 0 and counted samples as converged against a tolerance nobody gave.
+  check_bad_input({{"train " + flags(data, arch) + " --lr 0x1p-7 --out " + tmp.file("a"), "--lr:"},
+                   {"train " + flags(data, arch) + " --lr +0.01 --out " + tmp.file("a"), "--lr:"},
+                   {"train " + flags(data, arch) + " --lr-mult readout=0x10 --out " + tmp.file("a"), "--lr-mult:"},
+                   {"train " + flags(data, arch) + " --lr-mult '' --out " + tmp.file("a"), "--lr-mult:"},
+                   {"train " + flags(data, arch) + " --wd-mult readout=2, --out " + tmp.file("a"), "--wd-mult:"},
+                   {"jacobian" + d + " --samples 2 --angle 0x10", "--angle:"},
+                   {"relax" + d + " --samples 2 --dt ' 0.5'", "--dt:"},
+                   {"relax" + d + " --samples 2 --tol 0", "--tol:"}},
+                  tmp);
+  CHECK_FALSE(fs::exists(tmp.file("a")));
+  // A bad architecture from a configuration file is named by its file and key, not a flag.
+  const std::string cfg = tmp.file("run.json");
+  std::ofstream(cfg) << R"({"arch": "bogus"})";
+  check_bad_input({{"train --config " + cfg + " --dataset fmnist --data-dir " + data.str() + " --out " + tmp.file("b"),
+                    cfg + ": arch: 'bogus'"}},
+                  tmp);
+  // bench timed steps in which every sample diverged and printed their rate with exit 0.
+  check_bad_input({{"bench" + d + " --threads 1 --batches 2 --warmup 0 --repeats 1 --T1 10 --T2 4 --batch-size 20 "
+                                  "--dt 50 --solver rk4",
+                    "--dt: no sample contributed to the timed training steps"}},
+                  tmp);
+  // At |β| = 1e-300 the estimate is rounding / β ≈ 1e284: finite, but norm() overflowed, so its
+  // cosine with v* came out 0 and its relative error inf (null).
+  const RunResult g = run_hepsim("gradcheck --dataset random --arch " + arch +
+                                     " --batch 2 --threads 1 --fd-directions 1 --N 2 --beta 1e-300",
+                                 tmp);
+  REQUIRE_MESSAGE(g.code == 0, g.err);
+  const nlohmann::json e = g.json().at("estimators").at(0);
+  CAPTURE(e.dump());
+  CHECK(e.at("rel_err_vs_vstar").at("total").is_number());
+  CHECK(e.at("rel_err_vs_vstar").at("total").get<double>() > 1e100);
+  CHECK(e.at("cos_vs_vstar").at("total").get<double>() != 0.0);
+}
+
+TEST_CASE("eighth audit: killed first-epoch writes are redone in place, hepsim's file names stay files, no run inside a run") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 24);
+  const std::string arch = small_arch(tmp);
+  // Killed while writing the first checkpoint: lock, config.json, log.h5, checkpoint.h5.tmp. The
+  // new run refused the .tmp after deleting the log; now it redoes the epoch.
+  const std::string k = tmp.file("k");
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + k, tmp).code == 0);
+  fs::rename(k + "/checkpoint.h5", k + "/checkpoint.h5.tmp");
+  check_bad_input({{"train --resume " + k, "start it again with --out " + k + " --config " + k + "/config.json"}}, tmp);
+  RunResult again = run_hepsim("train --out " + k + " --config " + k + "/config.json --epochs 2", tmp);
+  CHECK_MESSAGE(again.code == 0, again.err);
+  CHECK(tools::TrainLog::read_records(k + "/log.h5", 10).size() == 2);
+  CHECK_FALSE(fs::exists(k + "/checkpoint.h5.tmp"));
+  // Killed while writing the first log: lock, config.json, log.h5.tmp.
+  const std::string l = tmp.file("l");
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + l, tmp).code == 0);
+  fs::remove(l + "/checkpoint.h5");
+  fs::rename(l + "/log.h5", l + "/log.h5.tmp");
+  again = run_hepsim("train --out " + l + " --config " + l + "/config.json", tmp);
+  CHECK_MESSAGE(again.code == 0, again.err);
+  CHECK(fs::exists(l + "/checkpoint.h5"));
+  CHECK_FALSE(fs::exists(l + "/log.h5.tmp"));
+  // A refused directory is untouched: the log of a killed first epoch beside a file of the user's.
+  const std::string m = tmp.file("m");
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + m, tmp).code == 0);
+  fs::remove(m + "/checkpoint.h5");
+  std::ofstream(m + "/notes.txt") << "mine";
+  check_bad_input({{"train " + flags(data, arch) + " --out " + m, "it has 'notes.txt'"}}, tmp);
+  CHECK(fs::exists(m + "/log.h5"));
+  // A directory at one of hepsim's file names: refused at the start (exit 2), not after an epoch
+  // (exit 1, a .tmp left behind).
+  fs::remove(k + "/config.json");
+  fs::create_directory(k + "/config.json");
+  check_bad_input({{"train --resume " + k + " --epochs 3", k + "/config.json is not a regular file"}}, tmp);
+  CHECK(tools::TrainLog::read_records(k + "/log.h5", 10).size() == 2);
+  CHECK_FALSE(fs::exists(k + "/config.json.tmp"));
+  // A new run inside another run's directory (spelled through a symlink too) is refused.
+  fs::create_symlink(l, tmp.file("alias"));
+  check_bad_input({{"train " + flags(data, arch) + " --out " + l + "/sub", "is inside the run directory"},
+                   {"train " + flags(data, arch) + " --out " + tmp.file("alias") + "/sub/deeper",
+                    "is inside the run directory"}},
+                  tmp);
+  CHECK_FALSE(fs::exists(l + "/sub"));
+}
+
+TEST_CASE("eighth audit: jacobian's memory estimate counts the probes") {
+  TempDir tmp;
+  // 40,000 neurons x 100,000 probes: E, HE, HᵀE and a scratch are 128 GB, more than any CI machine
+  // (the estimate left them out and the run allocated them).
+  const std::string wide = tmp.file("wide.json");
+  std::ofstream(wide) << R"({"name": "wide", "layers": [{"name": "h", "size": 40000}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  check_bad_input({{"jacobian --arch " + wide + " --probes 100000 --samples 1 --max-dense 0 --threads 1",
+                    "--probes: the run needs about"}},
+                  tmp);
+}
