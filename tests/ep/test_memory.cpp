@@ -54,6 +54,12 @@ TEST_CASE("train_memory: a conv network's metrics, homeostasis at the states and
   cfg.homeostasis = 1;
   cfg.homeo.draws = 64;
   CHECK(part(train_memory(m.net, cfg, 100, 100, 4), "--homeo-draws") >= 64.0 * 10 * 18 * n * 4);
+  // With homeo-samples the states are probed one at a time: one state's columns, not the batch's.
+  cfg.homeo.samples = 2;
+  const double one = part(train_memory(m.net, cfg, 100, 100, 4), "--homeo-draws");
+  CHECK(one >= 64.0 * 18 * n * 4);
+  CHECK(one < 64.0 * 10 * 18 * n * 4);
+  cfg.homeo.samples = 0;
   cfg.homeostasis = 0;
   cfg.free.solver = Solver::anderson;
   cfg.free.anderson_m = 16;
