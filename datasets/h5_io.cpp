@@ -15,12 +15,23 @@ std::string read_string_attribute(hid_t obj, const char* name) {
   if (H5Aexists(obj, name) <= 0) return {};
   Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
   Id type(H5Aget_type(attr.get()), H5Tclose);
-  if (!type.valid() || H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) != 0) return {};
+  if (!type.valid() || H5Tget_class(type.get()) != H5T_STRING) return {};
+  if (H5Tis_variable_str(type.get()) > 0) {  // h5py's default for str values
+    Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(mem.get(), H5T_VARIABLE);
+    H5Tset_cset(mem.get(), H5Tget_cset(type.get()));  // h5py writes UTF-8: no conversion to ASCII
+    char* p = nullptr;
+    if (H5Aread(attr.get(), mem.get(), &p) < 0 || p == nullptr) return {};
+    std::string s(p);
+    H5free_memory(p);
+    return s;
+  }
+  // Fixed length, read in the file's own type (no conversion): a NULLPAD string (numpy's bytes)
+  // converted to a C string of the same size lost its last character. Padding ends it.
   std::string s(H5Tget_size(type.get()), '\0');
-  Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
-  H5Tset_size(mem.get(), s.size());
-  if (H5Aread(attr.get(), mem.get(), s.data()) < 0) return {};
+  if (H5Aread(attr.get(), type.get(), s.data()) < 0) return {};
   s.resize(std::min(s.size(), s.find('\0')));
+  if (H5Tget_strpad(type.get()) == H5T_STR_SPACEPAD) s.erase(s.find_last_not_of(' ') + 1);
   return s;
 }
 

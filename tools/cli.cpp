@@ -105,7 +105,10 @@ TestSamples load_test_samples(const std::string& dataset, const std::string& dat
   const DatasetKind kind = parse_dataset_kind(dataset);
   const std::string dir = data_dir.empty() ? default_data_dir(kind) : data_dir;
   if (dir.empty()) throw InputError("--data-dir", std::string("required for dataset ") + to_string(kind));
-  TestSamples t{kind, load_test_split(kind, dir, samples)};
+  // An HDF5 file converted from a known dataset is normalised like it (train does the same); a
+  // name that claims another source than the images' channel count is refused here too.
+  TestSamples t{kind, load_test_split(kind, dir, samples),
+                kind == DatasetKind::h5 ? h5_source_kind(dir + "/test.h5") : kind};
   if (t.test.n < samples)
     throw InputError(count_flag, "the test set has only " + std::to_string(t.test.n) + " samples");
   return t;

@@ -88,6 +88,7 @@ inline long require_positive(long v, const std::string& flag) {
 struct TestSamples {
   DatasetKind kind;
   Dataset test;
+  DatasetKind source;  // kind, or for hepsim's HDF5 files the dataset they were converted from
 };
 TestSamples load_test_samples(const std::string& dataset, const std::string& data_dir, long samples,
                               const std::string& count_flag = "--samples");

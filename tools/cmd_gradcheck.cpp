@@ -157,7 +157,7 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
     for (Index j = 0; j < o.batch; ++j) idx[static_cast<std::size_t>(j)] = j;
     x.resize(loaded.test.dim(), o.batch);
     y.resize(loaded.test.classes, o.batch);
-    make_batch<double>(loaded.test, idx.data(), o.batch, default_normalization(loaded.kind), Augmentation{}, nullptr, x,
+    make_batch<double>(loaded.test, idx.data(), o.batch, default_normalization(loaded.source), Augmentation{}, nullptr, x,
                        y);
     image = {loaded.test.channels, loaded.test.height, loaded.test.width};
   }
@@ -174,6 +174,13 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
            " parameters, double)",
        "--fd-directions",
        8.0 * static_cast<double>(net.n_params) * (static_cast<double>(o.fd_directions) + 2.0 * omp_get_max_threads())}};
+  if (!net.has_conv() && net.neurons <= kMaxDenseReference) {
+    // The dense references of a dense network: H, and per sample and thread its n x n system and LU.
+    const double nn = static_cast<double>(net.neurons);
+    extra.push_back({"the dense references (" + std::to_string(net.neurons) + " x " + std::to_string(net.neurons) +
+                         " matrices)",
+                     "--arch", (2 + 3 * static_cast<double>(std::min<long>(o.batch, omp_get_max_threads()))) * nn * nn * 8});
+  }
   if (net.has_conv() && net.neurons <= kMaxDenseReference) {
     // The dense references of a conv network: each sample's H from n JVPs (the replicated state,
     // the identity, H, its LU and the n columns' pre-pool products), one sample per thread.

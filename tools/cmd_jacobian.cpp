@@ -77,10 +77,20 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
     Mat<double> y(test.classes, o.samples);
     std::vector<Index> idx(static_cast<std::size_t>(o.samples));
     for (Index j = 0; j < o.samples; ++j) idx[static_cast<std::size_t>(j)] = j;
-    make_batch<double>(test, idx.data(), o.samples, default_normalization(loaded.kind), Augmentation{}, nullptr, x,
+    make_batch<double>(test, idx.data(), o.samples, default_normalization(loaded.source), Augmentation{}, nullptr, x,
                        y);
   }
   std::vector<MemoryPart> extra;
+  // Spectra run one sample per thread at a time.
+  const double concurrent = static_cast<double>(std::min<long>(o.samples, omp_get_max_threads()));
+  if (!model.net.has_conv() && model.net.neurons <= o.max_dense) {
+    // The dense H, the exact norms' and J's eigenproblem (a Hessenberg/Schur copy and workspace),
+    // and per concurrent sample J_G D − I with its own eigenproblem.
+    const double nn = static_cast<double>(model.net.neurons);
+    extra.push_back({"the dense spectra (" + std::to_string(model.net.neurons) + " x " +
+                         std::to_string(model.net.neurons) + " matrices)",
+                     "--max-dense", (4 + 3 * concurrent) * nn * nn * 8});
+  }
   if (model.net.has_conv() && model.net.neurons <= o.max_dense) {
     // Each settled sample's dense H from n JVPs (replicated state, identity, H, the dynamics'
     // matrix and the n columns' pre-pool products), one sample per thread; all H kept.
@@ -89,7 +99,7 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
                          std::to_string(model.net.neurons) + " each)",
                      "--max-dense",
                      nn * nn * 8 * static_cast<double>(o.samples) +
-                         (5 * nn * nn + 2 * conv_product_values(model.net) * nn) * 8 * omp_get_max_threads()});
+                         (5 * nn * nn + 2 * conv_product_values(model.net) * nn) * 8 * concurrent});
   }
   {
     // The estimates' probe columns: E, HE, HᵀE and a scratch (dense); at a conv network's states
@@ -104,8 +114,9 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
   const Index n = model.net.neurons;
   if (n <= o.max_dense) {
     const double nd = static_cast<double>(n);
+    // The spectra run one per thread, but never faster than on the machine's cores.
     const double seconds = kEigSecondsPerCubedNeuron * nd * nd * nd * static_cast<double>(1 + o.samples) /
-                           static_cast<double>(std::max(1, omp_get_max_threads()));
+                           static_cast<double>(std::max(1, std::min(omp_get_max_threads(), omp_get_num_procs())));
     if (seconds > kMaxSpectraSeconds)
       throw InputError("--max-dense", "the dense spectra of " + std::to_string(n) + " neurons (J and " +
                                           std::to_string(o.samples) + " samples' dynamics) would take about " +

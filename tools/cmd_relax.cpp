@@ -92,7 +92,6 @@ template <class R>
 nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_status,
                          std::vector<RelaxStatus>& nudged_status) {
   const TestSamples loaded = load_test_samples(o.dataset, o.data_dir, o.samples);
-  const DatasetKind kind = loaded.kind;
   const Dataset& test = loaded.test;
   Model model;
   model.net = compile(load_architecture(o.arch, test.dim(), test.classes, MapShape{test.channels, test.height, test.width}));
@@ -121,7 +120,7 @@ nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_s
   free_cfg.progress = progress.phase("free phases");
   nudged_cfg.progress = progress.phase("nudged phases");
   const bool nudge = o.beta != 0;
-  const Normalization norm = default_normalization(kind);
+  const Normalization norm = default_normalization(loaded.source);
 
   const Index n = model.net.neurons;
   const long chunks = (o.samples - 1) / o.batch_size + 1;  // not samples + batch − 1: overflows at 2^63

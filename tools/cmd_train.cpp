@@ -117,12 +117,29 @@ std::string data_fingerprint(const DatasetSplits& d) {
   return text;
 }
 
+// The checkpoint's own architecture compiled for `data`'s image shape. It compiled for the run's
+// own data, so shapes that do not fit now (images of the checkpoint's input size but another
+// channels x height x width, which a conv network cannot take) are the data's: named by
+// `data_where` (its directory or flag).
+Network checkpoint_network(const Checkpoint& ck, const std::string& ckpt_path, const Dataset& data,
+                           const std::string& data_where) {
+  const MapShape shape{data.channels, data.height, data.width};
+  const Architecture arch = parse_architecture(ck.architecture, ckpt_path, ck.input_size, ck.classes, shape);
+  try {
+    return compile(arch, ckpt_path);
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    throw InputError(data_where, "its images are " + std::to_string(shape.c) + "x" + std::to_string(shape.h) + "x" +
+                                     std::to_string(shape.w) + ", which the checkpoint's network does not take (" +
+                                     what.substr(std::min(what.size(), e.where().size() + 2)) + ")");
+  }
+}
+
 // A resumed run's model: the checkpoint's own architecture (a relative --arch path need not
 // resolve from where the run is resumed), on data of the checkpoint's shape.
 Model checkpoint_model(const RunSetup& s, const Checkpoint& ck, const std::string& ckpt_path, const Dataset& train) {
   Model m;
-  m.net = compile(parse_architecture(ck.architecture, ckpt_path, ck.input_size, ck.classes,
-                                    MapShape{train.channels, train.height, train.width}));
+  m.net = checkpoint_network(ck, ckpt_path, train, s.data_dir);
   m.activation = s.activation;
   m.loss = s.loss;
   check_loss(m.net, m.loss);
@@ -275,9 +292,7 @@ void register_eval(CLI::App& app) {
       throw InputError(cmd->count("--data-dir") > 0 ? s.data_dir : "--dataset", "its images have " + std::to_string(test.dim()) + " inputs and " +
                                         std::to_string(test.classes) + " classes; the checkpoint's network expects " +
                                         std::to_string(ck.input_size) + " and " + std::to_string(ck.classes));
-    model.net = compile(parse_architecture(ck.architecture, *checkpoint, ck.input_size, ck.classes,
-                                           MapShape{test.channels, test.height, test.width}),
-                        *checkpoint);
+    model.net = checkpoint_network(ck, *checkpoint, test, cmd->count("--data-dir") > 0 ? s.data_dir : "--dataset");
     model.activation = s.activation;
     model.loss = s.loss;
     // The run's own test set (nothing named, no limit then or now): it must be the data the run

@@ -93,6 +93,38 @@ TEST_CASE("write_h5_dataset / read_h5_dataset round trip, limit, source kind") {
   CHECK(read_h5_dataset(path).name == path);
 }
 
+TEST_CASE("the source name is read as h5py and numpy write it: variable-length UTF-8 and exact-length NULLPAD") {
+  TempDir dir;
+  const std::string path = dir.file("train.h5");
+  write_h5_dataset(small_colour_dataset(), path);  // 3 channels, named cifar100/train
+  const auto rename = [&](bool variable, const std::string& value) {
+    const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    REQUIRE(file >= 0);
+    REQUIRE(H5Adelete(file, "name") >= 0);
+    const hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, variable ? H5T_VARIABLE : value.size());
+    if (variable) H5Tset_cset(type, H5T_CSET_UTF8);  // h5py's str
+    else H5Tset_strpad(type, H5T_STR_NULLPAD);        // numpy's bytes_, no terminating NUL
+    const hid_t scalar = H5Screate(H5S_SCALAR);
+    const hid_t attr = H5Acreate2(file, "name", type, scalar, H5P_DEFAULT, H5P_DEFAULT);
+    const char* p = value.c_str();
+    REQUIRE(H5Awrite(attr, type, variable ? static_cast<const void*>(&p) : static_cast<const void*>(p)) >= 0);
+    H5Aclose(attr);
+    H5Sclose(scalar);
+    H5Tclose(type);
+    H5Fclose(file);
+  };
+  // Read as "" (variable length) or without its last character ("cifar10" became "cifar1"):
+  // the source's normalisation and the channel check were skipped.
+  rename(true, "cifar10/train");
+  CHECK(h5_source_kind(path) == DatasetKind::cifar10);
+  CHECK(read_h5_dataset(path).name == "cifar10/train");
+  rename(false, "cifar10");
+  CHECK(h5_source_kind(path) == DatasetKind::cifar10);
+  rename(false, "mnist");  // 1 channel claimed, 3 stored
+  check_input_error([&] { (void)h5_source_kind(path); }, path, "attribute 'name' says 'mnist' (1 channels)");
+}
+
 TEST_CASE("convert_dataset: CIFAR-100 and IDX to HDF5 and back through load_dataset(h5)") {
   TempDir src, out;
   write_file(src.file("train.bin"), cifar_records({{3, 42}, {19, 99}}));
