@@ -204,6 +204,9 @@ struct AnalysisConfig {
   double dt = 0;               // the solver's time step (RelaxConfig::dt; 0: its default)
   double stall_window = RelaxConfig{}.stall_window;  // RelaxConfig::stall_window
   std::function<void(const RelaxProgress&)> progress;  // RelaxConfig::progress of the free phase
+  // Called with (done, total) as the dense spectra complete (from any thread): each can take a
+  // minute at a few thousand neurons.
+  std::function<void(Index, Index)> spectra_progress;
 };
 
 struct JacobianAnalysis {

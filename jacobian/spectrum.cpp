@@ -1,6 +1,7 @@
 // Spectrum of a dense Jacobian and the whole analysis behind `hepsim jacobian`.
 #include <Eigen/Eigenvalues>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <exception>
 #include <limits>
@@ -100,6 +101,7 @@ JacobianAnalysis analyse_conv(const Model& model, const Vec<double>& theta, cons
   if (n > cfg.max_dense) return r;
   std::vector<Mat<double>> H(static_cast<std::size_t>(S));
   std::vector<std::complex<double>> rightmost(static_cast<std::size_t>(S));
+  std::atomic<Index> done{0};
   std::exception_ptr error;  // an exception must not leave an OpenMP region
 #pragma omp parallel for schedule(dynamic, 1)
   for (Index k = 0; k < S; ++k) try {
@@ -112,6 +114,7 @@ JacobianAnalysis analyse_conv(const Model& model, const Vec<double>& theta, cons
     Mat<double> Jd = h * d.col(k).asDiagonal();
     Jd.diagonal().array() -= 1.0;
     rightmost[static_cast<std::size_t>(k)] = spectrum(Jd).max_real;
+    if (cfg.spectra_progress) cfg.spectra_progress(++done, S + 1);
   } catch (...) {
 #pragma omp critical
     error = std::current_exception();
@@ -128,6 +131,7 @@ JacobianAnalysis analyse_conv(const Model& model, const Vec<double>& theta, cons
   r.jac_sym = exact.jac_sym();
   r.homeo_exact = exact.homeo();
   r.jac = spectrum(H[0] - Mat<double>::Identity(n, n));
+  if (cfg.spectra_progress) cfg.spectra_progress(S + 1, S + 1);
   return r;
 }
 
@@ -155,10 +159,14 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
 
   if (n > cfg.max_dense) return r;
   const Mat<double> H = dense_jacobian(net, theta);
+  const Index B = x.cols();
+  const Index total = 1 + B;
+  std::atomic<Index> done{0};
+  if (cfg.spectra_progress) cfg.spectra_progress(0, total);
   r.jac = spectrum(H - Mat<double>::Identity(n, n));
+  if (cfg.spectra_progress) cfg.spectra_progress(++done, total);
 
   // Dynamics: the rightmost eigenvalue of J_G D − I at each sample's free fixed point.
-  const Index B = x.cols();
   if (B == 0) return r;
   Mat<double> u;
   const RelaxResult rr = free_states(model, theta, x, cfg, u, r);
@@ -170,11 +178,15 @@ JacobianAnalysis analyse_jacobian(const Model& model, const Vec<double>& theta, 
   // One dense eigenproblem per sample, independent: one per thread.
 #pragma omp parallel for schedule(dynamic, 1)
   for (Index j = 0; j < B; ++j) try {
-    if (rr.status[static_cast<std::size_t>(j)] != RelaxStatus::converged) continue;
+    if (rr.status[static_cast<std::size_t>(j)] != RelaxStatus::converged) {
+      if (cfg.spectra_progress) cfg.spectra_progress(++done, total);
+      continue;
+    }
     Mat<double> Jd = H * d.col(j).asDiagonal();
     Jd.diagonal().array() -= 1.0;
     rightmost[static_cast<std::size_t>(j)] = spectrum(Jd).max_real;
     ok[static_cast<std::size_t>(j)] = 1;
+    if (cfg.spectra_progress) cfg.spectra_progress(++done, total);
   } catch (...) {
 #pragma omp critical
     error = std::current_exception();

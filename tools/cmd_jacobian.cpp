@@ -136,6 +136,7 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
   cfg.stall_window = o.stall_window;
   PhaseProgress progress("jacobian");
   cfg.progress = progress.phase("free phase");
+  cfg.spectra_progress = progress.count("dense spectra");
   const JacobianAnalysis a = analyse_jacobian(model, theta, x, cfg);
   free_status = a.free_status;
 

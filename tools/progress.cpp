@@ -59,14 +59,31 @@ std::function<void(const RelaxProgress&)> PhaseProgress::phase(std::string label
   return [this, label = std::move(label)](const RelaxProgress& p) { report(label, p); };
 }
 
-void PhaseProgress::report(const std::string& label, const RelaxProgress& p) {
+std::function<void(Index, Index)> PhaseProgress::count(std::string label) {
+  return [this, label = std::move(label)](Index done, Index total) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    double elapsed = 0;
+    if (!due(elapsed)) return;
+    std::fprintf(stderr, "%s%s: %s: %ld of %ld done, %.0f s%s", tty_ ? "\r" : "", command_.c_str(), label.c_str(),
+                 static_cast<long>(done), static_cast<long>(total), elapsed, tty_ ? "   " : "\n");
+    std::fflush(stderr);
+  };
+}
+
+bool PhaseProgress::due(double& elapsed) {
   const auto now = std::chrono::steady_clock::now();
-  const std::lock_guard<std::mutex> lock(mutex_);
-  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  elapsed = std::chrono::duration<double>(now - start_).count();
   const double since = std::chrono::duration<double>(now - last_).count();
-  if (elapsed < 3.0 || (printed_ && since < (tty_ ? 1.0 : 15.0))) return;
+  if (elapsed < 3.0 || (printed_ && since < (tty_ ? 1.0 : 15.0))) return false;
   last_ = now;
   printed_ = true;
+  return true;
+}
+
+void PhaseProgress::report(const std::string& label, const RelaxProgress& p) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  double elapsed = 0;
+  if (!due(elapsed)) return;
   std::fprintf(stderr, "%s%s: %s: step %ld of %ld, %ld of %ld columns relaxing, max residual %.2e, %.0f s%s",
                tty_ ? "\r" : "", command_.c_str(), label.c_str(), p.steps, p.max_steps, static_cast<long>(p.live),
                static_cast<long>(p.cols), p.max_residual, elapsed, tty_ ? "   " : "\n");

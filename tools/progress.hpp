@@ -36,9 +36,14 @@ class PhaseProgress {
   // not outlive this object. Reports nothing during the command's first 3 s, then at most once a
   // second on a terminal (one line, redrawn) and once every 15 s otherwise.
   std::function<void(const RelaxProgress&)> phase(std::string label);
+  // A (done, total) callback for work counted in items ("dense spectra"), under the same rules.
+  std::function<void(Index, Index)> count(std::string label);
 
  private:
   void report(const std::string& label, const RelaxProgress& p);
+  // Whether a line is due (silent for the first 3 s, then at most once a second on a terminal and
+  // every 15 s otherwise); marks it printed. `elapsed`: seconds since the command started. Under mutex_.
+  bool due(double& elapsed);
 
   std::string command_;
   bool tty_;

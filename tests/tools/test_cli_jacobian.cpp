@@ -124,3 +124,17 @@ TEST_CASE("hepsim jacobian: bad input gives one line naming the flag or file, ex
   };
   check_bad_input(cases, tmp);
 }
+
+TEST_CASE("hepsim jacobian: dense spectra that take seconds report their progress on stderr") {
+  // 7 eigenproblems of 1,610 neurons, about a second each on one core: after the first 3 s
+  // (silent) each completed one is due a line; the eighth audit saw minutes of silence at 3,000.
+  TempDir tmp;
+  const std::string arch = tmp.file("d.json");
+  std::ofstream(arch) << R"({"name": "d", "layers": [{"name": "h", "size": 1600}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  const RunResult r = run_hepsim("jacobian --arch " + arch + " --samples 6 --probes 10 --threads 1", tmp);
+  CAPTURE(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("jacobian: dense spectra: ") != std::string::npos);
+  CHECK(r.err.find(" of 7 done") != std::string::npos);
+}
