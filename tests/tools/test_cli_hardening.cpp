@@ -45,14 +45,15 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
-// DIR/train.h5 and DIR/test.h5 in hepsim's HDF5 layout: 4 single-channel 4x4 images each, named
-// "<source>/train" and "<source>/test", with `classes` classes and these labels.
+// DIR/train.h5 and DIR/test.h5 in hepsim's HDF5 layout: one image per label (`channels` x side x
+// side, single-channel 4x4 by default) each, named "<source>/train" and "<source>/test", with
+// `classes` classes and these labels.
 void write_h5_splits(const std::string& dir, const std::string& source, std::int32_t classes,
-                     const std::vector<std::int32_t>& labels) {
+                     const std::vector<std::int32_t>& labels, Index channels = 1, Index side = 4) {
   Dataset d;
   d.n = static_cast<Index>(labels.size());
-  d.channels = 1;
-  d.height = d.width = 4;
+  d.channels = channels;
+  d.height = d.width = side;
   d.classes = classes;
   d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 7);
   d.labels = labels;
@@ -789,18 +790,7 @@ TEST_CASE("ninth audit: dense spectra and references in the memory estimates, th
   check_bad_input({{"jacobian --arch " + d4k + " --samples 30 --probes 10 --threads 256", "would take about"}}, tmp);
   // relax (like jacobian and gradcheck) reads an HDF5 file's source: a name claiming 1 channel
   // for 3-channel images is refused, not normalised silently as something else.
-  Dataset d;
-  d.n = 4;
-  d.channels = 3;
-  d.height = d.width = 4;
-  d.classes = 2;
-  d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 9);
-  d.labels = {0, 1, 0, 1};
-  fs::create_directories(tmp.file("h"));
-  for (const char* split : {"train", "test"}) {
-    d.name = std::string("mnist/") + split;
-    write_h5_dataset(d, tmp.file(std::string("h/") + split + ".h5"));
-  }
+  write_h5_splits(tmp.file("h"), "mnist", 2, {0, 1, 0, 1}, 3);
   check_bad_input({{"relax --dataset h5 --data-dir " + tmp.file("h") + " --arch " + dense("s.json", 8) + " --samples 2",
                     "attribute 'name' says 'mnist/test'"}},
                   tmp);
@@ -819,18 +809,7 @@ TEST_CASE("ninth audit: eval of images a conv checkpoint cannot take names the d
                      tmp)
               .code == 0);
   // 784 inputs and 10 classes like the run's data, but 4 x 14 x 14.
-  Dataset d;
-  d.n = 4;
-  d.channels = 4;
-  d.height = d.width = 14;
-  d.classes = 10;
-  d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 9);
-  d.labels = {0, 1, 2, 3};
-  fs::create_directories(tmp.file("h"));
-  for (const char* split : {"train", "test"}) {
-    d.name = std::string("h5/") + split;
-    write_h5_dataset(d, tmp.file(std::string("h/") + split + ".h5"));
-  }
+  write_h5_splits(tmp.file("h"), "h5", 10, {0, 1, 2, 3}, 4, 14);
   check_bad_input({{"eval --checkpoint " + tmp.file("r/checkpoint.h5") + " --dataset h5 --data-dir " + tmp.file("h"),
                     tmp.file("h") + ": its images are 4x14x14"}},
                   tmp);
