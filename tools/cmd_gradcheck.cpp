@@ -191,7 +191,11 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
                      (8 * nn * nn + 2 * conv_product_values(net) * nn) * 8 *
                          static_cast<double>(std::min<long>(o.batch, omp_get_max_threads()))});
   }
-  check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1), "--batch", extra);
+  // The estimators run one (N, |β|) per thread at a time, each with its own states.
+  const double parallel = static_cast<double>(std::min<std::size_t>(
+      parse_list<int>(o.N_list, "--N").size() * parse_list<double>(o.beta_list, "--beta").size(),
+      static_cast<std::size_t>(omp_get_max_threads())));
+  check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1) * parallel, "--batch", extra);
   const double states = static_cast<double>(net.neurons) * static_cast<double>(o.batch);
   check_size((max_N / 2 + 1) * states, kMaxStackedValues, "--batch",
              "the stacked nudged states (⌊N/2⌋ + 1) × " + std::to_string(net.neurons) + " neurons × --batch");

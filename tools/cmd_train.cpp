@@ -50,7 +50,7 @@ nlohmann::json summary(const RunSetup& s, const Network& net, const std::vector<
 // change these, or the log's epochs would be incomparable (training hyper-parameters may change).
 constexpr const char* kFixedOnResume[] = {"dataset",    "arch",       "activation", "loss",       "precision",
                                           "seed",       "angle",      "batch-size", "train-limit", "test-limit",
-                                          "probe-size", "report-tol"};
+                                          "probe-size", "report-tol", "optimizer"};  // optimizer: its moments are in the checkpoint
 
 // The checkpoint's parameters must be those of `net` and representable in the training precision
 // (θ = 1e300 is finite in double but infinite in float).
@@ -210,11 +210,15 @@ void register_train(CLI::App& app) {
     if (cmd->count("--config") > 0 && config_path->empty()) throw InputError("--config", "must name a file");
     if (!resume_dir->empty()) {
       if (!config_path->empty()) throw InputError("--config", "cannot be combined with --resume (the run's config is used)");
-      // A run killed in its first epoch (before its first checkpoint) has nothing to resume from.
-      if (!fs::exists(*resume_dir + "/checkpoint.h5") && fs::exists(*resume_dir + "/config.json"))
+      // A run killed in its first epoch (before its first checkpoint) has nothing to resume from;
+      // one still in its first epoch holds the directory.
+      if (!fs::exists(*resume_dir + "/checkpoint.h5") && fs::exists(*resume_dir + "/config.json")) {
+        if (run_is_live(*resume_dir))
+          throw InputError("--resume", *resume_dir + " is in use by another hepsim run (in its first epoch)");
         throw InputError(*resume_dir + "/checkpoint.h5",
                          "missing: the run stopped before its first checkpoint; start it again with --out " +
                              *resume_dir + " --config " + *resume_dir + "/config.json");
+      }
       ck = std::make_unique<Checkpoint>(read_checkpoint(*resume_dir + "/checkpoint.h5"));
       b.merge(ck->config, *resume_dir + "/checkpoint.h5");
       const nlohmann::json saved = b.json();

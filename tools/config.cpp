@@ -233,6 +233,19 @@ RunSetup make_setup(const ConfigBuilder& b) {
   t.algo = parse_algo(str("algo"), where("algo"));
   t.N = static_cast<int>(bounded("N"));
   t.beta = positive("beta");
+  if (t.algo == Algo::hep && t.N >= 1) {
+    // The estimate divides a difference of nudged states by β: within 1000 rounding units of the
+    // state it is noise (1e-20 in float made the weights blow up, blamed on --lr).
+    const bool single = s.precision == "float";
+    const double floor = 1e3 * (single ? std::numeric_limits<float>::epsilon() : std::numeric_limits<double>::epsilon());
+    if (t.beta < floor) {
+      std::ostringstream msg;
+      msg << "below what " << s.precision << " resolves (" << floor
+          << ": the estimate divides a difference of nudged states by it, which would be rounding noise)"
+          << (single ? "; use a larger --beta or --precision double" : "");
+      throw InputError(where("beta"), msg.str());
+    }
+  }
   t.free.solver = parse_solver(str("solver"), where("solver"));
   t.free.max_steps = bounded("T1");
   t.free.tol = nonneg("tol");

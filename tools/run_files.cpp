@@ -161,6 +161,15 @@ bool leftover_of_unstarted_run(const std::filesystem::path& entry, bool locked) 
 }
 }  // namespace
 
+bool run_is_live(const std::string& dir) {
+  const std::string lock = dir + "/" + kLockName;
+  const int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return false;
+  const bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);  // releases the shared lock if it was taken
+  return held;
+}
+
 RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)), resume_(resume) {
   namespace fs = std::filesystem;
   std::error_code ec;

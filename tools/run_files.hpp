@@ -78,6 +78,9 @@ void write_text_atomic(const std::string& path, const std::string& text);
 //     even when the process is killed);
 //   - a new run that fails before its first epoch is written leaves nothing behind: its
 //     config.json and lock file are removed, and the directory too if the run created it.
+// Whether a hepsim run holds DIR's lock now (without taking or creating it).
+bool run_is_live(const std::string& dir);
+
 class RunDirectory {
  public:
   RunDirectory(std::string dir, bool resume);

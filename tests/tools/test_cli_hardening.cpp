@@ -6,7 +6,9 @@
 // smaller cases (resume without work, an older checkpoint, a relative architecture path, one
 // class, an hour-long spectrum).
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -812,5 +814,50 @@ TEST_CASE("ninth audit: eval of images a conv checkpoint cannot take names the d
   write_h5_splits(tmp.file("h"), "h5", 10, {0, 1, 2, 3}, 4, 14);
   check_bad_input({{"eval --checkpoint " + tmp.file("r/checkpoint.h5") + " --dataset h5 --data-dir " + tmp.file("h"),
                     tmp.file("h") + ": its images are 4x14x14"}},
+                  tmp);
+}
+
+TEST_CASE("tenth audit: a nudge below the precision names --beta, resume names a live first epoch and a changed optimizer") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 24);
+  const std::string arch = small_arch(tmp);
+  // β = 1e-20 in float: the estimate is rounding noise / β, the weights blew up and --lr was blamed.
+  check_bad_input({{"train " + flags(data, arch) + " --beta 1e-20 --out " + tmp.file("b"), "--beta: below what float resolves"},
+                   {"bench --dataset fmnist --data-dir " + data.str() + " --arch " + arch +
+                        " --threads 1 --batches 1 --warmup 0 --repeats 1 --T1 10 --T2 4 --batch-size 20 --beta 1e-30",
+                    "--beta: below what float resolves"}},
+                  tmp);
+  // A run in its first epoch (lock held, config.json, no checkpoint yet): --resume said it had
+  // stopped and advised a restart that the lock then refused.
+  const std::string live = tmp.file("live");
+  fs::create_directories(live);
+  std::ofstream(live + "/config.json") << "{}";
+  const int fd = ::open((live + "/.hepsim.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  REQUIRE(fd >= 0);
+  REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);
+  check_bad_input({{"train --resume " + live, "is in use by another hepsim run (in its first epoch)"}}, tmp);
+  ::close(fd);
+  // The optimizer's moments are in the checkpoint: changing it on resume blamed the checkpoint.
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("r"), tmp).code == 0);
+  check_bad_input({{"train --resume " + tmp.file("r") + " --epochs 2 --optimizer adamw",
+                    "--optimizer: cannot change when resuming"}},
+                  tmp);
+}
+
+TEST_CASE("tenth audit: gradcheck's estimate counts the estimators that run side by side") {
+  TempDir tmp;
+  // 256 settings of |β| on 256 threads, each relaxing 128 columns of 8,010 neurons: about 67 GB of
+  // states, estimated as one estimator's 0.26 GB before.
+  const std::string arch = tmp.file("tall.json");
+  std::ofstream(arch) << R"({"name": "t", "layers": [{"name": "h", "size": 8000}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  std::string betas;
+  for (int i = 1; i <= 256; ++i) {
+    if (i > 1) betas += ',';
+    betas += std::to_string(0.001 * i);
+  }
+  check_bad_input({{"gradcheck --dataset random --arch " + arch + " --batch 128 --N 1 --beta " + betas +
+                        " --fd-directions 1 --threads 256",
+                    "--batch: the run needs about"}},
                   tmp);
 }
