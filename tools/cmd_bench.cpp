@@ -142,6 +142,8 @@ void register_bench(CLI::App& app) {
     b.set_flag("angle", "0");  // the paper's Table-1 setting unless given
     flags->apply(*cmd, b);
     RunSetup s = make_setup(b);
+    if (s.precision != "float")  // the steps and phases below are the float engine's
+      throw InputError(b.where("precision"), "bench times float training steps only (must be float)");
     const bool limited = s.train_limit > 0;  // --train-limit given
     // In double: warmup + batches · repeats steps of batch_size samples overflows a long for
     // large flags (and only decides the default of train_limit, capped at 60,000).

@@ -321,11 +321,17 @@ void register_eval(CLI::App& app) {
                                      "from the checkpoint's); name the data to evaluate with --data-dir");
     }
     check_parameters(ck, model.net, *checkpoint, s.precision == "float");
-    check_memory(train_memory(model.net, s.train, 0, test.n, s.precision == "double" ? 8 : 4),
+    // Evaluation only: none of training's metrics, homeostasis probes or warm-start states (the
+    // run's config may hold any, and their flags are not eval's).
+    TrainConfig evaluation = s.train;
+    evaluation.probe_size = 0;
+    evaluation.homeostasis = 0;
+    evaluation.warm_start = false;
+    check_memory(train_memory(model.net, evaluation, 0, test.n, s.precision == "double" ? 8 : 4),
                  static_cast<double>(test.images.size()));
     const EvalResult r = s.precision == "double"
-                             ? Trainer<double>(model, s.train, ck.theta).evaluate(test)
-                             : Trainer<float>(model, s.train, ck.theta.cast<float>()).evaluate(test);
+                             ? Trainer<double>(model, evaluation, ck.theta).evaluate(test)
+                             : Trainer<float>(model, evaluation, ck.theta.cast<float>()).evaluate(test);
     // Scores of diverged (frozen) states are not the network's answers: when most samples
     // diverge, an accuracy would be reported for nothing.
     if (2 * r.diverged > r.samples)

@@ -311,6 +311,9 @@ DatasetSplits load_data(RunSetup& s) {
   DatasetSplits d = load_dataset(s.kind, s.data_dir, s.train_limit, s.test_limit);
   if (d.train.classes != d.test.classes || d.train.dim() != d.test.dim())
     throw InputError(s.data_dir, "the train and test splits differ in shape or classes");
+  // Both splits' names are checked against their images' channels (the test split's source sets
+  // the normalisation below).
+  if (s.kind == DatasetKind::h5) (void)h5_source_kind(s.data_dir + "/train.h5");
   set_data_defaults(s);
   return d;
 }

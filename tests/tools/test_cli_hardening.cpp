@@ -19,6 +19,7 @@
 
 #include "cli_helpers.hpp"
 #include "datasets/dataset.hpp"
+#include "datasets/h5_io.hpp"
 #include "tools/run_files.hpp"
 
 using namespace hepsim;
@@ -860,4 +861,45 @@ TEST_CASE("tenth audit: gradcheck's estimate counts the estimators that run side
                         " --fd-directions 1 --threads 256",
                     "--batch: the run needs about"}},
                   tmp);
+}
+
+TEST_CASE("eleventh audit: the train split's HDF5 name is checked, eval estimates evaluation only, bench is float") {
+  TempDir data, tmp;
+  // train.h5 claims 1 channel (mnist) for 3-channel images; test.h5 is fine: only test.h5 was read.
+  write_h5_splits(tmp.file("a"), "mnist", 2, {0, 1, 0, 1}, 3);
+  write_h5_splits(tmp.file("b"), "h5", 2, {0, 1, 0, 1}, 3);
+  fs::copy_file(tmp.file("b/test.h5"), tmp.file("a/test.h5"), fs::copy_options::overwrite_existing);
+  const std::string arch = small_arch(tmp);
+  check_bad_input({{"train --dataset h5 --data-dir " + tmp.file("a") + " --arch " + arch +
+                        " --T1 5 --T2 2 --batch-size 2 --probe-size 2 --epochs 1 --quiet --out " + tmp.file("r"),
+                    tmp.file("a/train.h5") + ": attribute 'name' says 'mnist/train'"}},
+                  tmp);
+  // bench runs float steps whatever --precision said (and checked --beta against double's floor).
+  write_tiny_fmnist(data.str(), 60, 20, 24);
+  check_bad_input({{"bench --dataset fmnist --data-dir " + data.str() + " --arch " + arch +
+                        " --threads 1 --batches 1 --warmup 0 --repeats 1 --batch-size 20 --precision double",
+                    "--precision: bench times float training steps only"}},
+                  tmp);
+  // eval built training's Trainer and estimate from the run's config: a conv run whose config
+  // asks for exact homeostasis (possible on a larger network budget) could not be evaluated.
+  const std::string conv = tmp.file("conv.json");
+  std::ofstream(conv) << R"({"name": "c", "layers": [{"name": "c1", "shape": [4, 14, 14]}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "out"},
+              {"pre": "out", "post": "c1", "type": "dense_nobias"}]})";
+  REQUIRE(run_hepsim("train --dataset fmnist --data-dir " + data.str() + " --arch " + conv +
+                         " --activation dsilu --T1 10 --T2 4 --batch-size 20 --probe-size 2 --epochs 1 --quiet --out " +
+                         tmp.file("c"),
+                     tmp)
+              .code == 0);
+  {
+    const hid_t f = H5Fopen(tmp.file("c/checkpoint.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    REQUIRE(f >= 0);
+    nlohmann::json config = nlohmann::json::parse(h5::read_string_attribute(f, "config"));
+    config["homeostasis"] = 1.0;
+    config["homeo-mode"] = "exact";  // 784 neurons: above the exact mode's 512
+    REQUIRE(h5::write_string_attribute(f, "config", config.dump()));
+    H5Fclose(f);
+  }
+  const RunResult e = run_hepsim("eval --checkpoint " + tmp.file("c/checkpoint.h5") + " --threads 1", tmp);
+  CHECK_MESSAGE(e.code == 0, e.err);
 }
