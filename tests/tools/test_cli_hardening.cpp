@@ -245,7 +245,7 @@ TEST_CASE("non-finite parameters and inconsistent files blame the right flag or 
   write_h5_splits(tmp.file("one"), "one", 1, {0, 0, 0, 0});
   check_bad_input({{"train --dataset h5 --data-dir " + tmp.file("h5") + " --arch " + arch + " --quiet --out " +
                         tmp.file("h5run"),
-                    tmp.file("h5/test.h5")},
+                    tmp.file("h5/train.h5") + ": attribute 'name' says 'cifar10/train'"},  // both splits are checked
                    {"train --dataset h5 --data-dir " + tmp.file("one") + " --arch " + arch + " --quiet --out " +
                         tmp.file("onerun"),
                     tmp.file("one/")}},
