@@ -67,6 +67,20 @@ void write_h5_splits(const std::string& dir, const std::string& source, std::int
   }
 }
 
+// One epoch of a one-layer conv network (c1: channels x 14 x 14 from 28 x 28 Fashion-MNIST-format
+// data) into `out`.
+void train_small_conv(const TempDir& data, const TempDir& tmp, int channels, const std::string& out) {
+  const std::string conv = tmp.file("conv.json");
+  std::ofstream(conv) << R"({"name": "c", "layers": [{"name": "c1", "shape": [)" << channels
+                      << R"(, 14, 14]}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "out"},
+              {"pre": "out", "post": "c1", "type": "dense_nobias"}]})";
+  REQUIRE(run_hepsim("train --dataset fmnist --data-dir " + data.str() + " --arch " + conv +
+                         " --activation dsilu --T1 10 --T2 4 --batch-size 20 --probe-size 2 --epochs 1 --quiet --out " + out,
+                     tmp)
+              .code == 0);
+}
+
 // Runs a shell command line (not through run_hepsim: a working directory or a limit in front).
 int shell(const std::string& cmd) {
   const int status = std::system(cmd.c_str());
@@ -802,15 +816,7 @@ TEST_CASE("ninth audit: dense spectra and references in the memory estimates, th
 TEST_CASE("ninth audit: eval of images a conv checkpoint cannot take names the data, not the checkpoint") {
   TempDir data, tmp;
   write_tiny_fmnist(data.str(), 40, 20, 3);
-  const std::string conv = tmp.file("conv.json");
-  std::ofstream(conv) << R"({"name": "c", "layers": [{"name": "c1", "shape": [2, 14, 14]}, {"name": "out", "size": "classes"}],
-    "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "out"},
-              {"pre": "out", "post": "c1", "type": "dense_nobias"}]})";
-  REQUIRE(run_hepsim("train --dataset fmnist --data-dir " + data.str() + " --arch " + conv +
-                         " --activation dsilu --T1 10 --T2 4 --batch-size 20 --probe-size 2 --epochs 1 --quiet --out " +
-                         tmp.file("r"),
-                     tmp)
-              .code == 0);
+  train_small_conv(data, tmp, 2, tmp.file("r"));
   // 784 inputs and 10 classes like the run's data, but 4 x 14 x 14.
   write_h5_splits(tmp.file("h"), "h5", 10, {0, 1, 2, 3}, 4, 14);
   check_bad_input({{"eval --checkpoint " + tmp.file("r/checkpoint.h5") + " --dataset h5 --data-dir " + tmp.file("h"),
@@ -882,15 +888,7 @@ TEST_CASE("eleventh audit: the train split's HDF5 name is checked, eval estimate
                   tmp);
   // eval built training's Trainer and estimate from the run's config: a conv run whose config
   // asks for exact homeostasis (possible on a larger network budget) could not be evaluated.
-  const std::string conv = tmp.file("conv.json");
-  std::ofstream(conv) << R"({"name": "c", "layers": [{"name": "c1", "shape": [4, 14, 14]}, {"name": "out", "size": "classes"}],
-    "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "out"},
-              {"pre": "out", "post": "c1", "type": "dense_nobias"}]})";
-  REQUIRE(run_hepsim("train --dataset fmnist --data-dir " + data.str() + " --arch " + conv +
-                         " --activation dsilu --T1 10 --T2 4 --batch-size 20 --probe-size 2 --epochs 1 --quiet --out " +
-                         tmp.file("c"),
-                     tmp)
-              .code == 0);
+  train_small_conv(data, tmp, 4, tmp.file("c"));
   {
     const hid_t f = H5Fopen(tmp.file("c/checkpoint.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     REQUIRE(f >= 0);
