@@ -1,0 +1,77 @@
+#pragma once
+// Helpers of the hardening tests (test_cli_hardening.cpp, test_cli_audits.cpp): a small network,
+// its flags, HDF5 splits, a small conv run, a shell.
+#include <doctest/doctest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "cli_helpers.hpp"
+#include "datasets/dataset.hpp"
+
+namespace hepsim::test {
+
+
+// A 16-neuron network: every run below takes a second or two.
+inline std::string small_arch(const TempDir& dir) {
+  const std::string path = dir.file("small.json");
+  std::ofstream(path) << R"({"name": "small", "layers": [{"name": "h", "size": 16}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  return path;
+}
+
+inline std::string flags(const TempDir& data, const std::string& arch) {
+  return "--dataset fmnist --data-dir " + data.str() + " --arch " + arch +
+         " --N 2 --beta 0.1 --T1 30 --T2 8 --batch-size 20 --threads 2 --probe-size 10 --quiet";
+}
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// DIR/train.h5 and DIR/test.h5 in hepsim's HDF5 layout: one image per label (`channels` x side x
+// side, single-channel 4x4 by default) each, named "<source>/train" and "<source>/test", with
+// `classes` classes and these labels.
+inline void write_h5_splits(const std::string& dir, const std::string& source, std::int32_t classes,
+                     const std::vector<std::int32_t>& labels, Index channels = 1, Index side = 4) {
+  Dataset d;
+  d.n = static_cast<Index>(labels.size());
+  d.channels = channels;
+  d.height = d.width = side;
+  d.classes = classes;
+  d.images.assign(static_cast<std::size_t>(d.n * d.dim()), 7);
+  d.labels = labels;
+  std::filesystem::create_directories(dir);
+  for (const char* split : {"train", "test"}) {
+    d.name = source + "/" + split;
+    write_h5_dataset(d, dir + "/" + split + ".h5");
+  }
+}
+
+// One epoch of a one-layer conv network (c1: channels x 14 x 14 from 28 x 28 Fashion-MNIST-format
+// data) into `out`.
+inline void train_small_conv(const TempDir& data, const TempDir& tmp, int channels, const std::string& out) {
+  const std::string conv = tmp.file("conv.json");
+  std::ofstream(conv) << R"({"name": "c", "layers": [{"name": "c1", "shape": [)" << channels
+                      << R"(, 14, 14]}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "out"},
+              {"pre": "out", "post": "c1", "type": "dense_nobias"}]})";
+  REQUIRE(run_hepsim("train --dataset fmnist --data-dir " + data.str() + " --arch " + conv +
+                         " --activation dsilu --T1 10 --T2 4 --batch-size 20 --probe-size 2 --epochs 1 --quiet --out " + out,
+                     tmp)
+              .code == 0);
+}
+
+// Runs a shell command line (not through run_hepsim: a working directory or a limit in front).
+inline int shell(const std::string& cmd) {
+  const int status = std::system(cmd.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace hepsim::test
