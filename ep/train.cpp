@@ -175,9 +175,8 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
     // never materialises (before, --batch-size 1000000 on 200 samples allocated 15 GB of probes).
     HomeoConfig hc = cfg_.homeo;
     hc.lambda = cfg_.homeostasis;
-    Index probed = std::min<Index>(cfg_.batch_size, x.cols());
-    if (hc.samples > 0) probed = std::min(probed, hc.samples);  // H is the same at every state: fewer probes
-    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, probed);
+    // H is the same at every state: homeo-samples only means fewer probes.
+    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, hc.probed(std::min<Index>(cfg_.batch_size, x.cols())));
   }
   // Non-finite values are blamed on what produced them: the task gradient (the dynamics overflowed
   // the precision: the nudge or the step), the homeostasis term, or the optimizer's step.
@@ -263,7 +262,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       // homeo-samples of them spread evenly over the batch (place i when ⌊m(i+1)/B⌋ > ⌊mi/B⌋), a
       // choice that does not depend on the threads; each weighs 1/m of the batch's mean. The probes
       // are keyed by the step and each sample's place in the batch.
-      const Index m = cfg_.homeo.samples > 0 ? std::min<Index>(cfg_.homeo.samples, B) : B;
+      const Index m = cfg_.homeo.probed(B);
       const R w = static_cast<R>(cfg_.homeostasis) / static_cast<R>(m);
       const bool exact = cfg_.homeo.mode == HomeoMode::exact;
       if (m == B) {
@@ -589,14 +588,14 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
     const bool exact = cfg.homeo.mode == HomeoMode::exact;
     // (real: states, E, Y, Z, ℓ and the products; complex step: the complex states, their
     // temporaries, the weights a, the complex products and the parameter VJP's copies)
-    const double m = cfg.homeo.samples > 0 ? std::min<double>(static_cast<double>(cfg.homeo.samples), B) : B;
+    const double m = static_cast<double>(cfg.homeo.probed(static_cast<Index>(B)));
     const double cols = (exact ? n : static_cast<double>(cfg.homeo.draws)) * (m < B ? 1 : Bc);  // one state at a time
     parts.push_back({"the homeostasis probes at the free states (" +
                          (exact ? std::string("every neuron") : std::to_string(cfg.homeo.draws) + " draws") +
                          " per sample)",
                      exact ? "--homeo-mode" : "--homeo-draws", cols * (18 * n + 5 * z) * r * T});
   } else if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson) {
-    const double m = cfg.homeo.samples > 0 ? std::min<double>(static_cast<double>(cfg.homeo.samples), B) : B;
+    const double m = static_cast<double>(cfg.homeo.probed(static_cast<Index>(B)));
     parts.push_back({"the homeostasis probes (" + std::to_string(cfg.homeo.draws) + " draws per sample)",
                      "--homeo-draws", 4 * n * static_cast<double>(cfg.homeo.draws) * m * r});
   }
@@ -637,7 +636,7 @@ double train_step_flops(const Network& net, const TrainConfig& cfg, Index B) {
   double flops = per_sample * static_cast<double>(B);
   if (cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::hutchinson)
     flops += 4 * rec * static_cast<double>(cfg.homeo.draws) *  // HE, HᵀE and two gradient GEMMs per edge
-             static_cast<double>(cfg.homeo.samples > 0 ? std::min<Index>(cfg.homeo.samples, B) : B);
+             static_cast<double>(cfg.homeo.probed(B));
   return flops;
 }
 

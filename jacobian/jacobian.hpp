@@ -37,6 +37,7 @@
 // contribution to biases, input kernels and the readout), so that the homeostatic gradient can be
 // added to the task gradient before the optimizer step (SPEC 4, trap 5). Random probes come from
 // Rng(seed, Stream::probes, step), keyed by the caller.
+#include <algorithm>
 #include <complex>
 #include <cstdint>
 #include <functional>
@@ -165,6 +166,8 @@ struct HomeoConfig {
   Index draws = 5;      // Gaussian probes per batch sample (hutchinson; the paper's 5), ≥ 1
   double lambda = 1.0;  // coefficient λ (SPEC 4: 1.0 MLP, 0.1 loop, 15 CIFAR, 10 ImageNet32)
   Index samples = 0;    // batch samples (states) that carry probes, spread over the batch (0: all)
+  // How many of a batch of `batch` samples carry probes.
+  Index probed(Index batch) const { return samples > 0 ? std::min(samples, batch) : batch; }
 };
 
 // Owns the probe buffers for batches of up to `batch` samples (draws × batch probe columns).
