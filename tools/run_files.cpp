@@ -64,7 +64,8 @@ std::string write_failure(const std::string& path, const std::string& what, int 
   const bool full = err == ENOSPC || (::statvfs(dir.c_str(), &vfs) == 0 &&
                                       static_cast<double>(vfs.f_bavail) * static_cast<double>(vfs.f_frsize) < 1 << 20);
   if (full)
-    msg += ": No space left on device (ENOSPC); the previous epoch's files are intact: free space and --resume";
+    msg += ": No space left on device (ENOSPC); the last finished epoch's files are intact (a new run that had "
+           "not finished one keeps none): free space, then --resume (or start the new run again)";
   else if (err != 0)
     msg += std::string(": ") + std::strerror(err);
   return msg;
@@ -266,10 +267,13 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
 }
 
 void RunDirectory::release() {
-  if (!keep_ && !resume_) {  // a new run that never wrote its first epoch: leave nothing behind
+  if (!keep_ && !resume_) {  // a new run that never wrote its first checkpoint: leave nothing behind
     std::error_code ec;
-    std::filesystem::remove(dir_ + "/config.json", ec);
-    std::filesystem::remove(dir_ + "/config.json.tmp", ec);
+    // Its log too: a log without a checkpoint could not be resumed (the first epoch's log is
+    // written before its checkpoint, and the disk may fill in between).
+    for (const char* name : kRunFiles)
+      for (const std::string& path : {dir_ + "/" + name, dir_ + "/" + name + ".tmp"})
+        if (lock_fd_ >= 0) std::filesystem::remove(path, ec);
     if (lock_fd_ >= 0) std::filesystem::remove(dir_ + "/" + kLockName, ec);  // ours: we hold it
     for (const std::string& d : created_) std::filesystem::remove(d, ec);  // only if empty: never a user's file
   }

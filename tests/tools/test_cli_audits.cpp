@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 
 #include <filesystem>
 
@@ -230,4 +231,34 @@ TEST_CASE("eleventh audit: the train split's HDF5 name is checked, eval estimate
   }
   const RunResult e = run_hepsim("eval --checkpoint " + tmp.file("c/checkpoint.h5") + " --threads 1", tmp);
   CHECK_MESSAGE(e.code == 0, e.err);
+}
+
+TEST_CASE("twelfth audit: a full disk at the first checkpoint leaves nothing that blocks starting again") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 3);
+  const std::string arch = small_arch(tmp);
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("probe"), tmp).code == 0);
+  const auto log = static_cast<long>(fs::file_size(tmp.file("probe/log.h5")));
+  // Room for the config, the lock and the first log, not for the first checkpoint.
+  const std::string mnt = tmp.file("disk");
+  fs::create_directories(mnt);
+  const std::string size = "size=" + std::to_string(log + 12288);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, size.c_str()) != 0) {
+    MESSAGE("cannot mount a tmpfs here (needs root): skipped");
+    return;
+  }
+  const std::string out = mnt + "/run";
+  const RunResult r = run_hepsim("train " + flags(data, arch) + " --epochs 2 --out " + out, tmp);
+  CAPTURE(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err_lines() == 1);
+  CHECK(r.err.find("ENOSPC") != std::string::npos);
+  CHECK(r.err.find("checkpoint.h5") != std::string::npos);
+  // The run had finished no epoch: it keeps nothing (it created the directory, so that goes too)
+  // and the same command runs once there is room.
+  CHECK(!fs::exists(out));
+  CHECK(mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=8m") == 0);
+  const RunResult again = run_hepsim("train " + flags(data, arch) + " --epochs 2 --out " + out, tmp);
+  CHECK_MESSAGE(again.code == 0, again.err);
+  umount(mnt.c_str());
 }
