@@ -111,6 +111,17 @@ Scored score(const Model& model, const Vec<R>& theta, const Mat<R>& u, const Mat
   return sc;
 }
 
+// The samples `cols` of a free state (their statistics are not carried: the estimators do not read them).
+template <class R>
+FreeState<R> select_columns(const FreeState<R>& fs, const std::vector<Index>& cols) {
+  FreeState<R> sub;
+  sub.x = fs.x(Eigen::all, cols);
+  sub.y = fs.y(Eigen::all, cols);
+  sub.drive = fs.drive(Eigen::all, cols);
+  sub.u = fs.u(Eigen::all, cols);
+  return sub;
+}
+
 // Runs body(chunk, first, count) for `chunks` contiguous column chunks of `n` columns in
 // parallel; an exception in any chunk is rethrown after the region (none may leave it).
 template <class F>
@@ -191,6 +202,8 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
                             : cfg_.algo != Algo::hep            ? "--T2"
                             : cfg_.free.solver == Solver::map   ? "--beta"
                                                                 : "--dt/--beta";
+  if (!grad_.allFinite() && conv_homeo && !st.task_nonfinite)
+    throw InputError("--homeostasis", "the homeostasis gradient became non-finite" + at + "; lower λ");
   if (!grad_.allFinite())
     throw InputError(cause, "the gradient became non-finite" + at +
                                 (cause.rfind("--lr", 0) == 0
@@ -245,19 +258,46 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     if (warm)
       for (Index j = 0; j < count; ++j) warm_.col(samples[first + j]) = fs.u.col(j);
     StepStats& st = stats[static_cast<std::size_t>(c)];
-    std::vector<RelaxStatus> nudged;
     Vec<R>& g = chunk_grads_[static_cast<std::size_t>(c)];
-    if (cfg_.algo == Algo::bp) {
-      const R share = static_cast<R>(count) / static_cast<R>(B);  // truncated_bptt's gradient is a chunk mean
-      g = truncated_bptt<R>(model_, theta_, fs.x, fs.drive, fs.u, fs.y, cfg_.nudged.max_steps, map_step(cfg_.nudged))
+    g.setZero();
+    // A sample whose free phase diverged, or whose nudged phase diverged or cycled, contributes
+    // nothing to the step: not its error vector, not the readout's own term at its (frozen) state,
+    // not homeostasis there. Those columns are left out before any of them is computed.
+    std::vector<Index> free_ok;
+    for (Index j = 0; j < count; ++j)
+      if (fs.relax.status[static_cast<std::size_t>(j)] != RelaxStatus::diverged) free_ok.push_back(j);
+    const FreeState<R> free_sub = free_ok.size() < static_cast<std::size_t>(count) ? select_columns(fs, free_ok)
+                                                                                  : FreeState<R>{};
+    const FreeState<R>& used = free_ok.size() < static_cast<std::size_t>(count) ? free_sub : fs;
+    std::vector<RelaxStatus> nudged(static_cast<std::size_t>(count), RelaxStatus::converged);
+    std::vector<Index> contributing;  // columns of the chunk
+    if (!free_ok.empty() && cfg_.algo == Algo::bp) {
+      const R share = static_cast<R>(free_ok.size()) / static_cast<R>(B);  // truncated_bptt's gradient is a mean
+      g = truncated_bptt<R>(model_, theta_, used.x, used.drive, used.u, used.y, cfg_.nudged.max_steps,
+                            map_step(cfg_.nudged))
               .grad *
           share;
-    } else {
-      const Mat<R> v = algorithm_error_vector<R>(model_, theta_, fs, cfg_, &nudged);
-      g.setZero();
-      add_parameter_gradient<R>(model_, theta_, fs, v, R(1) / static_cast<R>(B), g);
+      contributing = free_ok;
+    } else if (!free_ok.empty()) {
+      std::vector<RelaxStatus> nudged_used;
+      Mat<R> v = algorithm_error_vector<R>(model_, theta_, used, cfg_, &nudged_used);
+      std::vector<Index> keep;  // columns of `used`
+      for (std::size_t k = 0; k < free_ok.size(); ++k) {
+        const RelaxStatus ns = nudged_used[k];
+        nudged[static_cast<std::size_t>(free_ok[k])] = ns;
+        if (ns != RelaxStatus::diverged && ns != RelaxStatus::cycling) {
+          keep.push_back(static_cast<Index>(k));
+          contributing.push_back(free_ok[k]);
+        }
+      }
+      if (keep.size() == free_ok.size())
+        add_parameter_gradient<R>(model_, theta_, used, v, R(1) / static_cast<R>(B), g);
+      else if (!keep.empty())
+        add_parameter_gradient<R>(model_, theta_, select_columns(used, keep), v(Eigen::all, keep),
+                                  R(1) / static_cast<R>(B), g);
     }
-    if (cfg_.homeostasis > 0 && model_.net.has_conv()) {
+    st.task_nonfinite = !g.allFinite();
+    if (cfg_.homeostasis > 0 && model_.net.has_conv() && !contributing.empty()) {
       // Homeostasis at the free states (held constant) of m of the batch's B samples: all, or
       // homeo-samples of them spread evenly over the batch (place i when ⌊m(i+1)/B⌋ > ⌊mi/B⌋), a
       // choice that does not depend on the threads; each weighs 1/m of the batch's mean. The probes
@@ -265,14 +305,14 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       const Index m = cfg_.homeo.probed(B);
       const R w = static_cast<R>(cfg_.homeostasis) / static_cast<R>(m);
       const bool exact = cfg_.homeo.mode == HomeoMode::exact;
-      if (m == B) {
+      if (m == B && contributing.size() == static_cast<std::size_t>(count)) {
         Mat<R> s(fs.u.rows(), count);
         activate<R>(model_.activation, fs.u, s);
         (void)homeo_at_states<R>(model_.net, theta_, s, cfg_.homeo.draws, exact, cfg_.seed,
                                  static_cast<std::uint64_t>(index), first, w * static_cast<R>(count), &g);
       } else {
         Mat<R> s(fs.u.rows(), 1);
-        for (Index j = 0; j < count; ++j) {
+        for (const Index j : contributing) {
           const Index i = first + j;
           if (m * (i + 1) / B == m * i / B) continue;
           activate<R>(model_.activation, fs.u.col(j), s);
@@ -298,7 +338,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       st.stalled += status == RelaxStatus::stalled;
       // A sample counts once, whether its free phase or a nudged phase diverged (or both); a
       // sample whose nudged phase cycled contributed nothing either (its error vector is zero).
-      const RelaxStatus ns = nudged.empty() ? RelaxStatus::converged : nudged[static_cast<std::size_t>(j)];
+      const RelaxStatus ns = nudged[static_cast<std::size_t>(j)];
       const bool div = status == RelaxStatus::diverged || ns == RelaxStatus::diverged;
       st.diverged += div;
       st.free_diverged += status == RelaxStatus::diverged;
@@ -324,6 +364,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     total.cycling += st.cycling;
     total.stalled += st.stalled;
     total.nudged_cycling += st.nudged_cycling;
+    total.task_nonfinite = total.task_nonfinite || st.task_nonfinite;
   }
   return total;
 }

@@ -115,6 +115,7 @@ class Trainer {
     double free_steps = 0;  // sum over samples of the step at which each free phase stopped
     long not_converged = 0, diverged = 0, cycling = 0, stalled = 0, nudged_cycling = 0;
     long free_diverged = 0;  // of `diverged`: those whose free phase diverged
+    bool task_nonfinite = false;  // the task gradient (before a conv network's homeostasis) was not finite
   };
   // One training step on a batch (x: input_size x B, y: classes x B): gradient, homeostasis,
   // optimizer update. `index` / `total` are the global step and the run's step count (the

@@ -262,3 +262,35 @@ TEST_CASE("twelfth audit: a full disk at the first checkpoint leaves nothing tha
   CHECK_MESSAGE(again.code == 0, again.err);
   umount(mnt.c_str());
 }
+
+TEST_CASE("twelfth audit: samples whose relaxation diverged change nothing, conv homeostasis overflow names --homeostasis") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 5);
+  const std::string arch = small_arch(tmp);
+  // --dt 50 makes every free phase diverge. Before, their frozen states still fed the readout's
+  // term (hep, rbp, bp) and RBP's and BPTT's error vectors: the optimizer's momentum moved, and
+  // with the default --lr RBP's parameters blew up and --lr (or --T2) was blamed.
+  for (const std::string algo : {"hep", "rbp", "bp"}) {
+    CAPTURE(algo);
+    const std::string out = tmp.file("d_" + algo);
+    const RunResult r = run_hepsim("train " + flags(data, arch) + " --epochs 1 --dt 50 --lr 0.05 --algo " + algo +
+                                       " --out " + out, tmp);
+    CHECK(r.code == 2);
+    CHECK(r.err_lines() == 1);
+    CHECK_MESSAGE(r.err.find("--dt: no sample contributed in epoch 1") != std::string::npos, r.err);
+    if (fs::exists(out + "/checkpoint.h5")) {
+      const tools::Checkpoint c = tools::read_checkpoint(out + "/checkpoint.h5");
+      CHECK(c.m.cwiseAbs().maxCoeff() == 0.0);  // no gradient reached the momentum
+    }
+  }
+  // A conv network's homeostasis gradient is part of the step's gradient: its overflow named --beta.
+  const std::string conv = tmp.file("conv.json");
+  std::ofstream(conv) << R"({"name": "c", "layers": [{"name": "c1", "shape": [2, 14, 14]}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "out"},
+              {"pre": "out", "post": "c1", "type": "dense_nobias"}]})";
+  check_bad_input({{"train --dataset fmnist --data-dir " + data.str() + " --arch " + conv +
+                        " --T1 10 --T2 4 --batch-size 10 --train-limit 20 --test-limit 10 --threads 1 --probe-size 2"
+                        " --epochs 1 --homeostasis 1e300 --precision double --quiet --out " + tmp.file("h"),
+                    "--homeostasis: the homeostasis gradient became non-finite at step 1"}},
+                  tmp);
+}
