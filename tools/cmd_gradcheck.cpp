@@ -11,6 +11,7 @@
 #include <iomanip>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <numeric>
 #include <sstream>
 
@@ -140,29 +141,22 @@ double batch_loss(const Model& m, const Vec<double>& theta, const Mat<double>& x
 // `free_status` receives the free phase's status of every sample of the batch.
 nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>& free_status) {
   const auto t0 = std::chrono::steady_clock::now();
-  // ---- the batch
+  // ---- the network, from the batch's shape (the batch is filled once its memory is checked)
   Mat<double> x, y;
   MapShape image{0, 0, 0};  // the images' C x H x W (convolutions need it); flat for random inputs
+  std::optional<TestSamples> loaded;
+  Index input_size = o.input_size, classes = o.classes;
   if (o.dataset == "random") {
     check_size(static_cast<double>(o.input_size + o.classes) * static_cast<double>(o.batch), kMaxBatchValues,
                "--batch", "the random batch (--input-size + --classes) × --batch");
-    Rng rng(o.seed, Stream::data);
-    x.resize(o.input_size, o.batch);
-    y = Mat<double>::Zero(o.classes, o.batch);
-    for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.uniform();
-    for (Index j = 0; j < o.batch; ++j) y(static_cast<Index>(rng.below(static_cast<std::uint64_t>(o.classes))), j) = 1;
   } else {
-    const TestSamples loaded = load_test_samples(o.dataset, o.data_dir, o.batch, "--batch");
-    std::vector<Index> idx(static_cast<std::size_t>(o.batch));
-    for (Index j = 0; j < o.batch; ++j) idx[static_cast<std::size_t>(j)] = j;
-    x.resize(loaded.test.dim(), o.batch);
-    y.resize(loaded.test.classes, o.batch);
-    make_batch<double>(loaded.test, idx.data(), o.batch, default_normalization(loaded.source), Augmentation{}, nullptr, x,
-                       y);
-    image = {loaded.test.channels, loaded.test.height, loaded.test.width};
+    loaded = load_test_samples(o.dataset, o.data_dir, o.batch, "--batch");
+    input_size = loaded->test.dim();
+    classes = loaded->test.classes;
+    image = {loaded->test.channels, loaded->test.height, loaded->test.width};
   }
   Model model;
-  model.net = compile(load_architecture(o.arch, x.rows(), y.rows(), image));
+  model.net = compile(load_architecture(o.arch, input_size, classes, image));
   model.activation = parse_activation(o.activation);
   const Network& net = model.net;
   int max_N = 0;
@@ -195,6 +189,8 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   const double parallel = static_cast<double>(std::min<std::size_t>(
       parse_list<int>(o.N_list, "--N").size() * parse_list<double>(o.beta_list, "--beta").size(),
       static_cast<std::size_t>(omp_get_max_threads())));
+  extra.push_back({"the batch's inputs and labels", "--batch",
+                   8.0 * static_cast<double>(input_size + classes) * static_cast<double>(o.batch)});
   check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1) * parallel, "--batch", extra);
   const double states = static_cast<double>(net.neurons) * static_cast<double>(o.batch);
   check_size((max_N / 2 + 1) * states, kMaxStackedValues, "--batch",
@@ -202,6 +198,21 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   if (o.T2 > 0)
     check_size(static_cast<double>(o.T2 + 1) * states, kMaxTrajectoryValues, "--T2",
                "truncated BPTT's trajectory (--T2 + 1) × " + std::to_string(net.neurons) + " neurons × --batch");
+  // ---- the batch
+  if (!loaded) {
+    Rng rng(o.seed, Stream::data);
+    x.resize(o.input_size, o.batch);
+    y = Mat<double>::Zero(o.classes, o.batch);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.uniform();
+    for (Index j = 0; j < o.batch; ++j) y(static_cast<Index>(rng.below(static_cast<std::uint64_t>(o.classes))), j) = 1;
+  } else {
+    std::vector<Index> idx(static_cast<std::size_t>(o.batch));
+    for (Index j = 0; j < o.batch; ++j) idx[static_cast<std::size_t>(j)] = j;
+    x.resize(input_size, o.batch);
+    y.resize(classes, o.batch);
+    make_batch<double>(loaded->test, idx.data(), o.batch, default_normalization(loaded->source), Augmentation{},
+                       nullptr, x, y);
+  }
   const Vec<double> theta = init_params<double>(net, o.seed, o.angle);
 
   // ---- phases

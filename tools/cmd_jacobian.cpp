@@ -7,6 +7,7 @@
 #include <chrono>
 #include <limits>
 #include <memory>
+#include <optional>
 
 #include <omp.h>
 
@@ -64,21 +65,13 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
   Mat<double> x;
   Model model;
   model.activation = parse_activation(o.activation);
+  std::optional<TestSamples> loaded;  // the inputs are made once their memory is checked
   if (o.dataset == "random") {
     model.net = compile(load_architecture(o.arch, kRandomInput, kRandomClasses, MapShape{1, 28, 28}));
-    x.resize(kRandomInput, o.samples);
-    Rng rng(o.seed, Stream::data);
-    for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.uniform();
   } else {
-    const TestSamples loaded = load_test_samples(o.dataset, o.data_dir, o.samples);
-    const Dataset& test = loaded.test;
+    loaded = load_test_samples(o.dataset, o.data_dir, o.samples);
+    const Dataset& test = loaded->test;
     model.net = compile(load_architecture(o.arch, test.dim(), test.classes, MapShape{test.channels, test.height, test.width}));
-    x.resize(test.dim(), o.samples);
-    Mat<double> y(test.classes, o.samples);
-    std::vector<Index> idx(static_cast<std::size_t>(o.samples));
-    for (Index j = 0; j < o.samples; ++j) idx[static_cast<std::size_t>(j)] = j;
-    make_batch<double>(test, idx.data(), o.samples, default_normalization(loaded.source), Augmentation{}, nullptr, x,
-                       y);
   }
   std::vector<MemoryPart> extra;
   // Spectra run one sample per thread at a time.
@@ -109,7 +102,21 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
     extra.push_back({"the estimates' " + std::to_string(o.probes) + " probe columns", "--probes",
                      model.net.has_conv() ? p * (18 * nn + 5 * conv_product_values(model.net)) * 8 : 4 * nn * p * 8});
   }
+  const Index input_size = loaded ? loaded->test.dim() : kRandomInput;
+  extra.push_back({"the inputs (" + std::to_string(input_size) + " x " + std::to_string(o.samples) + ")", "--samples",
+                   8.0 * static_cast<double>(input_size) * static_cast<double>(o.samples)});
   check_network_memory(model.net, static_cast<double>(o.samples), "--samples", extra);
+  x.resize(input_size, o.samples);
+  if (!loaded) {
+    Rng rng(o.seed, Stream::data);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.uniform();
+  } else {
+    Mat<double> y(loaded->test.classes, o.samples);
+    std::vector<Index> idx(static_cast<std::size_t>(o.samples));
+    for (Index j = 0; j < o.samples; ++j) idx[static_cast<std::size_t>(j)] = j;
+    make_batch<double>(loaded->test, idx.data(), o.samples, default_normalization(loaded->source), Augmentation{},
+                       nullptr, x, y);
+  }
   const Vec<double> theta = init_params<double>(model.net, o.seed, o.angle);
   const Index n = model.net.neurons;
   if (n <= o.max_dense) {

@@ -294,3 +294,26 @@ TEST_CASE("twelfth audit: samples whose relaxation diverged change nothing, conv
                     "--homeostasis: the homeostasis gradient became non-finite at step 1"}},
                   tmp);
 }
+
+TEST_CASE("twelfth audit: jacobian and gradcheck check their memory before making the inputs") {
+  TempDir tmp;
+  // Estimates far above any machine: refused with the estimate before anything large is
+  // allocated. Before, the random inputs (0.5-0.6 GB) were made first, so under a 300 MB
+  // address-space limit the refusal never came.
+  const std::string wide = tmp.file("wide.json");
+  std::ofstream(wide) << R"({"name": "wide", "layers": [{"name": "h", "size": 200000}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  const struct {
+    std::string args, flag;
+  } cases[] = {{"jacobian --arch " + wide + " --samples 100000 --max-dense 0 --threads 1", "--samples: the run needs about"},
+               {"gradcheck --dataset random --batch 100000 --input-size 600 --classes 10 --threads 1",
+                "--batch: the run needs about"}};
+  for (const auto& c : cases) {
+    CAPTURE(c.args);
+    const int code = shell("prlimit --as=300000000 " + std::string(HEPSIM_BINARY) + " " + c.args + " >/dev/null 2>" +
+                           tmp.file("err"));
+    const std::string err = slurp(tmp.file("err"));
+    CHECK_MESSAGE(code == 2, err);
+    CHECK_MESSAGE(err.find(c.flag) != std::string::npos, err);
+  }
+}
