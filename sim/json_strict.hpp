@@ -26,11 +26,31 @@
 namespace hepsim {
 
 namespace detail {
-// A SAX pass that sees each number's text: one written with nonzero digits that lands below
-// double's normal range (1e-400 reads as 0, 1e-320 as a denormal) would silently change what
-// the file says. Everything else is checked by the DOM parse.
-struct NumberRangeCheck : nlohmann::json_sax<nlohmann::json> {
-  std::string bad;
+// One SAX pass over a user's JSON text that checks what the DOM parse does not: a key repeated in
+// one object, nesting deeper than kMaxDepth, and a number written with nonzero digits that lands
+// below double's normal range (1e-400 reads as 0, 1e-320 as a denormal) and would silently change
+// what the file says. (Not nlohmann's parser callback: its end_object scans the whole enclosing
+// array, which made an architecture of 10^5 edges take minutes to read.)
+struct StrictCheck : nlohmann::json_sax<nlohmann::json> {
+  static constexpr int kMaxDepth = 512;  // far beyond any configuration; deep nesting exhausts the stack
+  explicit StrictCheck(const std::string& w) : where(w) {}
+  const std::string& where;
+  std::string syntax_error;
+  std::vector<std::set<std::string>> keys;  // the keys seen in each open object (none for arrays)
+  std::vector<bool> is_object;              // the open containers, innermost last
+
+  bool open(bool object) {
+    if (is_object.size() >= static_cast<std::size_t>(kMaxDepth))
+      throw InputError(where, "nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    is_object.push_back(object);
+    if (object) keys.emplace_back();
+    return true;
+  }
+  bool close() {
+    if (!is_object.empty() && is_object.back()) keys.pop_back();
+    if (!is_object.empty()) is_object.pop_back();
+    return true;
+  }
   bool null() override { return true; }
   bool boolean(bool) override { return true; }
   bool number_integer(number_integer_t) override { return true; }
@@ -38,17 +58,25 @@ struct NumberRangeCheck : nlohmann::json_sax<nlohmann::json> {
   bool number_float(number_float_t v, const string_t& text) override {
     const std::size_t mantissa_end = text.find_first_of("eE");
     const bool nonzero = text.substr(0, mantissa_end).find_first_of("123456789") != std::string::npos;
-    if (nonzero && std::abs(v) < std::numeric_limits<double>::min() && bad.empty()) bad = text;
+    if (nonzero && std::abs(v) < std::numeric_limits<double>::min())
+      throw InputError(where, "the number " + text + " is outside the range of double precision");
     return true;
   }
   bool string(string_t&) override { return true; }
   bool binary(binary_t&) override { return true; }
-  bool start_object(std::size_t) override { return true; }
-  bool key(string_t&) override { return true; }
-  bool end_object() override { return true; }
-  bool start_array(std::size_t) override { return true; }
-  bool end_array() override { return true; }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+  bool start_object(std::size_t) override { return open(true); }
+  bool key(string_t& key) override {
+    if (!keys.empty() && !keys.back().insert(key).second)
+      throw InputError(where, "key '" + key + "' appears twice in one object (a JSON object's keys must be unique)");
+    return true;
+  }
+  bool end_object() override { return close(); }
+  bool start_array(std::size_t) override { return open(false); }
+  bool end_array() override { return close(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    syntax_error = e.what();
+    return false;
+  }
 };
 }  // namespace detail
 
@@ -56,38 +84,16 @@ inline nlohmann::json parse_json_strict(const std::string& text, const std::stri
   // nlohmann's lexer takes a NUL for the end of the input: what follows it would be ignored.
   if (text.find('\0') != std::string::npos)
     throw InputError(where, "contains a NUL byte (at offset " + std::to_string(text.find('\0')) + "): not a JSON text");
-  constexpr int kMaxDepth = 512;  // far beyond any configuration; deep nesting exhausts the stack
-  std::vector<std::set<std::string>> keys;  // the keys seen in each open object
-  const auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-    using E = nlohmann::json::parse_event_t;
-    if (depth > kMaxDepth) throw InputError(where, "nested deeper than " + std::to_string(kMaxDepth) + " levels");
-    switch (event) {
-      case E::object_start: keys.emplace_back(); break;
-      case E::object_end:
-        if (!keys.empty()) keys.pop_back();
-        break;
-      case E::key: {
-        const std::string key = parsed.get<std::string>();
-        if (!keys.empty() && !keys.back().insert(key).second)
-          throw InputError(where, "key '" + key + "' appears twice in one object (a JSON object's keys must be unique)");
-        break;
-      }
-      default: break;
-    }
-    return true;
-  };
-  nlohmann::json j;
+  // The checks first (in the text's order, with syntax errors), then the DOM of a valid text.
+  // sax_parse and parse of a whole string reject anything but whitespace after the first value.
+  detail::StrictCheck check(where);
+  if (!nlohmann::json::sax_parse(text, &check))
+    throw InputError(where, "invalid JSON: " + check.syntax_error);
   try {
-    // parse() of a whole string rejects anything but whitespace after the first value.
-    j = nlohmann::json::parse(text, callback);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw InputError(where, std::string("invalid JSON: ") + e.what());
   }
-  detail::NumberRangeCheck range;
-  nlohmann::json::sax_parse(text, &range);
-  if (!range.bad.empty())
-    throw InputError(where, "the number " + range.bad + " is outside the range of double precision");
-  return j;
 }
 
 // The whole text of a small input file (an architecture, a configuration): a regular file, or a
