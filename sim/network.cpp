@@ -99,9 +99,13 @@ void check_layer_name(const std::string& name, const std::string& where) {
   if (name == "in") bad("'in' is the input");
   if (name.size() > kMaxName) bad("longer than " + std::to_string(kMaxName) + " bytes (UTF-8)");
   if (name.find_first_not_of('.') == std::string::npos) bad("only dots");
-  for (unsigned char ch : name) {
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const auto ch = static_cast<unsigned char>(name[i]);
     if (ch == '/') bad("'/' cannot be part of an HDF5 name");
     if (ch < 0x20 || ch == 0x7f) bad("control character");
+    // C1 controls U+0080..U+009F are 0xC2 0x80..0x9F in UTF-8.
+    const auto next = i + 1 < name.size() ? static_cast<unsigned char>(name[i + 1]) : 0;
+    if (ch == 0xc2 && next >= 0x80 && next <= 0x9f) bad("control character");
   }
 }
 

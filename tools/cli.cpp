@@ -120,8 +120,24 @@ double machine_memory() {
   return static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
 }
 
+namespace {
+// The process's resident memory now (the program, its libraries, the loaded data), or -1.
+double resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return -1;
+  long size = 0, resident = 0;
+  const bool ok = std::fscanf(f, "%ld %ld", &size, &resident) == 2;
+  std::fclose(f);
+  return ok ? static_cast<double>(resident) * static_cast<double>(::sysconf(_SC_PAGESIZE)) : -1;
+}
+}  // namespace
+
 void check_memory(const std::vector<MemoryPart>& parts, double already) {
-  double total = already;
+  // What the process holds already counts too (the program alone is about 13 MB): the loaded data
+  // are in it; without /proc, the data and a program's size.
+  constexpr double kProgramBytes = 16e6;
+  const double resident = resident_bytes();
+  double total = resident >= 0 ? std::max(resident, already) : already + kProgramBytes;
   const MemoryPart* largest = nullptr;
   for (const MemoryPart& p : parts) {
     total += p.bytes;
@@ -142,7 +158,7 @@ void check_network_memory(const Network& net, double columns, const std::string&
                        std::to_string(net.neurons) + " neurons)",
                    columns_flag, 16.0 * 16 * static_cast<double>(net.neurons) * columns});
   extra.push_back({"the convolutions' im2col buffers", "--arch", omp_get_max_threads() * conv_work_bytes(net, 16)});
-  check_memory(extra, 0);
+  check_memory(extra, 0);  // the loaded data (jacobian, gradcheck: a batch) are in the resident memory
 }
 
 namespace {

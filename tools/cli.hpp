@@ -99,7 +99,8 @@ void print_json(const nlohmann::json& j);
 // The machine's physical memory in bytes.
 double machine_memory();
 // InputError naming the largest part's flag when the parts (ep/train.hpp train_memory) plus
-// `already` bytes (the loaded dataset) exceed the machine's memory; the message gives the estimate.
+// what the process holds already (at least `already` bytes: the loaded dataset) exceed the
+// machine's memory; the message gives the estimate.
 void check_memory(const std::vector<MemoryPart>& parts, double already);
 // The same for relax, jacobian and gradcheck, before θ is allocated: the parameters and their
 // working copies (about four θ-sized vectors, named --arch) and `columns` relaxing state columns

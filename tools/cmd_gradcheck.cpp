@@ -468,6 +468,10 @@ void register_gradcheck(CLI::App& app) {
     if (cmd->count("--activation") == 0) opt->activation = default_activation(opt->arch);  // dsilu for the CNNs
     const GradcheckOptions& o = *opt;
     require_angle(o.angle, "--angle");
+    if (o.dataset != "random")
+      for (const char* flag : {"--input-size", "--classes"})
+        if (cmd->count(flag) > 0)
+          throw InputError(flag, "is for --dataset random only (" + o.dataset + " sets the inputs and classes)");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     (void)parse_solver(o.solver);
     require_stall_window(o.stall_window);

@@ -133,6 +133,7 @@ TEST_CASE("compile refuses what later stages cannot store or use, naming the arc
       {with_hidden(R"("..")"), "only dots"},
       {with_hidden(R"("a\u0000b")"), "control character"},
       {with_hidden(R"("tab\there")"), "control character"},
+      {with_hidden(R"("next\u0085line")"), "control character"},  // C1: 0xC2 0x85 in UTF-8
       {with_hidden("\"" + std::string(65, 'x') + "\""), "longer than 64"},
       // Layers "a-b", "a", "b-c", "c": the edges a-b → c and a → b-c are both named "a-b-c".
       {arch(R"({"name": "a-b", "size": 2}, {"name": "a", "size": 2}, {"name": "b-c", "size": 2}, {"name": "c", "size": 2},

@@ -316,4 +316,8 @@ TEST_CASE("twelfth audit: jacobian and gradcheck check their memory before makin
     CHECK_MESSAGE(code == 2, err);
     CHECK_MESSAGE(err.find(c.flag) != std::string::npos, err);
   }
+  // --input-size and --classes shape random inputs only; with a dataset they were ignored.
+  check_bad_input({{"gradcheck --dataset fmnist --classes 5", "--classes: is for --dataset random only"},
+                   {"gradcheck --dataset cifar10 --input-size 12", "--input-size: is for --dataset random only"}},
+                  tmp);
 }
