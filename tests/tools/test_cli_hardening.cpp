@@ -380,7 +380,7 @@ TEST_CASE("third audit: numbers that exit 0 on nonsense, special paths, many thr
   CHECK(run_hepsim(t("dt") + " --dt 3", tmp).code == 2);
   check_bad_input({{"eval --checkpoint " + tmp.file("dt/checkpoint.h5"), "test samples diverged"}}, tmp);
   // Some samples diverge: the epoch's mean residual is over the others (it was +inf).
-  const RunResult some = run_hepsim(t("some") + " --algo rbp --dt 2.5 --T1 10", tmp);
+  const RunResult some = run_hepsim(t("some") + " --algo rbp --dt 2.4 --T1 10", tmp);  // 24 of 60 diverge
   REQUIRE_MESSAGE(some.code == 0, some.err);
   const auto recs = tools::TrainLog::read_records(tmp.file("some/log.h5"), 10);
   REQUIRE(recs.size() == 1);
