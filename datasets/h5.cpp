@@ -130,18 +130,20 @@ Dataset read_h5_dataset(const std::string& path, Index limit) {
                                std::to_string(n) + " images");
 
   if (H5Aexists(file.get(), "classes") <= 0) throw InputError(path, "missing root attribute 'classes'");
-  std::int32_t classes = 0;
+  // Read as 64-bit integers: HDF5's conversion to a narrower type clamps (2^40 would read as
+  // 2147483647 and be reported as that).
+  std::int64_t classes = 0;
   {
     H5Id attr(H5Aopen(file.get(), "classes", H5P_DEFAULT), H5Aclose);
     H5Id type(H5Aget_type(attr.get()), H5Tclose);
     H5Id space(H5Aget_space(attr.get()), H5Sclose);
     if (H5Tget_class(type.get()) != H5T_INTEGER || H5Sget_simple_extent_npoints(space.get()) != 1 ||
-        H5Aread(attr.get(), H5T_NATIVE_INT32, &classes) < 0)
+        H5Aread(attr.get(), H5T_NATIVE_INT64, &classes) < 0)
       throw InputError(path, "attribute 'classes' must be one integer");
   }
   // The bound keeps a corrupt value from sizing a gigantic one-hot matrix downstream; a softmax
   // over one class has no gradient (the model could learn nothing).
-  constexpr std::int32_t max_classes = 1 << 16;
+  constexpr std::int64_t max_classes = 1 << 16;
   if (classes < 2 || classes > max_classes)
     throw InputError(path, "attribute 'classes' is " + std::to_string(classes) + ", must be in 2.." +
                                std::to_string(max_classes));
@@ -154,15 +156,20 @@ Dataset read_h5_dataset(const std::string& path, Index limit) {
   d.channels = static_cast<int>(idims[1]);
   d.height = static_cast<int>(idims[2]);
   d.width = static_cast<int>(idims[3]);
-  d.classes = classes;
+  d.classes = static_cast<int>(classes);
   d.images.resize(keep * static_cast<std::size_t>(d.dim()));
   d.labels.resize(keep);
   read_rows(images.get(), path, "images", 4, idims, keep, H5T_NATIVE_UINT8, d.images.data());
-  read_rows(labels.get(), path, "labels", 1, ldims, keep, H5T_NATIVE_INT32, d.labels.data());
-  for (hsize_t i = 0; i < keep; ++i)
-    if (d.labels[i] < 0 || d.labels[i] >= classes)
-      throw InputError(path, "label " + std::to_string(d.labels[i]) + " out of range 0.." + std::to_string(classes - 1),
-                       static_cast<std::int64_t>(i));
+  {
+    std::vector<std::int64_t> wide(keep);  // as 'classes': a narrower read would clamp what is reported
+    read_rows(labels.get(), path, "labels", 1, ldims, keep, H5T_NATIVE_INT64, wide.data());
+    for (hsize_t i = 0; i < keep; ++i) {
+      if (wide[i] < 0 || wide[i] >= classes)
+        throw InputError(path, "label " + std::to_string(wide[i]) + " out of range 0.." + std::to_string(classes - 1),
+                         static_cast<std::int64_t>(i));
+      d.labels[i] = static_cast<std::int32_t>(wide[i]);
+    }
+  }
   return d;
 }
 

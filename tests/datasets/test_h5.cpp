@@ -29,10 +29,11 @@ struct H5Spec {
   std::vector<hsize_t> image_dims = {3, 1, 2, 2};
   hid_t image_type = H5T_STD_U8LE;
   std::vector<hsize_t> label_dims = {3};
-  std::vector<std::int32_t> labels = {0, 1, 2};
+  std::vector<std::int64_t> labels = {0, 1, 2};
   bool write_labels = true;
   bool write_classes = true;
-  std::int32_t classes = 10;
+  std::int64_t classes = 10;
+  hid_t int_type = H5T_STD_I32LE;  // of /labels and the attribute 'classes'
 };
 
 void write_h5(const std::string& path, const H5Spec& s) {
@@ -49,15 +50,15 @@ void write_h5(const std::string& path, const H5Spec& s) {
   H5Sclose(space);
   if (s.write_labels) {
     const hid_t lspace = H5Screate_simple(static_cast<int>(s.label_dims.size()), s.label_dims.data(), nullptr);
-    const hid_t labels = H5Dcreate2(file, "labels", H5T_STD_I32LE, lspace, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    REQUIRE(H5Dwrite(labels, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, s.labels.data()) >= 0);
+    const hid_t labels = H5Dcreate2(file, "labels", s.int_type, lspace, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    REQUIRE(H5Dwrite(labels, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, s.labels.data()) >= 0);
     H5Dclose(labels);
     H5Sclose(lspace);
   }
   if (s.write_classes) {
     const hid_t scalar = H5Screate(H5S_SCALAR);
-    const hid_t attr = H5Acreate2(file, "classes", H5T_STD_I32LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
-    REQUIRE(H5Awrite(attr, H5T_NATIVE_INT32, &s.classes) >= 0);
+    const hid_t attr = H5Acreate2(file, "classes", s.int_type, scalar, H5P_DEFAULT, H5P_DEFAULT);
+    REQUIRE(H5Awrite(attr, H5T_NATIVE_INT64, &s.classes) >= 0);
     H5Aclose(attr);
     H5Sclose(scalar);
   }
@@ -195,6 +196,17 @@ TEST_CASE("read_h5_dataset: malformed files give an InputError naming the file")
     s.labels = {0, 10, 2};
     write_h5(path, s);
     check_input_error(load, path, "record 1: label 10 out of range 0..9");
+  }
+  SUBCASE("64-bit labels and classes are reported as written, not clamped to 2^31 - 1") {
+    H5Spec s;
+    s.int_type = H5T_STD_I64LE;
+    s.classes = std::int64_t{1} << 40;
+    write_h5(path, s);
+    check_input_error(load, path, "attribute 'classes' is 1099511627776, must be in 2..65536");
+    s.classes = 10;
+    s.labels = {0, std::int64_t{1} << 40, 2};
+    write_h5(path, s);
+    check_input_error(load, path, "record 1: label 1099511627776 out of range 0..9");
   }
   SUBCASE("a huge declared dataspace") {
     H5Spec s;
