@@ -139,6 +139,12 @@ template <class S>
 // layers sharing their inputs (mlp_2-256: 266 x 256 and 256 x 266). For benchmarks.
 std::vector<std::array<Index, 2>> map_gemm_shapes(const Network& net);
 
+// The FLOPs (2 per multiply-add) the float engine executes in one real map step of one image over
+// the recurrent edges: edge_flops' count, except that the conv engine runs 3x3 'same'
+// convolutions of even maps by Winograd F(2x2, 3x3) (16 multiply-adds per 2x2 block and channel
+// pair instead of 36). For benchmarks: the efficiency of what runs against the FMA peak.
+double engine_flops_per_image_step(const Network& net);
+
 // Per-column ‖M(u) − u‖∞ at u (one field evaluation; frozen columns give 0).
 template <class S>
 Vec<double> residual(Field<S>& field, const Mat<S>& u);

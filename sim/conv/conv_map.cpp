@@ -5,6 +5,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "sim/conv/conv_map.hpp"
+#include "sim/conv/winograd.hpp"
 #include "sim/panel_gemm.hpp"
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -85,6 +87,7 @@ struct Backward {
   bool scatter = false;
   PackedMatrix Bt;
   ConvGeometry gt;
+  std::optional<WinogradConv> wino;  // the transpose conv by F(2x2, 3x3) where it applies
 };
 // The convolutions that read layer `layer` with one geometry: one GEMM Z = W · patches.
 struct Op {
@@ -92,6 +95,7 @@ struct Op {
   ConvGeometry g;
   bool pool = true;
   PackedMatrix W;  // stacked kernels, rows of the forward and pooled-feedback members
+  std::optional<WinogradConv> wino;  // the same product by F(2x2, 3x3) where it applies
   std::vector<Forward> fwd;
   std::vector<Backward> back;
   Index chunk = 1;  // samples (positions) per GEMM
@@ -284,22 +288,25 @@ struct ConvMap<S>::Impl {
             b.Bt.pack(packed.transpose());
             b.gt = op.g;
           } else {
-            b.Bt.pack(pack_transpose(K, cin, op.g.k));
+            const Mat<float> Bt = pack_transpose(K, cin, op.g.k);
+            b.Bt.pack(Bt);
             b.gt.in = zo;
             b.gt.out_channels = cin;
             b.gt.k = op.g.k;
             b.gt.pad = op.g.k - 1 - op.g.pad;
+            if (WinogradConv::applies(b.gt)) b.wino.emplace(Bt, b.gt.in);
           }
           op.back.push_back(std::move(b));
         }
       }
       op.W.pack(W);
+      if (rows > 0 && WinogradConv::applies(op.g)) op.wino.emplace(W, layer(op.layer).shape);
       ConvGeometry g = op.g;
       g.out_channels = std::max<Index>(1, rows);
       const Index pix = g.out().h * g.out().w;
       op.chunk = std::max<Index>(1, kTargetColumns / (pix * sp));
       const Index cc = op.chunk * sp * pix;  // GEMM columns of a full chunk
-      maxP = std::max(maxP, op.W.cols() * cc);
+      maxP = std::max(maxP, op.wino ? op.wino->scratch_floats(op.chunk * sp) : op.W.cols() * cc);
       maxZ = std::max(maxZ, rows * cc);
       for (const Backward& b : op.back) {
         maxG = std::max(maxG, b.c * cc);
@@ -307,7 +314,7 @@ struct ConvMap<S>::Impl {
           maxT = std::max(maxT, b.Bt.rows() * cc);
         } else {
           const Index tpix = b.gt.out().h * b.gt.out().w;
-          maxP2 = std::max(maxP2, b.Bt.cols() * tpix * op.chunk * sp);
+          maxP2 = std::max(maxP2, b.wino ? b.wino->scratch_floats(op.chunk * sp) : b.Bt.cols() * tpix * op.chunk * sp);
           maxT = std::max(maxT, cin * tpix * op.chunk * sp);
         }
       }
@@ -423,7 +430,9 @@ struct ConvMap<S>::Impl {
       const Index cc = slots * pix;
       const Index rows = op.W.rows();
       Eigen::Map<Mat<float>> Zm(Z.data(), rows, cc);
-      if (rows > 0) {
+      if (op.wino) {
+        op.wino->apply(Sx.col(s0).data() + off_a, n, slots, Zm.data(), rows, P.data());
+      } else if (rows > 0) {
         im2col_last(op.g, Sx.col(s0).data() + off_a, n, slots, P.data());
         op.W.multiply(P.data(), op.W.cols(), cc, Zm.data(), rows);
       }
@@ -466,9 +475,13 @@ struct ConvMap<S>::Impl {
         }
         const MapShape to = b.gt.out();
         const Index tcols = slots * to.h * to.w;
-        im2col_last(b.gt, gsrc, gstride, slots, P2.data());
         Eigen::Map<Mat<float>> Tm(T.data(), cin, tcols);
-        b.Bt.multiply(P2.data(), b.Bt.cols(), tcols, Tm.data(), cin);
+        if (b.wino) {
+          b.wino->apply(gsrc, gstride, slots, Tm.data(), cin, P2.data());
+        } else {
+          im2col_last(b.gt, gsrc, gstride, slots, P2.data());
+          b.Bt.multiply(P2.data(), b.Bt.cols(), tcols, Tm.data(), cin);
+        }
         for (Index s = 0; s < slots; ++s)
           Un.col(s0 + s).segment(off_a, size_a) += Eigen::Map<const Vec<float>>(T.data() + s * size_a, size_a);
       }
@@ -752,3 +765,42 @@ template bool conv_map_applies<float>(const Field<float>&, const RelaxConfig&);
 template bool conv_map_applies<std::complex<float>>(const Field<std::complex<float>>&, const RelaxConfig&);
 
 }  // namespace hepsim::detail
+
+namespace hepsim {
+
+double engine_flops_per_image_step(const Network& net) {
+  // 2 FLOPs per multiply-add of one convolution of geometry g into `cout` channels, as the engine
+  // runs it: by F(2x2, 3x3) where that applies (16 per 2x2 block and channel pair), else directly.
+  auto conv = [](const ConvGeometry& g, Index cout) {
+    if (detail::WinogradConv::applies(g))
+      return 2.0 * 16 * static_cast<double>((g.in.h / 2) * (g.in.w / 2) * cout * g.in.c);
+    const MapShape o = g.out();
+    return 2.0 * static_cast<double>(g.k * g.k * g.in.c * cout * o.h * o.w);
+  };
+  double f = 0;
+  for (const Edge& e : net.edges) {
+    if (e.pre == Network::kInput) continue;  // constant during a relaxation: in the drive
+    if (!e.is_conv()) {
+      f += edge_flops(e);
+      continue;
+    }
+    const ConvGeometry& g = e.conv.conv;  // lower -> upper (a feedback edge's forward partner's)
+    if (e.kind == EdgeKind::conv || e.conv.pool) f += conv(g, e.rows);
+    if (e.kind != EdgeKind::conv_feedback) continue;
+    const MapShape zo = g.out();
+    if (zo.h * zo.w < g.in.h * g.in.w) {  // a 'valid' edge: Bᵀ g and col2im
+      f += 2.0 * static_cast<double>(g.k * g.k * g.in.c * e.rows * zo.h * zo.w);
+    } else {
+      ConvGeometry gt;
+      gt.in = zo;
+      gt.in.c = e.rows;
+      gt.out_channels = g.in.c;
+      gt.k = g.k;
+      gt.pad = g.k - 1 - g.pad;
+      f += conv(gt, g.in.c);
+    }
+  }
+  return f;
+}
+
+}  // namespace hepsim
