@@ -2,6 +2,7 @@
 // Helpers of the hardening tests (test_cli_hardening.cpp, test_cli_audits.cpp): a small network,
 // its flags, HDF5 splits, a small conv run, a shell.
 #include <doctest/doctest.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -15,12 +16,26 @@
 namespace hepsim::test {
 
 
-// A 16-neuron network: every run below takes a second or two.
-inline std::string small_arch(const TempDir& dir) {
-  const std::string path = dir.file("small.json");
-  std::ofstream(path) << R"({"name": "small", "layers": [{"name": "h", "size": 16}, {"name": "out", "size": "classes"}],
+// One hidden layer h of `size` neurons with feedback from out, in dir/file.
+inline std::string one_layer_arch(const TempDir& dir, const std::string& file, long size) {
+  const std::string path = dir.file(file);
+  std::ofstream(path) << R"({"name": "one", "layers": [{"name": "h", "size": )" << size
+                      << R"(}, {"name": "out", "size": "classes"}],
     "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
   return path;
+}
+
+// A 16-neuron network: every run below takes a second or two.
+inline std::string small_arch(const TempDir& dir) { return one_layer_arch(dir, "small.json", 16); }
+
+// Mounts a tmpfs of `bytes` at mnt (a full disk on demand); false, with a message, where that
+// needs privileges the test does not have.
+inline bool mount_tmpfs(const std::string& mnt, long bytes) {
+  std::filesystem::create_directories(mnt);
+  const std::string size = "size=" + std::to_string(bytes);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, size.c_str()) == 0) return true;
+  MESSAGE("cannot mount a tmpfs here (needs root): skipped");
+  return false;
 }
 
 inline std::string flags(const TempDir& data, const std::string& arch) {

@@ -186,9 +186,7 @@ TEST_CASE("tenth audit: gradcheck's estimate counts the estimators that run side
   TempDir tmp;
   // 256 settings of |β| on 256 threads, each relaxing 128 columns of 8,010 neurons: about 67 GB of
   // states, estimated as one estimator's 0.26 GB before.
-  const std::string arch = tmp.file("tall.json");
-  std::ofstream(arch) << R"({"name": "t", "layers": [{"name": "h", "size": 8000}, {"name": "out", "size": "classes"}],
-    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  const std::string arch = one_layer_arch(tmp, "tall.json", 8000);
   std::string betas;
   for (int i = 1; i <= 256; ++i) {
     if (i > 1) betas += ',';
@@ -233,36 +231,6 @@ TEST_CASE("eleventh audit: the train split's HDF5 name is checked, eval estimate
   CHECK_MESSAGE(e.code == 0, e.err);
 }
 
-TEST_CASE("twelfth audit: a full disk at the first checkpoint leaves nothing that blocks starting again") {
-  TempDir data, tmp;
-  write_tiny_fmnist(data.str(), 60, 20, 3);
-  const std::string arch = small_arch(tmp);
-  REQUIRE(run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("probe"), tmp).code == 0);
-  const auto log = static_cast<long>(fs::file_size(tmp.file("probe/log.h5")));
-  // Room for the config, the lock and the first log, not for the first checkpoint.
-  const std::string mnt = tmp.file("disk");
-  fs::create_directories(mnt);
-  const std::string size = "size=" + std::to_string(log + 12288);
-  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, size.c_str()) != 0) {
-    MESSAGE("cannot mount a tmpfs here (needs root): skipped");
-    return;
-  }
-  const std::string out = mnt + "/run";
-  const RunResult r = run_hepsim("train " + flags(data, arch) + " --epochs 2 --out " + out, tmp);
-  CAPTURE(r.err);
-  CHECK(r.code == 1);
-  CHECK(r.err_lines() == 1);
-  CHECK(r.err.find("ENOSPC") != std::string::npos);
-  CHECK(r.err.find("checkpoint.h5") != std::string::npos);
-  // The run had finished no epoch: it keeps nothing (it created the directory, so that goes too)
-  // and the same command runs once there is room.
-  CHECK(!fs::exists(out));
-  CHECK(mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=8m") == 0);
-  const RunResult again = run_hepsim("train " + flags(data, arch) + " --epochs 2 --out " + out, tmp);
-  CHECK_MESSAGE(again.code == 0, again.err);
-  umount(mnt.c_str());
-}
-
 TEST_CASE("twelfth audit: samples whose relaxation diverged change nothing, conv homeostasis overflow names --homeostasis") {
   TempDir data, tmp;
   write_tiny_fmnist(data.str(), 60, 20, 5);
@@ -300,9 +268,7 @@ TEST_CASE("twelfth audit: jacobian and gradcheck check their memory before makin
   // Estimates far above any machine: refused with the estimate before anything large is
   // allocated. Before, the random inputs (0.5-0.6 GB) were made first, so under a 300 MB
   // address-space limit the refusal never came.
-  const std::string wide = tmp.file("wide.json");
-  std::ofstream(wide) << R"({"name": "wide", "layers": [{"name": "h", "size": 200000}, {"name": "out", "size": "classes"}],
-    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  const std::string wide = one_layer_arch(tmp, "wide.json", 200000);
   const struct {
     std::string args, flag;
   } cases[] = {{"jacobian --arch " + wide + " --samples 100000 --max-dense 0 --threads 1", "--samples: the run needs about"},

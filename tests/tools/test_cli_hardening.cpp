@@ -93,7 +93,7 @@ TEST_CASE("run directories: foreign ones refused, one run at a time, nothing lef
   CHECK(run_hepsim("train --resume " + out + " --epochs 7", tmp).code == 0);
 }
 
-TEST_CASE("a full disk names its cause and leaves the last epoch's files valid for --resume") {
+TEST_CASE("a full disk names its cause and leaves the last epoch's files valid for --resume, or nothing before the first") {
   TempDir data, tmp;
   write_tiny_fmnist(data.str(), 60, 20, 3);
   const std::string arch = small_arch(tmp);
@@ -103,12 +103,7 @@ TEST_CASE("a full disk names its cause and leaves the last epoch's files valid f
   const double log = static_cast<double>(fs::file_size(tmp.file("probe/log.h5")));
   // A filesystem that holds epoch 1's files but not a second checkpoint beside the first.
   const std::string mnt = tmp.file("disk");
-  fs::create_directories(mnt);
-  const std::string size = "size=" + std::to_string(static_cast<long>(1.5 * ckpt + 3 * log + 16384));
-  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, size.c_str()) != 0) {
-    MESSAGE("cannot mount a tmpfs here (needs root): skipped");
-    return;
-  }
+  if (!mount_tmpfs(mnt, static_cast<long>(1.5 * ckpt + 3 * log + 16384))) return;
   const RunResult r = run_hepsim("train " + flags(data, arch) + " --epochs 3 --out " + mnt + "/run", tmp);
   CAPTURE(r.err);
   CHECK(r.code == 1);
@@ -123,6 +118,24 @@ TEST_CASE("a full disk names its cause and leaves the last epoch's files valid f
   const RunResult resumed = run_hepsim("train --resume " + tmp.file("moved"), tmp);
   CHECK_MESSAGE(resumed.code == 0, resumed.err);
   CHECK(tools::TrainLog::read_records(tmp.file("moved/log.h5"), 100).size() == 3);
+
+  // Twelfth audit: room for the config, the lock and the first log, not for the first checkpoint.
+  // The run had finished no epoch: it keeps nothing (it created the directory, so that goes too;
+  // before, its log was left and blocked both --resume and a new run), and the same command runs
+  // once there is room.
+  if (!mount_tmpfs(mnt, static_cast<long>(log) + 12288)) return;
+  const std::string out = mnt + "/first";
+  const RunResult first = run_hepsim("train " + flags(data, arch) + " --epochs 2 --out " + out, tmp);
+  CAPTURE(first.err);
+  CHECK(first.code == 1);
+  CHECK(first.err_lines() == 1);
+  CHECK(first.err.find("ENOSPC") != std::string::npos);
+  CHECK(first.err.find("checkpoint.h5") != std::string::npos);
+  CHECK(!fs::exists(out));
+  CHECK(mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=8m") == 0);
+  const RunResult again = run_hepsim("train " + flags(data, arch) + " --epochs 2 --out " + out, tmp);
+  CHECK_MESSAGE(again.code == 0, again.err);
+  umount(mnt.c_str());
 }
 
 TEST_CASE("memory: buffers sized by the samples used, a run's estimate refused before it is allocated") {
@@ -226,8 +239,7 @@ TEST_CASE("resume: nothing rewritten without work, an older checkpoint refused, 
 
 TEST_CASE("jacobian refuses dense spectra that would take far longer than a few minutes") {
   TempDir tmp;
-  std::ofstream(tmp.file("wide.json")) << R"({"layers": [{"name": "h", "size": 8000}, {"name": "out", "size": "classes"}],
-    "edges": [{"pre": "in", "post": "h"}, {"pre": "h", "post": "out"}, {"pre": "out", "post": "h", "type": "dense_nobias"}]})";
+  (void)one_layer_arch(tmp, "wide.json", 8000);
   const auto t0 = std::chrono::steady_clock::now();
   check_bad_input({{"jacobian --arch " + tmp.file("wide.json") + " --max-dense 16384 --probes 10", "--max-dense"}}, tmp);
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
