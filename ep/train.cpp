@@ -260,44 +260,31 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     StepStats& st = stats[static_cast<std::size_t>(c)];
     Vec<R>& g = chunk_grads_[static_cast<std::size_t>(c)];
     g.setZero();
-    // A sample whose free phase diverged, or whose nudged phase diverged or cycled, contributes
-    // nothing to the step: not its error vector, not the readout's own term at its (frozen) state,
-    // not homeostasis there. Those columns are left out before any of them is computed.
+    // A sample whose free phase diverged contributes nothing to the step: its frozen state feeds
+    // no error vector, no readout term and no homeostasis (its columns are left out before any of
+    // them is computed). One whose nudged phase diverged or cycled has a zero error vector (the
+    // estimator drops it) but keeps the readout's own term at its valid free state.
     std::vector<Index> free_ok;
     for (Index j = 0; j < count; ++j)
       if (fs.relax.status[static_cast<std::size_t>(j)] != RelaxStatus::diverged) free_ok.push_back(j);
-    const FreeState<R> free_sub = free_ok.size() < static_cast<std::size_t>(count) ? select_columns(fs, free_ok)
-                                                                                  : FreeState<R>{};
-    const FreeState<R>& used = free_ok.size() < static_cast<std::size_t>(count) ? free_sub : fs;
+    const bool all = free_ok.size() == static_cast<std::size_t>(count);
+    const FreeState<R> free_sub = all ? FreeState<R>{} : select_columns(fs, free_ok);
+    const FreeState<R>& used = all ? fs : free_sub;
     std::vector<RelaxStatus> nudged(static_cast<std::size_t>(count), RelaxStatus::converged);
-    std::vector<Index> contributing;  // columns of the chunk
     if (!free_ok.empty() && cfg_.algo == Algo::bp) {
       const R share = static_cast<R>(free_ok.size()) / static_cast<R>(B);  // truncated_bptt's gradient is a mean
       g = truncated_bptt<R>(model_, theta_, used.x, used.drive, used.u, used.y, cfg_.nudged.max_steps,
                             map_step(cfg_.nudged))
               .grad *
           share;
-      contributing = free_ok;
     } else if (!free_ok.empty()) {
       std::vector<RelaxStatus> nudged_used;
-      Mat<R> v = algorithm_error_vector<R>(model_, theta_, used, cfg_, &nudged_used);
-      std::vector<Index> keep;  // columns of `used`
-      for (std::size_t k = 0; k < free_ok.size(); ++k) {
-        const RelaxStatus ns = nudged_used[k];
-        nudged[static_cast<std::size_t>(free_ok[k])] = ns;
-        if (ns != RelaxStatus::diverged && ns != RelaxStatus::cycling) {
-          keep.push_back(static_cast<Index>(k));
-          contributing.push_back(free_ok[k]);
-        }
-      }
-      if (keep.size() == free_ok.size())
-        add_parameter_gradient<R>(model_, theta_, used, v, R(1) / static_cast<R>(B), g);
-      else if (!keep.empty())
-        add_parameter_gradient<R>(model_, theta_, select_columns(used, keep), v(Eigen::all, keep),
-                                  R(1) / static_cast<R>(B), g);
+      const Mat<R> v = algorithm_error_vector<R>(model_, theta_, used, cfg_, &nudged_used);
+      for (std::size_t k = 0; k < free_ok.size(); ++k) nudged[static_cast<std::size_t>(free_ok[k])] = nudged_used[k];
+      add_parameter_gradient<R>(model_, theta_, used, v, R(1) / static_cast<R>(B), g);
     }
     st.task_nonfinite = !g.allFinite();
-    if (cfg_.homeostasis > 0 && model_.net.has_conv() && !contributing.empty()) {
+    if (cfg_.homeostasis > 0 && model_.net.has_conv() && !free_ok.empty()) {
       // Homeostasis at the free states (held constant) of m of the batch's B samples: all, or
       // homeo-samples of them spread evenly over the batch (place i when ⌊m(i+1)/B⌋ > ⌊mi/B⌋), a
       // choice that does not depend on the threads; each weighs 1/m of the batch's mean. The probes
@@ -305,14 +292,14 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       const Index m = cfg_.homeo.probed(B);
       const R w = static_cast<R>(cfg_.homeostasis) / static_cast<R>(m);
       const bool exact = cfg_.homeo.mode == HomeoMode::exact;
-      if (m == B && contributing.size() == static_cast<std::size_t>(count)) {
+      if (m == B && all) {
         Mat<R> s(fs.u.rows(), count);
         activate<R>(model_.activation, fs.u, s);
         (void)homeo_at_states<R>(model_.net, theta_, s, cfg_.homeo.draws, exact, cfg_.seed,
                                  static_cast<std::uint64_t>(index), first, w * static_cast<R>(count), &g);
       } else {
         Mat<R> s(fs.u.rows(), 1);
-        for (const Index j : contributing) {
+        for (const Index j : free_ok) {
           const Index i = first + j;
           if (m * (i + 1) / B == m * i / B) continue;
           activate<R>(model_.activation, fs.u.col(j), s);
@@ -337,7 +324,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       st.cycling += status == RelaxStatus::cycling;
       st.stalled += status == RelaxStatus::stalled;
       // A sample counts once, whether its free phase or a nudged phase diverged (or both); a
-      // sample whose nudged phase cycled contributed nothing either (its error vector is zero).
+      // sample whose nudged phase cycled has no error vector either.
       const RelaxStatus ns = nudged[static_cast<std::size_t>(j)];
       const bool div = status == RelaxStatus::diverged || ns == RelaxStatus::diverged;
       st.diverged += div;

@@ -70,8 +70,8 @@ struct EpochRecord {
                                           // status but converged: max_steps, cycling, stalled, diverged)
   long diverged = 0;                      // samples with a diverged relaxation (free or nudged)
   long cycling = 0, stalled = 0;          // training free phases ended as cycling / stalled (also in not_converged)
-  long nudged_cycling = 0;                // samples (not diverged) with a cycling nudged phase: they
-                                          // contributed nothing to the gradient
+  long nudged_cycling = 0;                // samples (not diverged) with a cycling nudged phase: no
+                                          // error vector (the readout's own term at the free state stays)
   double lr = 0;                          // learning rate at the end of the epoch
   double examples_per_s = 0;              // training throughput
   std::vector<double> cos_delta_mean, cos_delta_std;  // per layer (Network::layers order)
