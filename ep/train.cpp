@@ -585,11 +585,12 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
                        std::to_string(big.rows) + " x " + std::to_string(big.cols) + ")",
                    big.name.rfind("readout", 0) == 0 ? "--dataset (its classes size the readout)" : "--arch",
                    static_cast<double>(net.n_params) * (r * (4 + T) + 8 * 8)});
-  // One relaxation per thread: the batch (inputs, targets), about 14 state-sized matrices of the
-  // free phase (drive, u, σ(u), the fused engine's buffers) and of each nudged phase, whose
-  // ⌊N/2⌋ + 1 contour points relax stacked, the complex ones at twice the size.
+  // One relaxation per thread: the batch (inputs twice: the batch and the free state's copy;
+  // targets), about 14 state-sized matrices of the free phase (drive, u, σ(u), the fused engine's
+  // buffers) and of each nudged phase, whose ⌊N/2⌋ + 1 contour points relax stacked, the complex
+  // ones at twice the size.
   const double points = cfg.algo == Algo::hep && cfg.N > 0 ? cfg.N / 2 + 1 : 1;
-  const double states = (dim + classes + 14 * n) * Bc * r + 14 * n * Bc * points * 2 * r;
+  const double states = (2 * dim + classes + 14 * n) * Bc * r + 14 * n * Bc * points * 2 * r;
   parts.push_back({"the training relaxations (" + std::to_string(static_cast<long>(B)) + " samples per batch)",
                    "--batch-size", states * T});
   if (cfg.algo == Algo::bp)  // truncated BPTT keeps every unrolled state
@@ -597,7 +598,7 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
                      static_cast<double>(cfg.nudged.max_steps + 1) * n * Bc * r * T});
   const double E = static_cast<double>(std::min<Index>(cfg.eval_chunk, std::max<Index>(test_n, 1)));
   parts.push_back({"evaluation (" + std::to_string(static_cast<long>(E)) + " test samples per chunk and thread)",
-                   "--eval-chunk", (dim + classes + 14 * n) * E * r * T});
+                   "--eval-chunk", (2 * dim + classes + 14 * n) * E * r * T});  // inputs: as above
   const double P = static_cast<double>(std::min<Index>(cfg.probe_size, test_n));
   const double dense = net.neurons <= 2048 ? 2 * n * n * 8 : 0;  // rbp_dense's H and one LU
   // A conv network's metrics also probe H at the probe batch's states: kMetricDraws columns per

@@ -3,6 +3,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <sstream>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <charconv>
@@ -114,10 +115,35 @@ TestSamples load_test_samples(const std::string& dataset, const std::string& dat
   return t;
 }
 
-void print_json(const nlohmann::json& j) { std::cout << j.dump() << std::endl; }
+void print_json(const nlohmann::json& j) {
+  // The result is the output: a write that fails (a full disk, a closed pipe) is an error, not exit 0.
+  errno = 0;
+  std::cout << j.dump() << std::endl;
+  if (!std::cout.good()) {
+    const int err = errno;
+    std::cout.clear();
+    throw std::runtime_error(std::string("standard output: cannot write the result") +
+                             (err == ENOSPC ? ": No space left on device (ENOSPC)"
+                              : err != 0    ? std::string(": ") + std::strerror(err)
+                                            : std::string()));
+  }
+}
 
 double machine_memory() {
-  return static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  const double physical = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  // HEPSIM_MEMORY_LIMIT (bytes, or with a K, M or G suffix): a smaller budget than the physical
+  // memory, for a machine shared with other work.
+  const char* limit = std::getenv("HEPSIM_MEMORY_LIMIT");
+  if (limit == nullptr) return physical;
+  const std::string text = limit;
+  std::size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  const std::string suffix = text.substr(digits);
+  const double unit = suffix.empty() ? 1 : suffix == "K" ? 1e3 : suffix == "M" ? 1e6 : suffix == "G" ? 1e9 : -1;
+  if (digits == 0 || digits > 15 || unit < 0)
+    throw InputError("HEPSIM_MEMORY_LIMIT", "must be a number of bytes, optionally with K, M or G (e.g. 8G), not '" +
+                                                text + "'");
+  return std::min(physical, std::stod(text.substr(0, digits)) * unit);
 }
 
 namespace {
@@ -145,10 +171,14 @@ void check_memory(const std::vector<MemoryPart>& parts, double already) {
   }
   const double have = machine_memory();
   if (total <= have || !largest) return;
-  char msg[512];
-  std::snprintf(msg, sizeof msg, "the run needs about %.1f GB, more than this machine's %.1f GB; the largest part is %s (%.1f GB)",
-                total / 1e9, have / 1e9, largest->what.c_str(), largest->bytes / 1e9);
-  throw InputError(largest->where, msg);
+  auto size = [](double bytes) {  // GB, or MB below one
+    char text[32];
+    std::snprintf(text, sizeof text, bytes >= 1e9 ? "%.1f GB" : "%.0f MB", bytes >= 1e9 ? bytes / 1e9 : bytes / 1e6);
+    return std::string(text);
+  };
+  throw InputError(largest->where, "the run needs about " + size(total) + ", more than this machine's " + size(have) +
+                                       (std::getenv("HEPSIM_MEMORY_LIMIT") ? " (HEPSIM_MEMORY_LIMIT)" : "") +
+                                       "; the largest part is " + largest->what + " (" + size(largest->bytes) + ")");
 }
 
 void check_network_memory(const Network& net, double columns, const std::string& columns_flag,

@@ -189,8 +189,11 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   const double parallel = static_cast<double>(std::min<std::size_t>(
       parse_list<int>(o.N_list, "--N").size() * parse_list<double>(o.beta_list, "--beta").size(),
       static_cast<std::size_t>(omp_get_max_threads())));
-  extra.push_back({"the batch's inputs and labels", "--batch",
-                   8.0 * static_cast<double>(input_size + classes) * static_cast<double>(o.batch)});
+  // The batch's inputs and labels: the batch, the converged and the truncated free states' copies,
+  // and one more per thread evaluating finite-difference losses.
+  extra.push_back({"the batch's inputs and labels (copies: the batch, two free states, one per thread)", "--batch",
+                   8.0 * static_cast<double>(input_size + classes) * static_cast<double>(o.batch) *
+                       (3.0 + omp_get_max_threads())});
   check_network_memory(net, static_cast<double>(o.batch) * (max_N / 2 + 1) * parallel, "--batch", extra);
   const double states = static_cast<double>(net.neurons) * static_cast<double>(o.batch);
   check_size((max_N / 2 + 1) * states, kMaxStackedValues, "--batch",
@@ -286,11 +289,15 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   }
   // Converged mode: BPTT runs as many steps as the adjoint took (below); refuse before it rather
   // than end in std::bad_alloc.
-  if (o.T2 == 0 && iterations_converged)
-    check_size(static_cast<double>(delta_it.steps + 1) * static_cast<double>(net.neurons) * static_cast<double>(B),
-               kMaxTrajectoryValues, "--batch",
-               "truncated BPTT's trajectory over the adjoint's " + std::to_string(delta_it.steps) + " steps × " +
-                   std::to_string(net.neurons) + " neurons × --batch");
+  if (o.T2 == 0 && iterations_converged) {
+    const double values = static_cast<double>(delta_it.steps + 1) * static_cast<double>(net.neurons) * static_cast<double>(B);
+    const std::string what = "truncated BPTT's trajectory over the adjoint's " + std::to_string(delta_it.steps) +
+                             " steps × " + std::to_string(net.neurons) + " neurons × --batch";
+    check_size(values, kMaxTrajectoryValues, "--batch", what);
+    // Its length is known only now: checked against the machine (with all that is resident) before
+    // it is unrolled.
+    check_memory({{what, "--batch", 8 * values}}, 0);
+  }
   const bool dense = net.neurons <= kMaxDenseReference;
   // The references: dense solves when the network is small and the phases converged; otherwise
   // the iterations (which is what a truncated run computes).

@@ -101,6 +101,9 @@ nlohmann::json run_relax(const RelaxOptions& o, std::vector<RelaxStatus>& free_s
   if (o.solver == "anderson")  // per column: m past differences of states and residuals, and work (complex: twice)
     extra.push_back({"Anderson's history (m = " + std::to_string(o.anderson_m) + ")", "--anderson-m",
                      (2.0 * o.anderson_m + 6) * static_cast<double>(model.net.neurons) * columns * 16});
+  // Each thread's batch of inputs and targets (the data themselves are already resident).
+  extra.push_back({"the batches' inputs (" + std::to_string(test.dim()) + " per sample)", "--batch-size",
+                   static_cast<double>(test.dim() + test.classes) * columns * sizeof(R)});
   check_network_memory(model.net, columns, "--batch-size", extra);
   const Vec<R> theta = init_params<R>(model.net, o.seed, o.angle);
 

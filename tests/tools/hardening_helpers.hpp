@@ -3,6 +3,8 @@
 // its flags, HDF5 splits, a small conv run, a shell.
 #include <doctest/doctest.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -87,6 +89,42 @@ inline void train_small_conv(const TempDir& data, const TempDir& tmp, int channe
 inline int shell(const std::string& cmd) {
   const int status = std::system(cmd.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Runs hepsim under a memory budget (HEPSIM_MEMORY_LIMIT = `limit` bytes) and measures its peak
+// resident memory: a run the budget allows must stay within it, else the estimate was short.
+struct Measured {
+  int code = -1;
+  double peak_bytes = 0;
+  std::string err;
+};
+inline Measured run_hepsim_within(const std::string& args, long limit, const TempDir& tmp) {
+  const std::string cmd = "HEPSIM_MEMORY_LIMIT=" + std::to_string(limit) + " exec " + std::string(HEPSIM_BINARY) + " " +
+                          args + " >" + tmp.file("stdout.txt") + " 2>" + tmp.file("stderr.txt");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  struct rusage ru {};
+  ::wait4(pid, &status, 0, &ru);
+  Measured m;
+  m.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  m.peak_bytes = static_cast<double>(ru.ru_maxrss) * 1024;
+  m.err = slurp(tmp.file("stderr.txt"));
+  return m;
+}
+// The budget holds: refused with the estimate, or run within it.
+inline void check_within(const std::string& args, long limit, const TempDir& tmp) {
+  CAPTURE(args);
+  const Measured m = run_hepsim_within(args, limit, tmp);
+  CAPTURE(m.err);
+  CAPTURE(m.peak_bytes);
+  if (m.code == 2)
+    CHECK(m.err.find("the run needs about") != std::string::npos);
+  else
+    CHECK((m.code == 0 && m.peak_bytes <= static_cast<double>(limit)));
 }
 
 }  // namespace hepsim::test

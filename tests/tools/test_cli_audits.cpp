@@ -287,3 +287,36 @@ TEST_CASE("twelfth audit: jacobian and gradcheck check their memory before makin
                    {"gradcheck --dataset cifar10 --input-size 12", "--input-size: is for --dataset random only"}},
                   tmp);
 }
+
+TEST_CASE("thirteenth audit: estimates count the inputs' copies and BPTT's length, a failed result write is an error") {
+  TempDir data, tmp;
+  // 400 images of 128 x 128 (16,384 inputs): the input matrices dominate a tiny network's memory.
+  std::vector<std::int32_t> labels(400);
+  for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int32_t>(i % 3);
+  write_h5_splits(data.str(), "h5", 3, labels, 1, 128);
+  const std::string arch = small_arch(tmp), h5 = " --dataset h5 --data-dir " + data.str() + " --arch " + arch;
+  // Before, each of these was allowed under the budget and then used 1.3-2x more than it:
+  // relax left its batches' inputs out (400 x 16,384 doubles: 52 MB), gradcheck counted one copy
+  // of its random batch of four, and train's evaluation chunk one copy of its inputs of two.
+  check_within("relax" + h5 + " --samples 400 --batch-size 400 --threads 1", 60'000'000, tmp);
+  check_within("gradcheck --dataset random --input-size 16384 --batch 200 --N 1 --threads 1 --fd-directions 1 --arch " +
+                   arch + " --T1 5 --T2 5",
+               70'000'000, tmp);
+  check_within("train" + h5 + " --epochs 1 --threads 1 --quiet --T1 5 --T2 2 --batch-size 20 --train-limit 40"
+               " --probe-size 2 --eval-chunk 400 --out " + tmp.file("t"),
+               45'000'000, tmp);
+  // gradcheck's converged BPTT unrolls as many steps as the adjoint took (5,271 here, at angle 0
+  // with --dt 0.5: 0.35 GB for 16 samples of mlp_2-256): checked once that length is known.
+  TempDir fm;
+  write_tiny_fmnist(fm.str(), 20, 16, 9);
+  check_within("gradcheck --data-dir " + fm.str() + " --batch 16 --N 1 --beta 0.05 --threads 1 --fd-directions 1"
+               " --angle 0 --dt 0.5 --seed 3",
+               200'000'000, tmp);
+  // A result that cannot be written (a full disk) is an error with one line, not exit 0.
+  const int code = shell(std::string(HEPSIM_BINARY) + " jacobian --samples 2 --probes 20 --threads 1 --arch " + arch +
+                         " >/dev/full 2>" + tmp.file("full.err"));
+  CHECK(code == 1);
+  CHECK(slurp(tmp.file("full.err")).find("standard output: cannot write the result: No space left on device") !=
+        std::string::npos);
+  CHECK(shell("HEPSIM_MEMORY_LIMIT=8X " + std::string(HEPSIM_BINARY) + " relax --samples 2 --threads 1 2>/dev/null") == 2);
+}
