@@ -539,7 +539,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     // would repeat this one.
     if (rec.diverged + rec.nudged_cycling >= train.n) {
       const auto [flag, advice] = divergence_cause(cfg_, free_diverged, rec.diverged - free_diverged, rec.nudged_cycling);
-      throw InputError(flag, "no sample contributed in epoch " + std::to_string(epoch) + " (" +
+      throw InputError(flag, "no sample contributed an error vector in epoch " + std::to_string(epoch) + " (" +
                                  std::to_string(rec.diverged) + " diverged, " + std::to_string(free_diverged) +
                                  " of them in the free phase; " + std::to_string(rec.nudged_cycling) +
                                  " cycled in a nudged phase): " + advice +

@@ -277,6 +277,19 @@ void check_settled(const std::string& command, const std::vector<RelaxStatus>& s
                n - good, n, phase.c_str(), consequence.c_str(), list.c_str(), settle_advice(status).c_str());
 }
 
+namespace {
+// The exit code of a command whose output is the text it printed (--help, --version): 1 with one
+// line when that text could not be written (a full disk), as for the JSON results.
+int printed(int code) {  // errno: as the printing left it
+  std::cout.flush();
+  if (std::cout.good()) return code;
+  const int err = errno;
+  std::fprintf(stderr, "hepsim: error: standard output: cannot write%s\n",
+               err == ENOSPC ? ": No space left on device (ENOSPC)" : err != 0 ? (std::string(": ") + std::strerror(err)).c_str() : "");
+  return 1;
+}
+}  // namespace
+
 int run(int argc, char** argv) {
   CLI::App app{"hepsim: equilibrium propagation on simulated neuromorphic and analog substrates"};
   app.set_version_flag("--version", std::string("hepsim ") + HEPSIM_VERSION);
@@ -299,11 +312,14 @@ int run(int argc, char** argv) {
     }
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
+    errno = 0;
+    return printed(app.exit(e));
   } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
+    errno = 0;
+    return printed(app.exit(e));
   } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
+    errno = 0;
+    return printed(app.exit(e));
   } catch (const CLI::ParseError& e) {
     // One line naming the flag (CLI11's messages do), exit 2.
     std::string msg = e.what();

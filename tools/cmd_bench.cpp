@@ -191,7 +191,7 @@ void register_bench(CLI::App& app) {
     // refused like a training epoch that nothing contributed to.
     if (diverged + cycled >= samples) {
       const auto [flag, advice] = divergence_cause(s.train, free_diverged, diverged - free_diverged, cycled);
-      throw InputError(flag, "no sample contributed to the timed training steps (" + std::to_string(diverged) +
+      throw InputError(flag, "no sample contributed an error vector to the timed training steps (" + std::to_string(diverged) +
                                  " of " + std::to_string(samples) + " diverged, " + std::to_string(free_diverged) +
                                  " of them in the free phase; " + std::to_string(cycled) +
                                  " cycled in a nudged phase): " + advice);

@@ -44,7 +44,7 @@ TEST_CASE("eighth audit: strict reals and multiplier lists, relax's tolerance, b
   // bench timed steps in which every sample diverged and printed their rate with exit 0.
   check_bad_input({{"bench" + d + " --threads 1 --batches 2 --warmup 0 --repeats 1 --T1 10 --T2 4 --batch-size 20 "
                                   "--dt 50 --solver rk4",
-                    "--dt: no sample contributed to the timed training steps"}},
+                    "--dt: no sample contributed an error vector to the timed training steps"}},
                   tmp);
   // At |β| = 1e-300 the estimate is rounding / β ≈ 1e284: finite, but norm() overflowed, so its
   // cosine with v* came out 0 and its relative error inf (null).
@@ -245,7 +245,7 @@ TEST_CASE("twelfth audit: samples whose relaxation diverged change nothing, conv
                                        " --out " + out, tmp);
     CHECK(r.code == 2);
     CHECK(r.err_lines() == 1);
-    CHECK_MESSAGE(r.err.find("--dt: no sample contributed in epoch 1") != std::string::npos, r.err);
+    CHECK_MESSAGE(r.err.find("--dt: no sample contributed an error vector in epoch 1") != std::string::npos, r.err);
     if (fs::exists(out + "/checkpoint.h5")) {
       const tools::Checkpoint c = tools::read_checkpoint(out + "/checkpoint.h5");
       CHECK(c.m.cwiseAbs().maxCoeff() == 0.0);  // no gradient reached the momentum
@@ -318,5 +318,6 @@ TEST_CASE("thirteenth audit: estimates count the inputs' copies and BPTT's lengt
   CHECK(code == 1);
   CHECK(slurp(tmp.file("full.err")).find("standard output: cannot write the result: No space left on device") !=
         std::string::npos);
+  CHECK(shell(std::string(HEPSIM_BINARY) + " --version >/dev/full 2>/dev/null") == 1);  // fourteenth audit
   CHECK(shell("HEPSIM_MEMORY_LIMIT=8X " + std::string(HEPSIM_BINARY) + " relax --samples 2 --threads 1 2>/dev/null") == 2);
 }
