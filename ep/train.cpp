@@ -566,6 +566,36 @@ template Mat<double> algorithm_error_vector<double>(const Model&, const Vec<doub
 
 namespace hepsim {
 
+namespace {
+// Each thread's evaluation chunk: its inputs twice (the batch and the free state's copy), targets
+// and about 14 state-sized matrices of the free phase.
+MemoryPart evaluation_part(const Network& net, const TrainConfig& cfg, Index test_n, std::size_t scalar,
+                           const std::string& where) {
+  const double n = static_cast<double>(net.neurons), r = static_cast<double>(scalar);
+  const double dim = static_cast<double>(net.input_size), classes = static_cast<double>(net.classes);
+  const double T = std::max(1, cfg.threads);
+  const double E = static_cast<double>(std::min<Index>(cfg.eval_chunk, std::max<Index>(test_n, 1)));
+  return {"evaluation (" + std::to_string(static_cast<long>(E)) + " test samples per chunk and thread)", where,
+          (2 * dim + classes + 14 * n) * E * r * T};
+}
+MemoryPart stacks_part(const TrainConfig& cfg) {  // each worker thread reserves a stack (8 MB by default)
+  const double T = std::max(1, cfg.threads);
+  return {"the stacks of " + std::to_string(static_cast<long>(T)) + " threads", "--threads", T * 8e6};
+}
+}  // namespace
+
+std::vector<MemoryPart> eval_memory(const Network& net, const TrainConfig& cfg, Index test_n, std::size_t scalar,
+                                    const std::string& checkpoint) {
+  const double r = static_cast<double>(scalar), T = std::max(1, cfg.threads);
+  // θ, its cast, the gradient and the optimizer's moments of the Trainer (the checkpoint's own
+  // double vectors are already resident).
+  std::vector<MemoryPart> parts = {
+      {"the parameters (" + std::to_string(net.n_params) + ")", checkpoint, static_cast<double>(net.n_params) * 5 * r},
+      evaluation_part(net, cfg, test_n, scalar, "--threads"), stacks_part(cfg)};
+  if (net.has_conv()) parts.push_back({"the convolutions' im2col buffers", "--threads", conv_work_bytes(net, r) * T});
+  return parts;
+}
+
 std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg, Index train_n, Index test_n,
                                      std::size_t scalar) {
   const double n = static_cast<double>(net.neurons), r = static_cast<double>(scalar);
@@ -596,9 +626,7 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   if (cfg.algo == Algo::bp)  // truncated BPTT keeps every unrolled state
     parts.push_back({"truncated BPTT's unrolled states", "--T2",
                      static_cast<double>(cfg.nudged.max_steps + 1) * n * Bc * r * T});
-  const double E = static_cast<double>(std::min<Index>(cfg.eval_chunk, std::max<Index>(test_n, 1)));
-  parts.push_back({"evaluation (" + std::to_string(static_cast<long>(E)) + " test samples per chunk and thread)",
-                   "--eval-chunk", (2 * dim + classes + 14 * n) * E * r * T});  // inputs: as above
+  parts.push_back(evaluation_part(net, cfg, test_n, scalar, "--eval-chunk"));
   const double P = static_cast<double>(std::min<Index>(cfg.probe_size, test_n));
   const double dense = net.neurons <= 2048 ? 2 * n * n * 8 : 0;  // rbp_dense's H and one LU
   // A conv network's metrics also probe H at the probe batch's states: kMetricDraws columns per
@@ -636,8 +664,7 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
                      n * static_cast<double>(train_n) * r});
   if (net.has_conv())  // per thread, the training relaxations (complex: 2 r) and the metrics (double)
     parts.push_back({"the convolutions' im2col buffers", "--arch", conv_work_bytes(net, 2 * r) * T + conv_work_bytes(net, 8)});
-  // Each worker thread reserves a stack (8 MB by default; address space, counted by a limit).
-  parts.push_back({"the stacks of " + std::to_string(static_cast<long>(T)) + " threads", "--threads", T * 8e6});
+  parts.push_back(stacks_part(cfg));  // address space, counted by a limit
   return parts;
 }
 

@@ -162,6 +162,11 @@ struct MemoryPart {
 };
 std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg, Index train_n, Index test_n,
                                      std::size_t scalar);
+// What an evaluation alone (hepsim eval) allocates: the parameter-sized vectors of the Trainer
+// that evaluates (named `checkpoint`), each thread's evaluation chunk (named --threads), the
+// convolutions' buffers and the threads' stacks. Nothing of training's metrics or probes.
+std::vector<MemoryPart> eval_memory(const Network& net, const TrainConfig& cfg, Index test_n, std::size_t scalar,
+                                    const std::string& checkpoint);
 
 // Floating-point operations of one training step on a batch of B samples (GEMMs only, 2mkn each;
 // a real kernel on complex states counts twice): the free phase, the nudged phases or

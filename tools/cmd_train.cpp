@@ -327,7 +327,7 @@ void register_eval(CLI::App& app) {
     evaluation.probe_size = 0;
     evaluation.homeostasis = 0;
     evaluation.warm_start = false;
-    check_memory(train_memory(model.net, evaluation, 0, test.n, s.precision == "double" ? 8 : 4),
+    check_memory(eval_memory(model.net, evaluation, test.n, s.precision == "double" ? 8 : 4, *checkpoint),
                  static_cast<double>(test.images.size()));
     const EvalResult r = s.precision == "double"
                              ? Trainer<double>(model, evaluation, ck.theta).evaluate(test)

@@ -321,3 +321,22 @@ TEST_CASE("thirteenth audit: estimates count the inputs' copies and BPTT's lengt
   CHECK(shell(std::string(HEPSIM_BINARY) + " --version >/dev/full 2>/dev/null") == 1);  // fourteenth audit
   CHECK(shell("HEPSIM_MEMORY_LIMIT=8X " + std::string(HEPSIM_BINARY) + " relax --samples 2 --threads 1 2>/dev/null") == 2);
 }
+
+TEST_CASE("fifteenth audit: eval estimates an evaluation and names eval's own flags") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 15);
+  REQUIRE(run_hepsim("train --arch mlp_2-256 --dataset fmnist --data-dir " + data.str() +
+                         " --epochs 1 --threads 1 --T1 5 --T2 2 --probe-size 2 --quiet --out " + tmp.file("run"),
+                     tmp)
+              .code == 0);
+  const std::string eval = "eval --checkpoint " + tmp.file("run/checkpoint.h5") + " --threads 1";
+  // It peaks near 30 MB; the training estimate it used was about 66 MB (the metrics, the
+  // optimizer's and the checkpoint's vectors of a training run), so a 60 MB budget refused it.
+  const Measured m = run_hepsim_within(eval, 60'000'000, tmp);
+  CHECK_MESSAGE(m.code == 0, m.err);
+  CHECK(m.peak_bytes <= 60e6);
+  // Refused, it names a flag eval has (it named --probe-size or --arch).
+  const Measured tiny = run_hepsim_within(eval, 1'000'000, tmp);
+  CHECK(tiny.code == 2);
+  CHECK_MESSAGE((tiny.err.rfind("--threads:", 0) == 0 || tiny.err.find("checkpoint.h5:") != std::string::npos), tiny.err);
+}
