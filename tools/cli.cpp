@@ -115,18 +115,24 @@ TestSamples load_test_samples(const std::string& dataset, const std::string& dat
   return t;
 }
 
+namespace {
+// After writing to std::cout (errno cleared before): "" when it was written, else one line's
+// reason (a full disk names ENOSPC).
+std::string stdout_failure(const std::string& what) {
+  const int err = errno;
+  std::cout.flush();
+  if (std::cout.good()) return {};
+  std::cout.clear();
+  return "standard output: cannot write " + what +
+         (err == ENOSPC ? ": No space left on device (ENOSPC)" : err != 0 ? std::string(": ") + std::strerror(err) : "");
+}
+}  // namespace
+
 void print_json(const nlohmann::json& j) {
-  // The result is the output: a write that fails (a full disk, a closed pipe) is an error, not exit 0.
+  // The result is the output: a write that fails (a full disk) is an error, not exit 0.
   errno = 0;
   std::cout << j.dump() << std::endl;
-  if (!std::cout.good()) {
-    const int err = errno;
-    std::cout.clear();
-    throw std::runtime_error(std::string("standard output: cannot write the result") +
-                             (err == ENOSPC ? ": No space left on device (ENOSPC)"
-                              : err != 0    ? std::string(": ") + std::strerror(err)
-                                            : std::string()));
-  }
+  if (const std::string failure = stdout_failure("the result"); !failure.empty()) throw std::runtime_error(failure);
 }
 
 double machine_memory() {
@@ -281,11 +287,9 @@ namespace {
 // The exit code of a command whose output is the text it printed (--help, --version): 1 with one
 // line when that text could not be written (a full disk), as for the JSON results.
 int printed(int code) {  // errno: as the printing left it
-  std::cout.flush();
-  if (std::cout.good()) return code;
-  const int err = errno;
-  std::fprintf(stderr, "hepsim: error: standard output: cannot write%s\n",
-               err == ENOSPC ? ": No space left on device (ENOSPC)" : err != 0 ? (std::string(": ") + std::strerror(err)).c_str() : "");
+  const std::string failure = stdout_failure("the text");
+  if (failure.empty()) return code;
+  std::fprintf(stderr, "hepsim: error: %s\n", failure.c_str());
   return 1;
 }
 }  // namespace

@@ -129,6 +129,18 @@ void col2im_last_add(const ConvGeometry& g, const float* cols, Index slots, floa
       }
 }
 
+// The geometry of the transpose conv_Bᵀ of a 'same'-sized edge g (lower -> upper, c_up channels)
+// as a convolution: of the product map into g's input channels, padding k − 1 − p.
+ConvGeometry transpose_geometry(const ConvGeometry& g, Index c_up) {
+  ConvGeometry gt;
+  gt.in = g.out();
+  gt.in.c = c_up;
+  gt.out_channels = g.in.c;
+  gt.k = g.k;
+  gt.pad = g.k - 1 - g.pad;
+  return gt;
+}
+
 // The transposed conv as a conv: Bt(ci, (ky·k + kx)·C_out + co) = B(co, ci, k−1−ky, k−1−kx).
 Mat<float> pack_transpose(const Eigen::Map<const Mat<float>>& B, Index cin, Index k) {
   const Index cout = B.rows();
@@ -290,10 +302,7 @@ struct ConvMap<S>::Impl {
           } else {
             const Mat<float> Bt = pack_transpose(K, cin, op.g.k);
             b.Bt.pack(Bt);
-            b.gt.in = zo;
-            b.gt.out_channels = cin;
-            b.gt.k = op.g.k;
-            b.gt.pad = op.g.k - 1 - op.g.pad;
+            b.gt = transpose_geometry(op.g, ed.rows);
             if (WinogradConv::applies(b.gt)) b.wino.emplace(Bt, b.gt.in);
           }
           op.back.push_back(std::move(b));
@@ -791,13 +800,7 @@ double engine_flops_per_image_step(const Network& net) {
     if (zo.h * zo.w < g.in.h * g.in.w) {  // a 'valid' edge: Bᵀ g and col2im
       f += 2.0 * static_cast<double>(g.k * g.k * g.in.c * e.rows * zo.h * zo.w);
     } else {
-      ConvGeometry gt;
-      gt.in = zo;
-      gt.in.c = e.rows;
-      gt.out_channels = g.in.c;
-      gt.k = g.k;
-      gt.pad = g.k - 1 - g.pad;
-      f += conv(gt, g.in.c);
+      f += conv(detail::transpose_geometry(g, e.rows), g.in.c);
     }
   }
   return f;
