@@ -262,6 +262,21 @@ BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMat
   return res;
 }
 
+namespace {
+// The nudged phases of P contour points relax stacked, column p·B + j for point ks[p] of sample j:
+// with state noise each such column draws its own noise, keyed on its sample's key and the point.
+RelaxConfig stacked(const RelaxConfig& cfg, const std::vector<int>& ks, Index B) {
+  RelaxConfig c = cfg;
+  if (!cfg.noise.on()) return c;
+  c.noise.columns.resize(ks.size() * static_cast<std::size_t>(B));
+  for (std::size_t p = 0; p < ks.size(); ++p)
+    for (Index j = 0; j < B; ++j)
+      c.noise.columns[p * static_cast<std::size_t>(B) + static_cast<std::size_t>(j)] =
+          cfg.noise.column_key(static_cast<std::size_t>(j)) * 128 + static_cast<std::uint64_t>(ks[p]) + 1;
+  return c;
+}
+}  // namespace
+
 template <class R>
 EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const FreeState<R>& fs,
                               const EstimatorConfig& cfg) {
@@ -301,7 +316,7 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
     for (Index p = 0; p < P; ++p) beta.segment(p * B, B).setConstant(static_cast<R>(pts[static_cast<std::size_t>(real_k[static_cast<std::size_t>(p)])].real()));
     Mat<R> u = replicate_cols(fs.u, P);
     Field<R> field(model, theta, drive, y, beta);
-    note(relax(field, u, cfg.nudged), P);
+    note(relax(field, u, stacked(cfg.nudged, real_k, B)), P);
     Mat<R> a(n, P * B);
     activate<R>(model.activation, u, a);
     if (cfg.N == 1) {
@@ -321,7 +336,7 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
     }
     Mat<C> u = replicate_cols(fs.u, P).template cast<C>();
     Field<C> field(model, theta, drive, y, beta);
-    note(relax(field, u, cfg.nudged), P);
+    note(relax(field, u, stacked(cfg.nudged, cplx_k, B)), P);
     Mat<C> a(n, P * B);
     activate<C>(model.activation, u, a);
     for (Index p = 0; p < P; ++p) samples[static_cast<std::size_t>(cplx_k[static_cast<std::size_t>(p)])] = a.middleCols(p * B, B);

@@ -46,6 +46,9 @@ using Clock = std::chrono::steady_clock;
 // std is about sqrt(2/1600) per sample average, more with uneven spectra).
 constexpr Index kMetricDraws = 16;
 
+// State-noise keys of the relaxations outside training steps (training's are 2·step + phase).
+constexpr std::uint64_t kEvaluationKey = 1ULL << 62, kMetricsKey = (1ULL << 62) + 2;
+
 }  // namespace
 
 // A free phase that diverges has no stable fixed point at its step (an ODE or damped step too
@@ -53,6 +56,7 @@ constexpr Index kMetricDraws = 16;
 // hard (--beta); one that cycles follows the map's period-2 orbit.
 std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled) {
   if (free > 0 && free >= nudged && free >= cycled) {
+    if (cfg.free.noise.on()) return {"--noise", "lower --noise or --dt (the noisy relaxation ran away)"};
     const bool stepped = cfg.free.solver == Solver::rk4 || cfg.free.solver == Solver::dopri5 ||
                          (cfg.free.dt != 0 && cfg.free.dt != 1);
     if (stepped) return {"--dt", "lower --dt (the free phase's step)"};
@@ -143,9 +147,17 @@ void for_chunks(Index n, int chunks, F&& body) {
 
 }  // namespace
 
+RelaxConfig keyed_noise(const RelaxConfig& cfg, std::uint64_t key, std::vector<std::uint64_t> columns) {
+  RelaxConfig c = cfg;
+  if (!cfg.noise.on()) return c;
+  c.noise.key = key;
+  c.noise.columns = std::move(columns);
+  return c;
+}
+
 template <class R>
 Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
-                              std::vector<RelaxStatus>* nudged_status) {
+                              std::vector<RelaxStatus>* nudged_status, const RelaxConfig* nudged) {
   if (nudged_status) nudged_status->assign(static_cast<std::size_t>(fs.u.cols()), RelaxStatus::converged);
   switch (cfg.algo) {
     case Algo::rbp: return rbp_adjoint<R>(model, theta, fs.u, fs.y, iterations(cfg.nudged)).v;
@@ -157,7 +169,7 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
       EstimatorConfig ec;
       ec.N = cfg.N;
       ec.beta = cfg.beta;
-      ec.nudged = cfg.nudged;
+      ec.nudged = nudged ? *nudged : cfg.nudged;
       EstimateResult<R> est = ep_estimate<R>(model, theta, fs, ec);
       if (nudged_status) *nudged_status = std::move(est.status);
       return std::move(est.v);
@@ -167,7 +179,12 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
 
 template <class R>
 Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
-    : model_(model), cfg_(cfg), theta_(std::move(theta)), opt_(model.net, cfg.optimizer), grad_(model.net.n_params) {
+    : model_(model),
+      cfg_(cfg),
+      theta_(std::move(theta)),
+      device_(model.net, cfg.device),
+      opt_(model.net, cfg.optimizer),
+      grad_(model.net.n_params) {
   // A conv network's exact homeostasis probes every sample's state with the n basis vectors.
   if (model.net.has_conv() && cfg.homeostasis > 0 && cfg.homeo.mode == HomeoMode::exact &&
       model.net.neurons > kMaxExactConvNeurons)
@@ -175,6 +192,13 @@ Trainer<R>::Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta)
                                          std::to_string(model.net.neurons) + " neurons (at most " +
                                          std::to_string(kMaxExactConvNeurons) + "): use hutchinson");
   if (theta_.size() != model.net.n_params) throw std::invalid_argument("Trainer: θ has the wrong size");
+}
+
+template <class R>
+const Vec<R>& Trainer<R>::device_theta() const {
+  if (device_.ideal()) return theta_;
+  device_.apply(theta_, theta_device_);
+  return theta_device_;
 }
 
 template <class R>
@@ -214,7 +238,7 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
                                                                        : std::string("double")) +
                                                        ")"));
   if (homeo_) {
-    (void)homeo_->add_gradient(theta_, cfg_.seed, static_cast<std::uint64_t>(index), grad_);
+    (void)homeo_->add_gradient(device_theta(), cfg_.seed, static_cast<std::uint64_t>(index), grad_);
     if (!grad_.allFinite())
       throw InputError("--homeostasis", "the homeostasis gradient became non-finite" + at + "; lower λ");
   }
@@ -247,14 +271,25 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
   for (int c = 0; c < chunks; ++c)
     if (chunk_grads_[static_cast<std::size_t>(c)].size() != grad.size()) chunk_grads_[static_cast<std::size_t>(c)].resize(grad.size());
   std::vector<StepStats> stats(static_cast<std::size_t>(chunks));
+  const Vec<R>& theta = device_theta();
+  // State noise is keyed on the step, the phase and each sample's place in the batch.
+  const auto step_key = [&](std::uint64_t phase) { return 2 * static_cast<std::uint64_t>(index) + phase; };
+  const auto places = [](Index first, const std::vector<Index>& cols) {
+    std::vector<std::uint64_t> keys(cols.size());
+    for (std::size_t k = 0; k < cols.size(); ++k) keys[k] = static_cast<std::uint64_t>(first + cols[k]);
+    return keys;
+  };
   for_chunks(B, chunks, [&](int c, Index first, Index count) {
     Mat<R> start;
     if (warm) {  // the samples of a batch are distinct: chunks touch disjoint columns of warm_
       start.resize(warm_.rows(), count);
       for (Index j = 0; j < count; ++j) start.col(j) = warm_.col(samples[first + j]);
     }
-    const FreeState<R> fs = free_phase<R>(model_, theta_, x.middleCols(first, count), y.middleCols(first, count),
-                                          cfg_.free, warm ? &start : nullptr);
+    std::vector<Index> all_cols(static_cast<std::size_t>(count));
+    std::iota(all_cols.begin(), all_cols.end(), Index{0});
+    const FreeState<R> fs = free_phase<R>(model_, theta, x.middleCols(first, count), y.middleCols(first, count),
+                                          keyed_noise(cfg_.free, step_key(0), places(first, all_cols)),
+                                          warm ? &start : nullptr);
     if (warm)
       for (Index j = 0; j < count; ++j) warm_.col(samples[first + j]) = fs.u.col(j);
     StepStats& st = stats[static_cast<std::size_t>(c)];
@@ -273,15 +308,16 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     std::vector<RelaxStatus> nudged(static_cast<std::size_t>(count), RelaxStatus::converged);
     if (!free_ok.empty() && cfg_.algo == Algo::bp) {
       const R share = static_cast<R>(free_ok.size()) / static_cast<R>(B);  // truncated_bptt's gradient is a mean
-      g = truncated_bptt<R>(model_, theta_, used.x, used.drive, used.u, used.y, cfg_.nudged.max_steps,
+      g = truncated_bptt<R>(model_, theta, used.x, used.drive, used.u, used.y, cfg_.nudged.max_steps,
                             map_step(cfg_.nudged))
               .grad *
           share;
     } else if (!free_ok.empty()) {
       std::vector<RelaxStatus> nudged_used;
-      const Mat<R> v = algorithm_error_vector<R>(model_, theta_, used, cfg_, &nudged_used);
+      const RelaxConfig nc = keyed_noise(cfg_.nudged, step_key(1), places(first, free_ok));
+      const Mat<R> v = algorithm_error_vector<R>(model_, theta, used, cfg_, &nudged_used, &nc);
       for (std::size_t k = 0; k < free_ok.size(); ++k) nudged[static_cast<std::size_t>(free_ok[k])] = nudged_used[k];
-      add_parameter_gradient<R>(model_, theta_, used, v, R(1) / static_cast<R>(B), g);
+      add_parameter_gradient<R>(model_, theta, used, v, R(1) / static_cast<R>(B), g);
     }
     st.task_nonfinite = !g.allFinite();
     if (cfg_.homeostasis > 0 && model_.net.has_conv() && !free_ok.empty()) {
@@ -295,7 +331,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       if (m == B && all) {
         Mat<R> s(fs.u.rows(), count);
         activate<R>(model_.activation, fs.u, s);
-        (void)homeo_at_states<R>(model_.net, theta_, s, cfg_.homeo.draws, exact, cfg_.seed,
+        (void)homeo_at_states<R>(model_.net, theta, s, cfg_.homeo.draws, exact, cfg_.seed,
                                  static_cast<std::uint64_t>(index), first, w * static_cast<R>(count), &g);
       } else {
         Mat<R> s(fs.u.rows(), 1);
@@ -303,12 +339,12 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
           const Index i = first + j;
           if (m * (i + 1) / B == m * i / B) continue;
           activate<R>(model_.activation, fs.u.col(j), s);
-          (void)homeo_at_states<R>(model_.net, theta_, s, cfg_.homeo.draws, exact, cfg_.seed,
+          (void)homeo_at_states<R>(model_.net, theta, s, cfg_.homeo.draws, exact, cfg_.seed,
                                    static_cast<std::uint64_t>(index), i, w, &g);
         }
       }
     }
-    const Scored sc = score<R>(model_, theta_, fs.u, fs.y);
+    const Scored sc = score<R>(model_, theta, fs.u, fs.y);
     st.loss = sc.loss;
     st.correct = sc.top1;
     for (Index j = 0; j < count; ++j) {
@@ -363,6 +399,7 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
   const Index pieces = (n + chunk - 1) / chunk;
   std::vector<Scored> scored(static_cast<std::size_t>(pieces));
   std::vector<long> not_conv(static_cast<std::size_t>(pieces), 0), div(static_cast<std::size_t>(pieces), 0);
+  const Vec<R>& theta = device_theta();
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, cfg_.threads))
   for (Index p = 0; p < pieces; ++p) {
@@ -372,8 +409,10 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
       std::iota(idx.begin(), idx.end(), first);
       Mat<R> x(test.dim(), count), y(test.classes, count);
       make_batch<R>(test, idx.data(), count, cfg_.norm, Augmentation{}, nullptr, x, y);
-      const FreeState<R> fs = free_phase<R>(model_, theta_, x, y, cfg_.free);
-      scored[static_cast<std::size_t>(p)] = score<R>(model_, theta_, fs.u, fs.y);
+      // State noise keyed on each test sample: every evaluation sees the same noise.
+      const FreeState<R> fs = free_phase<R>(model_, theta, x, y,
+                                            keyed_noise(cfg_.free, kEvaluationKey, {idx.begin(), idx.end()}));
+      scored[static_cast<std::size_t>(p)] = score<R>(model_, theta, fs.u, fs.y);
       not_conv[static_cast<std::size_t>(p)] = count - fs.relax.converged();
       div[static_cast<std::size_t>(p)] = fs.relax.diverged();
     } catch (...) {
@@ -400,9 +439,10 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
 template <class R>
 void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
   const Network& net = model_.net;
-  rec.weight_angle_deg = weight_angle_deg(net, theta_);
+  const Vec<R>& theta = device_theta();  // the substrate's weights and Jacobian
+  rec.weight_angle_deg = weight_angle_deg(net, theta);
   if (!net.has_conv()) {  // H is state-independent: exact norms at any size
-    const JacobianNorms norms = exact_norms<R>(net, theta_);
+    const JacobianNorms norms = exact_norms<R>(net, theta);
     rec.jac_sym = norms.jac_sym();
     rec.homeo_loss = norms.homeo();
   } else {  // measured at the probe batch's free states (below)
@@ -418,8 +458,9 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
   std::iota(idx.begin(), idx.end(), Index{0});
   Mat<double> x(test.dim(), P), y(test.classes, P);
   make_batch<double>(test, idx.data(), P, cfg_.norm, Augmentation{}, nullptr, x, y);
-  const Vec<double> th = theta_.template cast<double>();
-  const FreeState<double> fs = free_phase<double>(model_, th, x, y, cfg_.free);
+  const Vec<double> th = theta.template cast<double>();
+  std::vector<std::uint64_t> probe_keys(idx.begin(), idx.end());
+  const FreeState<double> fs = free_phase<double>(model_, th, x, y, keyed_noise(cfg_.free, kMetricsKey, probe_keys));
   if (net.has_conv()) {
     Mat<double> s(fs.u.rows(), fs.u.cols());
     activate<double>(model_.activation, fs.u, s);
@@ -449,7 +490,8 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
     });
     if (std::find(converged.begin(), converged.end(), 0) != converged.end()) return;
   }
-  const Mat<double> v = algorithm_error_vector<double>(model_, th, fs, cfg_);
+  const RelaxConfig nc = keyed_noise(cfg_.nudged, kMetricsKey + 1, probe_keys);
+  const Mat<double> v = algorithm_error_vector<double>(model_, th, fs, cfg_, nullptr, &nc);
   for (std::size_t l = 0; l < net.layers.size(); ++l) {
     const Layer& L = net.layers[l];
     std::vector<double> cs;
@@ -558,15 +600,18 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
 template class Trainer<float>;
 template class Trainer<double>;
 template Mat<float> algorithm_error_vector<float>(const Model&, const Vec<float>&, const FreeState<float>&,
-                                                  const TrainConfig&, std::vector<RelaxStatus>*);
+                                                  const TrainConfig&, std::vector<RelaxStatus>*, const RelaxConfig*);
 template Mat<double> algorithm_error_vector<double>(const Model&, const Vec<double>&, const FreeState<double>&,
-                                                    const TrainConfig&, std::vector<RelaxStatus>*);
+                                                    const TrainConfig&, std::vector<RelaxStatus>*, const RelaxConfig*);
 
 }  // namespace hepsim
 
 namespace hepsim {
 
 namespace {
+// Bytes per parameter of a non-ideal device: its θ and the mismatch factors (double).
+double device_bytes(const TrainConfig& cfg, double r) { return cfg.device.ideal() ? 0.0 : r + 8; }
+
 // Each thread's evaluation chunk: its inputs twice (the batch and the free state's copy), targets
 // and about 14 state-sized matrices of the free phase.
 MemoryPart evaluation_part(const Network& net, const TrainConfig& cfg, Index test_n, std::size_t scalar,
@@ -590,7 +635,8 @@ std::vector<MemoryPart> eval_memory(const Network& net, const TrainConfig& cfg, 
   // θ, its cast, the gradient and the optimizer's moments of the Trainer (the checkpoint's own
   // double vectors are already resident).
   std::vector<MemoryPart> parts = {
-      {"the parameters (" + std::to_string(net.n_params) + ")", checkpoint, static_cast<double>(net.n_params) * 5 * r},
+      {"the parameters (" + std::to_string(net.n_params) + ")", checkpoint,
+       static_cast<double>(net.n_params) * (5 * r + device_bytes(cfg, r))},
       evaluation_part(net, cfg, test_n, scalar, "--threads"), stacks_part(cfg)};
   if (net.has_conv()) parts.push_back({"the convolutions' im2col buffers", "--threads", conv_work_bytes(net, r) * T});
   return parts;
@@ -614,7 +660,7 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   parts.push_back({"the parameters (" + std::to_string(net.n_params) + "; the largest block " + big.name + " is " +
                        std::to_string(big.rows) + " x " + std::to_string(big.cols) + ")",
                    big.name.rfind("readout", 0) == 0 ? "--dataset (its classes size the readout)" : "--arch",
-                   static_cast<double>(net.n_params) * (r * (4 + T) + 8 * 8)});
+                   static_cast<double>(net.n_params) * (r * (4 + T) + 8 * 8 + device_bytes(cfg, r))});
   // One relaxation per thread: the batch (inputs twice: the batch and the free state's copy;
   // targets), about 14 state-sized matrices of the free phase (drive, u, σ(u), the fused engine's
   // buffers) and of each nudged phase, whose ⌊N/2⌋ + 1 contour points relax stacked, the complex

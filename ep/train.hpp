@@ -50,6 +50,8 @@ struct TrainConfig {
   DivergencePolicy on_diverge = DivergencePolicy::skip;
   int threads = 1;            // chunks per batch (≥ 1)
   bool warm_start = false;    // free phases start from the sample's previous free state (needs free.tol > 0)
+  DeviceConfig device;        // mismatch and quantization of the substrate's weights (sim/analog);
+                              // state noise, time constants and settle are in free/nudged
   Normalization norm;         // input normalisation
   Augmentation augment;       // train-time augmentation
 };
@@ -125,6 +127,12 @@ class Trainer {
   // starts from that sample's free state of its previous visit (zero on the first).
   StepStats step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total, const Index* samples = nullptr);
 
+  // The parameters the dynamics see: the device's (sim/analog/substrate.hpp: quantized, with
+  // mismatch) made from the nominal θ, or θ itself on an ideal substrate. Relaxations, error
+  // vectors, gradients, homeostasis, evaluation and the epoch metrics all use these; the optimizer
+  // updates the nominal θ (its full-precision shadow weights).
+  const Vec<R>& device_theta() const;
+
   Vec<R>& theta() { return theta_; }
   const Vec<R>& theta() const { return theta_; }
   Optimizer<R>& optimizer() { return opt_; }
@@ -140,6 +148,8 @@ class Trainer {
   const Model& model_;
   TrainConfig cfg_;
   Vec<R> theta_;
+  Device device_;
+  mutable Vec<R> theta_device_;  // device_theta()'s buffer
   Optimizer<R> opt_;
   std::unique_ptr<Homeostasis<R>> homeo_;  // when cfg.homeostasis > 0, created by the first step
   Vec<R> grad_;
@@ -177,8 +187,13 @@ double train_step_flops(const Network& net, const TrainConfig& cfg, Index B);
 // error sum), used in training and for the alignment metrics. `nudged_status`, when given,
 // receives per sample the worst status of its nudged phases (EstimateResult::status; converged
 // for the algorithms without nudged phases): diverged or cycling ones have a zero column.
+// `nudged`, when given, replaces cfg.nudged (e.g. the same phases with their state noise keyed).
 template <class R>
 Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
-                              std::vector<RelaxStatus>* nudged_status = nullptr);
+                              std::vector<RelaxStatus>* nudged_status = nullptr, const RelaxConfig* nudged = nullptr);
+
+// A relaxation's configuration with its state noise keyed (a copy only when there is noise):
+// `key` names the relaxation (step and phase), `columns` each column's sample.
+RelaxConfig keyed_noise(const RelaxConfig& cfg, std::uint64_t key, std::vector<std::uint64_t> columns);
 
 }  // namespace hepsim

@@ -10,7 +10,7 @@
 
 namespace hepsim {
 
-enum class Stream : std::uint64_t { init = 1, shuffle = 2, probes = 3, noise = 4, augment = 5, data = 6 };
+enum class Stream : std::uint64_t { init = 1, shuffle = 2, probes = 3, noise = 4, augment = 5, data = 6, mismatch = 7 };
 
 class Rng {
  public:

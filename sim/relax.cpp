@@ -12,6 +12,7 @@
 #include "sim/error.hpp"
 #include "sim/conv/conv_map.hpp"
 #include "sim/fused_map.hpp"
+#include "sim/random.hpp"
 
 // Trap (SPEC 2.5): odeint's Eigen infinity norm declares its result as the matrix scalar, which
 // is complex for complex states, and the controlled steppers then do not compile (they compare
@@ -397,6 +398,64 @@ void relax_map(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& 
   res.t = static_cast<double>(res.steps) * dt;
 }
 
+// The time constants as a vector of the state's scalar (empty without them).
+template <class S>
+Vec<S> rates(const RelaxConfig& cfg) {
+  Vec<S> r(static_cast<Index>(cfg.rate.size()));
+  for (Index i = 0; i < r.size(); ++i) r[i] = static_cast<S>(cfg.rate[static_cast<std::size_t>(i)]);
+  return r;
+}
+
+// The ODE system with per-neuron rates 1/τ: du/dt = rate ⊙ (M(u) − u).
+template <class S>
+struct RateSystem {
+  Field<S>& field;
+  const Vec<S>& rate;
+  void operator()(const Mat<S>& u, Mat<S>& dudt, RealOf<S> t) {
+    field(u, dudt, t);
+    if (rate.size()) dudt.array().colwise() *= rate.array();
+  }
+};
+
+// Euler–Maruyama steps of du = rate ⊙ (M(u) − u) dt + σ dW (RelaxConfig::noise): the damped map
+// plus noise. Each column draws from its own generator, keyed on its sample, so its noise does not
+// depend on the columns it relaxes with; frozen columns draw nothing.
+template <class S>
+void relax_euler_maruyama(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res,
+                          ColumnMonitor<S>& mon) {
+  using R = RealOf<S>;
+  const double dt = cfg.step();
+  const auto h = static_cast<R>(dt);
+  const auto amp = static_cast<R>(cfg.noise.sigma * std::sqrt(dt));
+  const Index n = u.rows(), cols = u.cols();
+  std::vector<Rng> rng;
+  rng.reserve(static_cast<std::size_t>(cols));
+  for (Index j = 0; j < cols; ++j)
+    rng.emplace_back(cfg.noise.seed, Stream::noise, cfg.noise.key, cfg.noise.column_key(static_cast<std::size_t>(j)));
+  const Vec<S> rate = rates<S>(cfg);
+  Mat<S> f(n, cols);
+  Vec<R> xi(n);
+  for (long k = 0; k < cfg.max_steps; ++k) {
+    field.map(u, f);
+    f -= u;  // the drift F(u) = M(u) − u (zero in frozen columns)
+    if (rate.size())
+      u.array() += h * (f.array().colwise() * rate.array());
+    else
+      u += h * f;
+    for (Index j = 0; j < cols; ++j) {
+      if (field.frozen(j)) continue;
+      rng[static_cast<std::size_t>(j)].fill_normal(xi.data(), static_cast<std::size_t>(n));
+      if constexpr (is_complex_v<S>)
+        u.col(j).real() += amp * xi;
+      else
+        u.col(j) += amp * xi;
+    }
+    ++res.steps;
+    if (mon.update(u, nullptr, f, static_cast<double>(res.steps) * dt)) break;
+  }
+  res.t = static_cast<double>(res.steps) * dt;
+}
+
 template <class S>
 void relax_rk4(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& res, ColumnMonitor<S>& mon) {
   using R = RealOf<S>;
@@ -404,10 +463,13 @@ void relax_rk4(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResult& 
   Mat<S> dudt(u.rows(), u.cols());
   R t = 0;
   const R dt = static_cast<R>(cfg.step());
+  const Vec<S> rate = rates<S>(cfg);
+  RateSystem<S> sys{field, rate};
   for (;;) {
     field(u, dudt, t);  // derivative at the current state: residual, then reused by the step
     if (mon.update(u, &dudt, dudt, static_cast<double>(t)) || res.steps >= cfg.max_steps) break;
-    stepper.do_step(std::ref(field), u, dudt, t, dt);
+    if (rate.size()) dudt.array().colwise() *= rate.array();
+    stepper.do_step(std::ref(sys), u, dudt, t, dt);
     t += dt;
     ++res.steps;
   }
@@ -424,22 +486,35 @@ void relax_dopri5(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxResul
   const double cap = cfg.tol > 0 ? 0.1 * cfg.tol : std::numeric_limits<double>::infinity();
   auto ctrl = odeint::make_controlled<Stepper>(static_cast<R>(std::min(cfg.atol, cap)),
                                                static_cast<R>(std::min(cfg.rtol, cap)));
-  Mat<S> dudt(u.rows(), u.cols());
+  Mat<S> dudt(u.rows(), u.cols()), drift;
   const R dt0 = static_cast<R>(cfg.step());
   R t = 0, dt = dt0;
+  const Vec<S> rate = rates<S>(cfg);
+  RateSystem<S> sys{field, rate};
   field(u, dudt, t);
   if (mon.update(u, &dudt, dudt, 0.0)) return;
+  if (rate.size()) dudt.array().colwise() *= rate.array();
   // Rejections shrink dt by at most 5x each; this bound only stops a pathological loop.
   const long max_attempts = 20 * cfg.max_steps + 1000;
+  const auto T = static_cast<R>(cfg.max_time);
   for (long attempt = 0; attempt < max_attempts && res.steps < cfg.max_steps; ++attempt) {
-    const auto r = ctrl.try_step(std::ref(field), u, dudt, t, dt);  // FSAL: updates u, dudt, t, dt
+    if (T > 0) {  // settle: the last step ends exactly at T
+      if (t >= T * (1 - 8 * std::numeric_limits<R>::epsilon())) break;
+      dt = std::min(dt, T - t);
+    }
+    const auto r = ctrl.try_step(std::ref(sys), u, dudt, t, dt);  // FSAL: updates u, dudt, t, dt
     if (!std::isfinite(static_cast<double>(dt)) || dt <= R(0)) dt = dt0;
     if (r == odeint::fail) {
       ++res.rejected;
       continue;
     }
     ++res.steps;
-    if (mon.update(u, &dudt, dudt, static_cast<double>(t))) break;
+    if (rate.size()) {  // the monitor sees the drift M(u) − u; held columns are zeroed in dudt
+      drift = dudt.array().colwise() / rate.array();
+      if (mon.update(u, &dudt, drift, static_cast<double>(t))) break;
+    } else if (mon.update(u, &dudt, dudt, static_cast<double>(t))) {
+      break;
+    }
   }
   res.t = static_cast<double>(t);
 }
@@ -644,15 +719,39 @@ void relax_anderson(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, RelaxRes
 template <class S>
 RelaxResult relax(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg) {
   eigen_assert(u.rows() == field.rows() && u.cols() == field.cols());
+  const bool fixed_step = cfg.solver == Solver::map || cfg.solver == Solver::rk4;
+  if (cfg.noise.on() && !fixed_step)
+    throw InputError("--solver", std::string("state noise needs a fixed-step solver (map or rk4, which take "
+                                             "Euler–Maruyama steps), not ") + to_string(cfg.solver));
+  if (!cfg.rate.empty() && (cfg.solver == Solver::map || cfg.solver == Solver::anderson))
+    throw InputError("--tau", std::string("time constants apply to the ODE solvers (rk4, dopri5), not to the ") +
+                                  to_string(cfg.solver));
+  if (!cfg.rate.empty() && static_cast<Index>(cfg.rate.size()) != u.rows())
+    throw std::invalid_argument("relax: one rate per neuron");
+  // settle: a fixed-step solver's time budget is a step budget (at least one step).
+  RelaxConfig budgeted;
+  const RelaxConfig* c = &cfg;
+  if (cfg.max_time > 0 && cfg.solver != Solver::dopri5) {
+    const double steps = std::max(1.0, std::floor(cfg.max_time / cfg.step() * (1 + 1e-12)));
+    if (steps < static_cast<double>(cfg.max_steps)) {
+      budgeted = cfg;
+      budgeted.max_steps = static_cast<long>(steps);
+      c = &budgeted;
+    }
+  }
   RelaxResult res;
-  ColumnMonitor<S> mon(field, cfg, res);
+  ColumnMonitor<S> mon(field, *c, res);
   field.unfreeze_all();
   const long evals0 = field.evaluations();
-  switch (cfg.solver) {
-    case Solver::map: relax_map(field, u, cfg, res, mon); break;
-    case Solver::rk4: relax_rk4(field, u, cfg, res, mon); break;
-    case Solver::dopri5: relax_dopri5(field, u, cfg, res, mon); break;
-    case Solver::anderson: relax_anderson(field, u, cfg, res, mon); break;
+  if (c->noise.on()) {
+    relax_euler_maruyama(field, u, *c, res, mon);
+  } else {
+    switch (c->solver) {
+      case Solver::map: relax_map(field, u, *c, res, mon); break;
+      case Solver::rk4: relax_rk4(field, u, *c, res, mon); break;
+      case Solver::dopri5: relax_dopri5(field, u, *c, res, mon); break;
+      case Solver::anderson: relax_anderson(field, u, *c, res, mon); break;
+    }
   }
   mon.finish(u);
   res.field_evals = field.evaluations() - evals0;

@@ -64,6 +64,7 @@
 #include <string>
 #include <vector>
 
+#include "sim/analog/substrate.hpp"
 #include "sim/field.hpp"
 
 namespace hepsim {
@@ -103,6 +104,17 @@ struct RelaxConfig {
   double cycle_rtol = 5e-5;         // return distance / excursion below which a column cycles
   double stall_window = 5000;       // time units (map steps at dt = 1) without progress; 0: no stall test
   double stall_factor = 0.5;        // progress: the smallest residual fell below this × the last mark
+  // Analog substrates (sim/analog/substrate.hpp). With noise (σ > 0) the map and rk4 take
+  // Euler–Maruyama steps u ← u + dt (M(u) − u) + σ √dt ξ of the SDE du = (M(u) − u) dt + σ dW
+  // (rk4 becomes that first-order scheme; dopri5 and anderson refuse noise), and the residual is
+  // the drift's, ‖M(u) − u‖∞ before the noise is added. A non-empty `rate` (1/τ per neuron) gives
+  // the ODE solvers (rk4, dopri5, and Euler–Maruyama) per-layer time constants, du/dt = rate ⊙
+  // (M(u) − u): the same fixed points; the residual stays ‖M(u) − u‖∞. max_time > 0 ends a phase
+  // at that time (map, anderson: steps × dt) if the step budget has not ended it before: a phase
+  // not settled by then is used as it is and keeps the status max_steps.
+  StateNoise noise;
+  std::vector<double> rate;
+  double max_time = 0;
   // Called about every 256 steps with where the phase stands (empty: never). Relaxations may run
   // on several threads at once: the callee must be thread-safe.
   std::function<void(const RelaxProgress&)> progress;

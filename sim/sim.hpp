@@ -11,6 +11,7 @@
 //   M(u) = G(σ(u), x) + β e           Field<S>::map();  du/dt = M(u) − u: Field<S>::operator()
 //   θ                                 Vec<R> theta, the flat parameter vector (Network::blocks)
 #include "sim/activation.hpp"
+#include "sim/analog/substrate.hpp"
 #include "sim/error.hpp"
 #include "sim/field.hpp"
 #include "sim/network.hpp"

@@ -162,6 +162,7 @@ void register_bench(CLI::App& app) {
                            (limited ? " (" + b.where("train-limit") + " " + std::to_string(s.train_limit) + ")" : ""));
     const Model model = make_model(s, data.train.dim(), data.train.classes,
                                    MapShape{data.train.channels, data.train.height, data.train.width});
+    set_time_constants(s, model.net);
     check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, 4),
                  static_cast<double>(data.train.images.size() + data.test.images.size()));
     Trainer<float> trainer(model, s.train, init_params<float>(model.net, s.train.seed, s.angle));

@@ -48,9 +48,11 @@ nlohmann::json summary(const RunSetup& s, const Network& net, const std::vector<
 
 // What defines the model, its data and what the log's columns measure: a resumed run may not
 // change these, or the log's epochs would be incomparable (training hyper-parameters may change).
-constexpr const char* kFixedOnResume[] = {"dataset",    "arch",       "activation", "loss",       "precision",
+// The optimizer's moments are in the checkpoint; mismatch and the quantizer are the run's device.
+constexpr const char* kFixedOnResume[] = {"dataset",    "arch",       "activation", "loss",        "precision",
                                           "seed",       "angle",      "batch-size", "train-limit", "test-limit",
-                                          "probe-size", "report-tol", "optimizer"};  // optimizer: its moments are in the checkpoint
+                                          "probe-size", "report-tol", "optimizer",  "mismatch",    "weight-bits",
+                                          "weight-clip"};
 
 // The checkpoint's parameters must be those of `net` and representable in the training precision
 // (θ = 1e300 is finite in double but infinite in float).
@@ -86,8 +88,9 @@ std::vector<EpochRecord> resumed_history(const RunSetup& s, const Network& net, 
     throw InputError(ckpt_path, "its optimizer state does not fit the optimizer");
   if (!fs::exists(log_path)) throw InputError(log_path, "missing: a resumed run appends to its run's log");
   const nlohmann::json log_config = TrainLog::read_config(log_path);
+  // A key the log's configuration lacks was written before it existed: it had its default.
   for (const char* key : kFixedOnResume)
-    if (!log_config.contains(key) || log_config.at(key) != s.config.at(key))
+    if (log_config.value(key, train_defaults().at(key)) != s.config.at(key))
       throw InputError(log_path, std::string("it belongs to another run than checkpoint.h5 (they differ in '") +
                                      key + "')");
   std::vector<EpochRecord> history = TrainLog::read_records(log_path, std::numeric_limits<long>::max());
@@ -251,6 +254,7 @@ void register_train(CLI::App& app) {
     const Model model = ck ? checkpoint_model(s, *ck, s.out + "/checkpoint.h5", data.train)
                            : make_model(s, data.train.dim(), data.train.classes,
                                         MapShape{data.train.channels, data.train.height, data.train.width});
+    set_time_constants(s, model.net);
     // Before anything of the run's size is allocated: refused with the estimate, naming the flag.
     check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, s.precision == "double" ? 8 : 4),
                  static_cast<double>(data.train.images.size() + data.test.images.size()));
@@ -321,6 +325,7 @@ void register_eval(CLI::App& app) {
                                      "from the checkpoint's); name the data to evaluate with --data-dir");
     }
     check_parameters(ck, model.net, *checkpoint, s.precision == "float");
+    set_time_constants(s, model.net);
     // Evaluation only: none of training's metrics, homeostasis probes or warm-start states (the
     // run's config may hold any, and their flags are not eval's).
     TrainConfig evaluation = s.train;

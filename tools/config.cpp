@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 
 #include "sim/error.hpp"
@@ -54,6 +55,12 @@ const nlohmann::json& train_defaults() {
       {"eval-chunk", 500},
       {"on-diverge", "skip"},     // skip or abort
       {"augment", "auto"},        // auto (the dataset's default), on, off
+      {"noise", 0.0},             // σ of the Gaussian state noise (0: off; map and rk4 take Euler–Maruyama steps)
+      {"mismatch", 0.0},          // c: device weights θ ⊙ (1 + c ξ), fixed per run (0: off)
+      {"weight-bits", 0},         // b: the dynamics see 2^b levels on [-w, w] (0: full precision)
+      {"weight-clip", 0.0},       // w: the range of the levels (needed with weight-bits)
+      {"tau", nlohmann::json::object()},  // per-layer time constants of the ODE solvers {"l1": 2, …}
+      {"settle", 0.0},            // physical-time budget of each phase (0: the step budgets only)
       {"precision", "float"},     // float or double
       {"out", "runs/train"},
   };
@@ -65,8 +72,11 @@ void migrate_config(nlohmann::json& config, const std::string& written_by) {
   bool old = written_by == "0.1.0";
   if (written_by.empty()) {
     old = !config.contains("stall-window");
-    for (const auto& [key, value] : train_defaults().items())  // keys added after 0.1.0 are not evidence
-      if (key != "stall-window" && key != "homeo-samples" && !config.contains(key)) old = false;
+    // Keys added after 0.1.0 are not evidence.
+    static const std::set<std::string> added = {"stall-window", "homeo-samples", "noise",      "mismatch",
+                                                "weight-bits",  "weight-clip",   "tau",        "settle"};
+    for (const auto& [key, value] : train_defaults().items())
+      if (added.count(key) == 0 && !config.contains(key)) old = false;
   }
   const std::string solver = config.value("solver", std::string("map"));
   if (old && (solver == "map" || solver == "anderson")) config["dt"] = 0.0;
@@ -91,6 +101,7 @@ const std::map<std::string, std::pair<long long, long long>>& integer_bounds() {
       {"test-limit", {0, 1LL << 40}},
       {"probe-size", {0, 1'000'000}},
       {"eval-chunk", {1, 1'000'000}},
+      {"weight-bits", {0, 16}},          // 0: full precision
   };
   return b;
 }
@@ -293,6 +304,42 @@ RunSetup make_setup(const ConfigBuilder& b) {
   t.eval_chunk = bounded("eval-chunk");
   t.on_diverge = parse_divergence_policy(str("on-diverge"), where("on-diverge"));
   t.threads = set_threads(static_cast<int>(bounded("threads")));
+
+  // The analog substrate (sim/analog/substrate.hpp).
+  const double noise = nonneg("noise");
+  if (noise > 0) {
+    if (t.free.solver == Solver::dopri5 || t.free.solver == Solver::anderson)
+      throw InputError(where("noise"), std::string("needs a fixed-step solver (map or rk4, which take Euler–Maruyama "
+                                                   "steps), not ") + to_string(t.free.solver) + " (" + where("solver") + ")");
+    if (t.free.tol > 0)
+      throw InputError(where("tol"), "per-sample stopping needs deterministic relaxations: with noise every phase "
+                                     "runs its budget (T1, T2, settle); leave tol at 0");
+    for (RelaxConfig* rc : {&t.free, &t.nudged}) {
+      rc->noise.sigma = noise;
+      rc->noise.seed = t.seed;
+    }
+  }
+  t.device.mismatch = nonneg("mismatch");
+  t.device.weight_bits = static_cast<int>(bounded("weight-bits"));
+  t.device.weight_clip = nonneg("weight-clip");
+  t.device.seed = t.seed;
+  if (t.device.weight_bits > 0 && !(t.device.weight_clip > 0))
+    throw InputError(where("weight-clip"), "must be > 0 with weight-bits (the 2^b levels span [-w, w])");
+  if (t.device.weight_bits == 0 && t.device.weight_clip > 0)
+    throw InputError(where("weight-clip"), "only applies with weight-bits (full-precision weights are not clipped)");
+  const double settle = nonneg("settle");
+  if (settle > 0 && t.free.solver != Solver::dopri5 && settle < t.free.step())
+    throw InputError(where("settle"), "is shorter than one step of the solver (dt " +
+                                          std::to_string(t.free.step()) + ")");
+  t.free.max_time = t.nudged.max_time = settle;
+  for (const auto& [k, v] : c.at("tau").items()) {
+    if (!v.is_number()) throw InputError(where("tau"), "'" + k + "' must map to a number");
+    s.tau.emplace_back(k, v.get<double>());
+  }
+  s.tau_source = where("tau");
+  if (!s.tau.empty() && (t.free.solver == Solver::map || t.free.solver == Solver::anderson))
+    throw InputError(where("tau"), std::string("time constants apply to the ODE solvers (rk4, dopri5), not to ") +
+                                       to_string(t.free.solver) + " (" + where("solver") + ")");
   const std::string aug = str("augment");
   if (aug != "auto" && aug != "on" && aug != "off") throw InputError(where("augment"), "must be auto, on or off");
   return s;
@@ -316,6 +363,11 @@ DatasetSplits load_data(RunSetup& s) {
   if (s.kind == DatasetKind::h5) (void)h5_source_kind(s.data_dir + "/train.h5");
   set_data_defaults(s);
   return d;
+}
+
+void set_time_constants(RunSetup& s, const Network& net) {
+  s.train.free.rate = time_constant_rates(net, s.tau, s.tau_source);
+  s.train.nudged.rate = s.train.free.rate;
 }
 
 Model make_model(const RunSetup& s, Index input_size, Index classes, MapShape image) {

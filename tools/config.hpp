@@ -74,7 +74,9 @@ struct RunSetup {
   Loss loss = Loss::cross_entropy;
   std::string precision = "float";
   std::string out;
-  TrainConfig train;  // norm/augment are filled by `load_data`
+  TrainConfig train;  // norm/augment are filled by `load_data`; the time constants by set_time_constants
+  std::vector<std::pair<std::string, double>> tau;  // the "tau" key: per-layer time constants
+  std::string tau_source = "--tau";
 };
 RunSetup make_setup(const ConfigBuilder& b);
 
@@ -83,6 +85,9 @@ RunSetup make_setup(const ConfigBuilder& b);
 void set_data_defaults(RunSetup& setup);
 // Loads the run's dataset splits and calls set_data_defaults.
 DatasetSplits load_data(RunSetup& setup);
+
+// The per-neuron rates of the "tau" key for the run's network (InputError naming the key).
+void set_time_constants(RunSetup& s, const Network& net);
 
 // The model of a run for a dataset of the given input size and classes.
 Model make_model(const RunSetup& setup, Index input_size, Index classes, MapShape image = {0, 0, 0});
