@@ -612,8 +612,14 @@ namespace {
 // Bytes per parameter of a non-ideal device: its θ and the mismatch factors (double).
 double device_bytes(const TrainConfig& cfg, double r) { return cfg.device.ideal() ? 0.0 : r + 8; }
 
+// State-sized matrices per column of Anderson's history beyond a map's (its m past differences of
+// states and residuals, and work); 0 for the other solvers.
+double anderson_matrices(const RelaxConfig& cfg) {
+  return cfg.solver == Solver::anderson ? 2.0 * cfg.anderson_m + 6 : 0.0;
+}
+
 // Each thread's evaluation chunk: its inputs twice (the batch and the free state's copy), targets
-// and about 14 state-sized matrices of the free phase.
+// and about 14 state-sized matrices of the free phase (and Anderson's history).
 MemoryPart evaluation_part(const Network& net, const TrainConfig& cfg, Index test_n, std::size_t scalar,
                            const std::string& where) {
   const double n = static_cast<double>(net.neurons), r = static_cast<double>(scalar);
@@ -621,7 +627,7 @@ MemoryPart evaluation_part(const Network& net, const TrainConfig& cfg, Index tes
   const double T = std::max(1, cfg.threads);
   const double E = static_cast<double>(std::min<Index>(cfg.eval_chunk, std::max<Index>(test_n, 1)));
   return {"evaluation (" + std::to_string(static_cast<long>(E)) + " test samples per chunk and thread)", where,
-          (2 * dim + classes + 14 * n) * E * r * T};
+          (2 * dim + classes + (14 + anderson_matrices(cfg.free)) * n) * E * r * T};
 }
 MemoryPart stacks_part(const TrainConfig& cfg) {  // each worker thread reserves a stack (8 MB by default)
   const double T = std::max(1, cfg.threads);
@@ -702,9 +708,9 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
     parts.push_back({"the homeostasis probes (" + std::to_string(cfg.homeo.draws) + " draws per sample)",
                      "--homeo-draws", 4 * n * static_cast<double>(cfg.homeo.draws) * m * r});
   }
-  if (cfg.free.solver == Solver::anderson)  // per column: m past differences of states and residuals, and work
+  if (cfg.free.solver == Solver::anderson)  // the training relaxations' and the metrics' (double)
     parts.push_back({"Anderson's history (m = " + std::to_string(cfg.free.anderson_m) + ")", "--anderson-m",
-                     (2.0 * cfg.free.anderson_m + 6) * n * Bc * (1 + points * 2) * r * T});
+                     anderson_matrices(cfg.free) * n * (1 + points * 2) * (Bc * r * T + P * 8)});
   if (cfg.warm_start)
     parts.push_back({"the warm-start states (one per training sample)", "--warm-start",
                      n * static_cast<double>(train_n) * r});

@@ -218,6 +218,13 @@ void register_train(CLI::App& app) {
       if (!fs::exists(*resume_dir + "/checkpoint.h5") && fs::exists(*resume_dir + "/config.json")) {
         if (run_is_live(*resume_dir))
           throw InputError("--resume", *resume_dir + " is in use by another hepsim run (in its first epoch)");
+        const long logged = fs::exists(*resume_dir + "/log.h5") ? TrainLog::last_epoch(*resume_dir + "/log.h5") : 0;
+        if (logged < 0 || logged > 1)  // not what a run killed in its first epoch leaves
+          throw InputError(*resume_dir + "/checkpoint.h5",
+                           "missing, but " + *resume_dir + "/log.h5 " +
+                               (logged < 0 ? std::string("is there (not a readable log)")
+                                           : "records " + std::to_string(logged) + " epochs") +
+                               ": the checkpoint was removed and the run cannot continue without it");
         throw InputError(*resume_dir + "/checkpoint.h5",
                          "missing: the run stopped before its first checkpoint; start it again with --out " +
                              *resume_dir + " --config " + *resume_dir + "/config.json");

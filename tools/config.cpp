@@ -67,16 +67,19 @@ const nlohmann::json& train_defaults() {
   return d;
 }
 
+bool added_after_0_1_0(const std::string& key) {
+  static const std::set<std::string> added = {"stall-window", "homeo-samples", "noise", "mismatch",
+                                              "weight-bits",  "weight-clip",   "tau",   "settle"};
+  return added.count(key) > 0;
+}
+
 void migrate_config(nlohmann::json& config, const std::string& written_by) {
   if (!config.is_object() || !config.contains("dt")) return;
   bool old = written_by == "0.1.0";
   if (written_by.empty()) {
     old = !config.contains("stall-window");
-    // Keys added after 0.1.0 are not evidence.
-    static const std::set<std::string> added = {"stall-window", "homeo-samples", "noise",      "mismatch",
-                                                "weight-bits",  "weight-clip",   "tau",        "settle"};
-    for (const auto& [key, value] : train_defaults().items())
-      if (added.count(key) == 0 && !config.contains(key)) old = false;
+    for (const auto& [key, value] : train_defaults().items())  // keys added since are not evidence
+      if (!added_after_0_1_0(key) && !config.contains(key)) old = false;
   }
   const std::string solver = config.value("solver", std::string("map"));
   if (old && (solver == "map" || solver == "anderson")) config["dt"] = 0.0;

@@ -29,6 +29,9 @@ const std::map<std::string, std::pair<long long, long long>>& integer_bounds();
 // 0 (their plain step). `written_by` is the version that wrote it (a checkpoint's attribute),
 // or "" when unknown: then a configuration holding every key of 0.1.0 but none added since
 // ("stall-window") is taken for a 0.1.0 config.json. Anything else is left as it is.
+// Keys that hepsim 0.1.0's configurations do not have (they take their defaults).
+bool added_after_0_1_0(const std::string& key);
+
 void migrate_config(nlohmann::json& config, const std::string& written_by);
 
 // Collects a configuration from defaults, a base object (a --config file or a resumed run's

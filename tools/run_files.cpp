@@ -153,8 +153,8 @@ bool leftover_of_unstarted_run(const std::filesystem::path& entry, bool locked) 
     std::ifstream f(entry);
     const nlohmann::json j = nlohmann::json::parse(f);
     if (!j.is_object()) return false;
-    for (const auto& [key, value] : train_defaults().items())
-      if (!j.contains(key)) return false;
+    for (const auto& [key, value] : train_defaults().items())  // a config.json of any version
+      if (!j.contains(key) && !added_after_0_1_0(key)) return false;
     return true;
   } catch (const std::exception&) {
     return false;
@@ -239,6 +239,17 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
         if (fs::exists(dir_ + "/log.h5") && (!locked || !fs::is_regular_file(fs::symlink_status(dir_ + "/log.h5", ec))))
           throw InputError(flag, dir_ + " holds a log but no checkpoint (a run stopped in its first epoch); "
                                         "delete it or choose another --out");
+        // Only a log of the first epoch is what a run killed before its first checkpoint leaves:
+        // a longer one (its checkpoint removed) or an unreadable one is someone's record.
+        if (fs::exists(dir_ + "/log.h5")) {
+          const long epochs = TrainLog::last_epoch(dir_ + "/log.h5");
+          if (epochs < 0 || epochs > 1)
+            throw InputError(flag, dir_ + " holds a log" +
+                                       (epochs < 0 ? std::string(" that is not a readable hepsim log")
+                                                   : " of " + std::to_string(epochs) + " epochs") +
+                                       " but no checkpoint: it is no run that stopped in its first epoch; move "
+                                       "the log away or choose another --out");
+        }
         // Everything is checked before anything is removed: a refused directory stays untouched.
         for (const auto& entry : fs::directory_iterator(dir_, ec))
           if (!leftover_of_unstarted_run(entry.path(), locked))
@@ -376,6 +387,15 @@ nlohmann::json TrainLog::read_config(const std::string& path) {
     return nlohmann::json::parse(h5::read_string_attribute(file.get(), "config"));
   } catch (const nlohmann::json::exception&) {
     throw InputError(path, "the log has no valid config attribute");
+  }
+}
+
+long TrainLog::last_epoch(const std::string& path) {
+  try {
+    const std::vector<EpochRecord> recs = read_records(path, std::numeric_limits<long>::max());
+    return recs.empty() ? 0 : recs.back().epoch;
+  } catch (const std::exception&) {
+    return -1;
   }
 }
 

@@ -35,6 +35,8 @@ class TrainLog {
   static std::vector<EpochRecord> read_records(const std::string& path, long keep_epochs);
   // The configuration the log was written with (its attribute `config`). InputError if unreadable.
   static nlohmann::json read_config(const std::string& path);
+  // The last epoch an existing log records (0 when none), or -1 when it is not a readable log.
+  static long last_epoch(const std::string& path);
 
   void append(const EpochRecord& r) { records_.push_back(r); }
   const std::vector<EpochRecord>& records() const { return records_; }

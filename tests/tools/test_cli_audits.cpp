@@ -340,3 +340,35 @@ TEST_CASE("fifteenth audit: eval estimates an evaluation and names eval's own fl
   CHECK(tiny.code == 2);
   CHECK_MESSAGE((tiny.err.rfind("--threads:", 0) == 0 || tiny.err.find("checkpoint.h5:") != std::string::npos), tiny.err);
 }
+
+TEST_CASE("sixteenth audit: Anderson's history in the evaluation chunk's estimate, a longer log without checkpoint is kept") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 20, 1500, 16);
+  // Anderson keeps 2m + 6 state-sized matrices per column: for the 1,500-sample evaluation chunk
+  // that was 200 MB the estimate left out (it said 191 MB; the run peaked at 311 MB).
+  check_within("train --dataset fmnist --data-dir " + data.str() +
+                   " --train-limit 20 --epochs 1 --threads 1 --quiet --probe-size 2 --solver anderson --anderson-m 16"
+                   " --T1 3 --T2 2 --eval-chunk 1500 --batch-size 20 --precision double --out " + tmp.file("a"),
+               250'000'000, tmp);
+  // A finished run whose checkpoint was removed: its log is no first-epoch leftover, so a new run
+  // there is refused (it overwrote the log) and --resume says what happened (it advised the
+  // command that overwrote it).
+  const std::string arch = small_arch(tmp);
+  const std::string run = tmp.file("run");
+  REQUIRE(run_hepsim("train " + flags(data, arch) + " --train-limit 20 --test-limit 10 --epochs 2 --out " + run, tmp)
+              .code == 0);
+  fs::remove(run + "/checkpoint.h5");
+  const auto before = slurp(run + "/log.h5");
+  check_bad_input({{"train " + flags(data, arch) + " --train-limit 20 --test-limit 10 --epochs 1 --out " + run,
+                    "--out: " + run + " holds a log of 2 epochs but no checkpoint"},
+                   {"train --resume " + run, run + "/checkpoint.h5: missing, but " + run + "/log.h5 records 2 epochs"}},
+                  tmp);
+  CHECK(slurp(run + "/log.h5") == before);
+  // An unreadable log beside hepsim's lock is no leftover either.
+  std::ofstream(run + "/log.h5") << "junk";
+  fs::remove(run + "/config.json");
+  check_bad_input({{"train " + flags(data, arch) + " --train-limit 20 --test-limit 10 --epochs 1 --out " + run,
+                    "that is not a readable hepsim log"}},
+                  tmp);
+  CHECK(slurp(run + "/log.h5") == "junk");
+}
