@@ -43,7 +43,10 @@ Dataset load_split(DatasetKind kind, const std::string& dir_name, bool train, In
   if (dir_name.empty())
     throw InputError("--data-dir", std::string("no default data directory for ") + to_string(kind) + "; give one");
   std::error_code ec;
-  if (!fs::is_directory(dir_name, ec)) throw InputError(dir_name, "data directory not found");
+  if (!fs::is_directory(dir_name, ec))
+    throw InputError(dir_name, fs::exists(dir_name, ec) ? "is not a directory (--data-dir names the directory of the "
+                                                          "dataset's files)"
+                                                        : "data directory not found");
   const fs::path dir(dir_name);
   Dataset d;
   switch (kind) {

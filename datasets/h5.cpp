@@ -39,6 +39,12 @@ H5Id open_integer_dataset(hid_t file, const std::string& path, const char* name,
   if (H5Lexists(file, name, H5P_DEFAULT) <= 0) throw InputError(path, "no dataset " + where);
   H5Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
   if (!ds.valid()) throw InputError(path, where + " is not a dataset");
+  // Data stored outside the file (a virtual dataset's sources, external raw files) reads as the
+  // fill value where a source is missing or short: zeros that would pass for images.
+  H5Id plist(H5Dget_create_plist(ds.get()), H5Pclose);
+  if (plist.valid() && (H5Pget_layout(plist.get()) == H5D_VIRTUAL || H5Pget_external_count(plist.get()) > 0))
+    throw InputError(path, where + " is stored outside the file (a virtual dataset or external raw storage): "
+                                   "store its data in the file");
   H5Id type(H5Dget_type(ds.get()), H5Tclose);
   if (H5Tget_class(type.get()) != H5T_INTEGER) throw InputError(path, where + " is not of an integer type");
   H5Id space(H5Dget_space(ds.get()), H5Sclose);

@@ -147,6 +147,8 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   std::optional<TestSamples> loaded;
   Index input_size = o.input_size, classes = o.classes;
   if (o.dataset == "random") {
+    if (!o.data_dir.empty())  // a directory named for random inputs is a mistake, not something to ignore
+      throw InputError("--data-dir", "names the files of a dataset; --dataset random makes its inputs (give --dataset)");
     check_size(static_cast<double>(o.input_size + o.classes) * static_cast<double>(o.batch), kMaxBatchValues,
                "--batch", "the random batch (--input-size + --classes) × --batch");
   } else {

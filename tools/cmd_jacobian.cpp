@@ -5,6 +5,8 @@
 // free phase does not settle are listed (free.not_settled) and left out of the dynamics; with
 // fewer than half settled the run ends with exit code 2 after its JSON.
 #include <chrono>
+#include <cmath>
+#include <iostream>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -57,6 +59,7 @@ constexpr long kMaxDenseLimit = 16384;
 // sample's dynamics run on the threads; more than 5 minutes is refused before starting.
 constexpr double kEigSecondsPerCubedNeuron = 0.25 / (522.0 * 522.0 * 522.0);
 constexpr double kMaxSpectraSeconds = 300;
+constexpr double kAnnounceSpectraSeconds = 10;  // longer spectra are announced with their estimate
 
 nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
@@ -67,6 +70,8 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
   model.activation = parse_activation(o.activation);
   std::optional<TestSamples> loaded;  // the inputs are made once their memory is checked
   if (o.dataset == "random") {
+    if (!o.data_dir.empty())  // a directory named for random inputs is a mistake, not something to ignore
+      throw InputError("--data-dir", "names the files of a dataset; --dataset random makes its inputs (give --dataset)");
     model.net = compile(load_architecture(o.arch, kRandomInput, kRandomClasses, MapShape{1, 28, 28}));
   } else {
     loaded = load_test_samples(o.dataset, o.data_dir, o.samples);
@@ -130,6 +135,12 @@ nlohmann::json run_jacobian(const JacobianOptions& o, std::vector<RelaxStatus>& 
                                           std::to_string(static_cast<long>(seconds / 60)) +
                                           " minutes: set --max-dense below " + std::to_string(n) +
                                           " to skip them, or fewer --samples");
+    // Each spectrum is one eigensolver call that reports nothing until it is done: say up front
+    // what is coming when it is long (the per-spectrum lines follow).
+    if (seconds > kAnnounceSpectraSeconds)
+      std::cerr << "jacobian: dense spectra of " << n << " neurons (J and " << o.samples
+                << " samples' dynamics): about " << static_cast<long>(std::ceil(seconds)) << " s\n"
+                << std::flush;
   }
 
   AnalysisConfig cfg;

@@ -188,6 +188,11 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
       lock_fd_ = -1;
       throw InputError(flag, lock + " is not a regular file, not hepsim's lock: remove it");
     }
+    if (st.st_nlink > 1) {  // a hard link: writing our pid would change the other name's file
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+      throw InputError(flag, lock + " is a hard link to another file, not hepsim's lock: remove it");
+    }
     if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
       char pid[32] = {0};
       const ssize_t n = ::pread(lock_fd_, pid, sizeof pid - 1, 0);

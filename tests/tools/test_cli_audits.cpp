@@ -372,3 +372,23 @@ TEST_CASE("sixteenth audit: Anderson's history in the evaluation chunk's estimat
                   tmp);
   CHECK(slurp(run + "/log.h5") == "junk");
 }
+
+TEST_CASE("sixteenth audit (borderline): a hard-linked lock, --data-dir with random inputs, a file as --data-dir") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 20, 10, 17);
+  const std::string arch = small_arch(tmp);
+  // A lock that is a hard link to another file: writing the pid changed that file.
+  fs::create_directories(tmp.file("run"));
+  std::ofstream(tmp.file("other")) << "123";
+  fs::create_hard_link(tmp.file("other"), tmp.file("run/.hepsim.lock"));
+  check_bad_input({{"train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("run"), "is a hard link to another file"},
+                   // A directory named for random inputs was ignored (exit 0 with random inputs).
+                   {"jacobian --arch " + arch + " --data-dir /nonexistent --samples 2 --probes 10 --threads 1", "--data-dir:"},
+                   {"gradcheck --arch " + arch + " --dataset random --data-dir " + data.str() +
+                        " --batch 2 --N 1 --fd-directions 1 --threads 1",
+                    "--data-dir:"},
+                   {"relax --dataset fmnist --data-dir " + tmp.file("other") + " --samples 2 --threads 1",
+                    "is not a directory"}},
+                  tmp);
+  CHECK(slurp(tmp.file("other")) == "123");
+}
