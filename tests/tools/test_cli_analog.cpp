@@ -1,0 +1,99 @@
+// `hepsim train` on an analog substrate (issue 13): the keys noise, mismatch, weight-bits,
+// weight-clip, tau and settle — bad values end with exit code 2 naming the flag or file: key; a
+// run records them in its log and checkpoint, the device cannot change on resume, and phases cut
+// short by settle are counted as not converged.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+#include "cli_helpers.hpp"
+#include "datasets/h5_io.hpp"
+#include "hardening_helpers.hpp"
+#include "tools/run_files.hpp"
+
+using namespace hepsim;
+using namespace hepsim::test;
+using hepsim::tools::TrainLog;
+namespace fs = std::filesystem;
+
+TEST_CASE("analog keys: bad values are one line, exit 2, naming the flag") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 20, 10, 31);
+  const std::string arch = small_arch(tmp);
+  const std::string t = "train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("r");
+  const std::string cfg = tmp.file("bad.json");
+  std::ofstream(cfg) << R"({"noise": -0.1})";
+  check_bad_input({{t + " --noise -0.1", "--noise:"},
+                   {t + " --noise nan", "--noise:"},
+                   {t + " --mismatch -0.05", "--mismatch:"},
+                   {t + " --weight-bits 17", "--weight-bits:"},
+                   {t + " --weight-bits -1", "--weight-bits:"},
+                   {t + " --weight-bits 4", "--weight-clip: must be > 0 with weight-bits"},
+                   {t + " --weight-bits 4 --weight-clip -1", "--weight-clip:"},
+                   {t + " --weight-clip 0.5", "--weight-clip: only applies with weight-bits"},
+                   {t + " --solver rk4 --tau h9=1", "--tau: unknown layer 'h9'"},
+                   {t + " --solver rk4 --tau h=0", "--tau:"},
+                   {t + " --solver rk4 --tau h=-2", "--tau:"},
+                   {t + " --tau h=2", "--tau: time constants apply to the ODE solvers"},
+                   {t + " --noise 0.04 --solver dopri5", "--noise: needs a fixed-step solver"},
+                   {t + " --noise 0.04 --solver anderson", "--noise: needs a fixed-step solver"},
+                   {t + " --noise 0.04 --tol 1e-4", "--tol: per-sample stopping"},
+                   {t + " --solver rk4 --dt 0.5 --settle 0.1", "--settle: is shorter than one step"},
+                   {"train " + flags(data, arch) + " --config " + cfg + " --epochs 1 --out " + tmp.file("r"),
+                    cfg + ": noise"}},
+                  tmp);
+  CHECK_FALSE(fs::exists(tmp.file("r")));
+}
+
+TEST_CASE("analog keys: a noisy run on a quantized, mismatched device records its substrate; the device is fixed on resume") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 32);
+  const std::string arch = small_arch(tmp);
+  const std::string run = tmp.file("run");
+  const RunResult r = run_hepsim("train " + flags(data, arch) +
+                                     " --epochs 1 --noise 0.04 --mismatch 0.05 --weight-bits 6 --weight-clip 0.3"
+                                     " --solver rk4 --dt 0.5 --tau h=2 --out " + run,
+                                 tmp);
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const nlohmann::json c = TrainLog::read_config(run + "/log.h5");
+  CHECK(c.at("noise") == 0.04);
+  CHECK(c.at("mismatch") == 0.05);
+  CHECK(c.at("weight-bits") == 6);
+  CHECK(c.at("tau") == nlohmann::json{{"h", 2.0}});
+  const std::vector<EpochRecord> recs = TrainLog::read_records(run + "/log.h5", 10);
+  REQUIRE(recs.size() == 1);
+  CHECK(std::isfinite(recs[0].test_loss));
+  // Every noisy free phase stays above the report tolerance (the noise keeps the residual near σ):
+  // all 40 are counted as not converged, none as diverged.
+  CHECK(recs[0].not_converged == 40);
+  CHECK(recs[0].diverged == 0);
+  check_bad_input({{"train --resume " + run + " --epochs 2 --mismatch 0.1", "--mismatch: cannot change when resuming"},
+                   {"train --resume " + run + " --epochs 2 --weight-bits 4", "--weight-bits: cannot change when resuming"}},
+                  tmp);
+  // The noise may change (a training hyper-parameter).
+  const RunResult r2 = run_hepsim("train --resume " + run + " --epochs 2 --noise 0.02 --quiet", tmp);
+  CHECK_MESSAGE(r2.code == 0, r2.err);
+  CHECK(TrainLog::read_config(run + "/log.h5").at("noise") == 0.02);
+}
+
+TEST_CASE("analog keys: settle cuts every phase at its physical time and counts the free ones as not converged") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 33);
+  const std::string arch = small_arch(tmp);
+  for (const std::string settle : {"0", "2"}) {
+    CAPTURE(settle);
+    const std::string run = tmp.file("s" + settle);
+    const RunResult r = run_hepsim("train " + flags(data, arch) + " --epochs 1 --solver rk4 --dt 0.5 --T1 400 --report-tol 1e-6"
+                                   " --settle " + settle + " --out " + run,
+                                   tmp);
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    const std::vector<EpochRecord> recs = TrainLog::read_records(run + "/log.h5", 10);
+    REQUIRE(recs.size() == 1);
+    if (settle == "0") {  // T1 = 400 steps of 0.5: every phase reaches 1e-6
+      CHECK(recs[0].not_converged == 0);
+    } else {  // 2 time units (4 steps) from u = 0: none does
+      CHECK(recs[0].not_converged == 40);
+      CHECK(recs[0].free_steps == doctest::Approx(4));
+    }
+  }
+}
