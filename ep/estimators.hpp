@@ -143,6 +143,41 @@ template <class R>
 EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const FreeState<R>& fs,
                               const EstimatorConfig& cfg);
 
+// ---- Online (oscillating) holomorphic EP (SPEC 3.3) ------------------------------------------
+// No separate phases: from u = 0 the network runs `periods` periods while β rotates through the N
+// phase points β_k = |β| e^{2πik/N} of each period, T2 steps (of cfg.phase: map, rk4, dopri5 or
+// anderson, with its noise and time constants) at each, the state carried from one point to the
+// next (complex states throughout). The first period is the settling transient; over the others
+// the trajectory, sampled at the end of each phase point, is demodulated: its time average is the
+// free state u*, its first Fourier coefficient (1/(K|β|)) Σ σ(u) e^{−2πik/N} the error vector v
+// (K samples), the second the curvature c_2 (N ≥ 3). With T2 long enough for every phase point to
+// settle this is holomorphic EP's estimate (its bias O(|β|^N)); shorter T2 lag the rotation.
+// The single-bin sums of the discrete Fourier transform are accumulated as the network runs (the
+// transform of the whole recorded trajectory would hold n·B·N·periods states).
+struct OnlineConfig {
+  int N = 4;             // phase points per period (≥ 2)
+  double beta = 0.1;     // |β| > 0
+  long periods = 3;      // ≥ 2 (the first is discarded)
+  RelaxConfig phase;     // each phase point: phase.max_steps = T2 (tol ignored: fixed steps); its noise
+                         // key is offset by the point's index in the run
+};
+
+template <class R>
+struct OnlineResult {
+  FreeState<R> free;          // x, y, drive, u = the averaged free state; free.relax: per sample the
+                              // worst status over its phase points, steps and time summed
+  Mat<R> v;                   // the error vector (zero for a diverged sample)
+  Mat<R> curvature;           // c_2 (N ≥ 3; empty otherwise)
+  Mat<R> imag;                // the imaginary part of the first coefficient (zero for an exact
+                              // estimate of a real v: a lag and noise indicator)
+  Index n_diverged = 0;
+  long steps = 0;             // steps per sample: periods · N · T2
+};
+
+template <class R>
+OnlineResult<R> online_estimate(const Model& model, const Vec<R>& theta, const CMatRef<R>& x, const CMatRef<R>& y,
+                                const OnlineConfig& cfg);
+
 // Taylor coefficients from the half-contour samples: samples[k] (k = 0 … ⌊N/2⌋) hold a(β_k) for
 // every (neuron, sample) entry (equal sizes). Returns c_0 … c_{N−1}, each of that size:
 // c_m = |β|^{−m} (1/N) Σ_{k=0}^{N−1} a_k e^{−2πikm/N}, with a_{N−k} = conj a_k.
