@@ -35,6 +35,9 @@ struct GradcheckOptions {
   long batch = 16;                // 1 .. kMaxBatch, and see the size checks below
   std::string N_list = "1,2,4,6";  // each 0 .. kMaxN
   std::string beta_list = "0.05,0.5";
+  std::string algo = "hep";       // hep (separate phases) or online (SPEC 3.3: phase points carried)
+  long periods = 3;               // online: periods of the rotation (the first is discarded)
+  double noise = 0;               // σ of the state noise of the estimators' relaxations
   long T1 = 0, T2 = 0;            // 0: relax every phase to convergence
   double tol = 1e-12;             // convergence residual of every phase (and the iterations)
   long max_steps = 10000;         // budget of a converged phase: samples of the built-in networks
@@ -233,6 +236,9 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   RelaxConfig free_cfg = converged, nudged_cfg = converged;
   if (o.T1 > 0) free_cfg.max_steps = o.T1, free_cfg.tol = 0, free_cfg.report_tol = RelaxConfig{}.report_tol;
   if (o.T2 > 0) nudged_cfg.max_steps = o.T2, nudged_cfg.tol = 0, nudged_cfg.report_tol = RelaxConfig{}.report_tol;
+  // State noise in the estimators' relaxations (the free phase and the references stay exact).
+  nudged_cfg.noise.sigma = o.noise;
+  nudged_cfg.noise.seed = o.seed;
   free_cfg.progress = progress.phase("free phase");
   const FreeState<double> fs_all = free_phase<double>(model, theta, x, y, free_cfg);
   free_status = fs_all.relax.status;
@@ -373,10 +379,34 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
     {
       const auto [N, beta] = settings[static_cast<std::size_t>(i)];
       nlohmann::json& e = results[static_cast<std::size_t>(i)];
+      e["algo"] = o.algo;
       e["N"] = N;
       e["beta"] = beta;
       Mat<double> v;
-      if (N == 0) {
+      if (o.algo == "online") {
+        OnlineConfig oc;
+        oc.N = N;
+        oc.beta = beta;
+        oc.periods = o.periods;
+        oc.phase = nudged_cfg;
+        oc.phase.noise.key = static_cast<std::uint64_t>(i) << 32;
+        std::ostringstream label;
+        label << "online (N=" << N << ", |beta|=" << beta << ")";
+        oc.phase.progress = progress.phase(label.str());
+        const OnlineResult<double> on = online_estimate<double>(model, theta, fs.x, fs.y, oc);
+        v = on.v;
+        const nlohmann::json st = status_json(on.free.relax.status);
+        for (const char* k : {"diverged", "cycling", "stalled", "max_steps"}) e[k] = st[k];
+        e["periods"] = o.periods;
+        e["T2"] = o.T2;
+        e["relaxations"] = o.periods * N;  // phase points
+        e["max_residual"] = nullptr;       // the state never rests: a phase point's residual is its lag
+        // How far the trajectory's time average is from the converged free state, and the first
+        // harmonic's imaginary part (zero for an exactly demodulated real v): lag and noise.
+        e["free_state_err"] = on.n_diverged < B ? nlohmann::json((on.free.u - fs.u).cwiseAbs().maxCoeff()) : nlohmann::json(nullptr);
+        e["imag_rel"] = on.imag.norm() / vstar.norm();
+        if (on.curvature.size()) e["curvature_rel"] = on.curvature.norm() / vstar.norm();
+      } else if (N == 0) {
         v = vstar_it.v;  // the exact response by the tangent-linear iteration (one relaxation-free estimate)
         for (const char* k : {"diverged", "cycling", "stalled", "max_steps"}) e[k] = 0;
         e["relaxations"] = 0;
@@ -386,6 +416,7 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
         cfg.N = N;
         cfg.beta = beta;
         cfg.nudged = nudged_cfg;
+        cfg.nudged.noise.key = static_cast<std::uint64_t>(i) << 32;
         std::ostringstream label;
         label << "nudged phases (N=" << N << ", |beta|=" << beta << ")";
         cfg.nudged.progress = progress.phase(label.str());
@@ -459,6 +490,11 @@ void register_gradcheck(CLI::App& app) {
   cmd->add_option("--N", opt->N_list, "Comma-separated numbers of contour points, each 0 .. 64 (0 = exact response)")
       ->capture_default_str();
   cmd->add_option("--beta", opt->beta_list, "Comma-separated nudge radii |beta|")->capture_default_str();
+  cmd->add_option("--algo", opt->algo, "hep (nudged phases restarted from the free state) or online (oscillating: "
+                                       "the phase points of --N carried through --periods periods of --T2 steps each)")
+      ->capture_default_str();
+  add_integer(cmd, "--periods", opt->periods, 2, 1000000, "Online hEP: periods of the rotation (the first is discarded)");
+  add_real(cmd, "--noise", opt->noise, "State noise σ of the estimators' relaxations (needs --T2; map or rk4)");
   add_integer(cmd, "--T1", opt->T1, 0, 1000000000, "Free-phase steps (0: relax to --tol)");
   add_integer(cmd, "--T2", opt->T2, 0, 1000000000, "Nudged-phase steps and iterations (0: to --tol)");
   add_real(cmd, "--tol", opt->tol, "Residual at which a converged phase stops");
@@ -489,6 +525,19 @@ void register_gradcheck(CLI::App& app) {
     // 1e-12 θ ± step rounds to θ (|θ| ~ 1) and the difference is rounding only.
     if (!(o.fd_step >= 1e-12) || !(o.fd_step <= 0.1)) throw InputError("--fd-step", "must be in [1e-12, 0.1]");
     (void)parse_list<int>(o.N_list, "--N", 0, kMaxN);  // each within 0 .. kMaxN, checked as it is read
+    if (o.algo != "hep" && o.algo != "online") throw InputError("--algo", "must be hep or online (got '" + o.algo + "')");
+    if (o.algo == "online") {
+      if (o.T2 == 0) throw InputError("--T2", "online hEP needs the steps of each phase point (--T2 > 0)");
+      for (int N : parse_list<int>(o.N_list, "--N"))
+        if (N < 2) throw InputError("--N", "online hEP needs at least 2 phase points per period (got " + std::to_string(N) + ")");
+    } else if (cmd->count("--periods") > 0) {
+      throw InputError("--periods", "only applies with --algo online");
+    }
+    if (!(o.noise >= 0)) throw InputError("--noise", "must be ≥ 0");
+    if (o.noise > 0 && o.T2 == 0)
+      throw InputError("--noise", "noisy phases never settle to --tol: give their steps with --T2");
+    if (o.noise > 0 && o.solver != "map" && o.solver != "rk4")
+      throw InputError("--noise", "needs a fixed-step solver (map or rk4, which take Euler–Maruyama steps), not " + o.solver);
     for (double b : parse_list<double>(o.beta_list, "--beta"))
       if (!(b > 0) || !std::isfinite(b)) throw InputError("--beta", "each |beta| must be a finite positive number");
     set_threads(o.threads);

@@ -97,3 +97,42 @@ TEST_CASE("analog keys: settle cuts every phase at its physical time and counts 
     }
   }
 }
+
+TEST_CASE("gradcheck --algo online and --noise: entries carry their algorithm; noise hurts classic EP far more than hEP") {
+  TempDir tmp;
+  const std::string g = "gradcheck --dataset random --angle 0 --batch 6 --fd-directions 1 --threads 1 --seed 6";
+  // Online hEP with settled phase points (T2 = 200, 4 periods, N = 4, |β| = 0.1): the README's
+  // setting where its cosine with v* exceeds 0.999 (measured 0.999999).
+  const RunResult on = run_hepsim(g + " --algo online --N 4 --beta 0.1 --T2 200 --periods 4", tmp);
+  REQUIRE_MESSAGE(on.code == 0, on.err);
+  const nlohmann::json e = nlohmann::json::parse(on.out).at("estimators").at(0);
+  CHECK(e.at("algo") == "online");
+  CHECK(e.at("periods") == 4);
+  CHECK(e.at("relaxations") == 16);
+  CHECK(e.at("cos_vs_vstar").at("total").get<double>() > 0.999);
+  CHECK(e.at("imag_rel").get<double>() < 1e-2);  // measured 1e-3: the phase points lag little
+  // State noise σ = 0.04 in the estimators' phases (T2 = 40): classic EP with β = 0.1 divides the
+  // noise by β and loses the direction; holomorphic EP N = 10, |β| = 0.4 keeps it (the 2022 paper's
+  // finding).
+  const RunResult noisy = run_hepsim(g + " --N 1,10 --beta 0.1,0.4 --T2 40 --noise 0.04", tmp);
+  REQUIRE_MESSAGE(noisy.code == 0, noisy.err);
+  const nlohmann::json est = nlohmann::json::parse(noisy.out).at("estimators");  // N-major: (1, 0.1) … (10, 0.4)
+  REQUIRE(est.size() == 4);
+  for (const auto& x : est) CHECK(x.at("algo") == "hep");
+  CHECK(est.at(0).at("N") == 1);
+  CHECK(est.at(3).at("N") == 10);
+  const double classic = est.at(0).at("cos_vs_vstar").at("total").get<double>();
+  const double hep = est.at(3).at("cos_vs_vstar").at("total").get<double>();
+  MESSAGE("with noise 0.04: classic EP (beta 0.1) cos " << classic << ", hEP N 10 |beta| 0.4 cos " << hep);
+  CHECK(classic < 0.5);
+  CHECK(hep > 0.9);
+  check_bad_input({{g + " --algo online --N 4", "--T2: online hEP needs"},
+                   {g + " --algo online --N 1 --T2 5", "--N: online hEP needs at least 2"},
+                   {g + " --algo bogus", "--algo:"},
+                   {g + " --periods 3", "--periods: only applies with --algo online"},
+                   {g + " --algo online --N 4 --T2 5 --periods 1", "--periods:"},
+                   {g + " --noise 0.1", "--noise: noisy phases never settle"},
+                   {g + " --noise -1 --T2 5", "--noise:"},
+                   {g + " --noise 0.1 --T2 5 --solver dopri5", "--noise: needs a fixed-step solver"}},
+                  tmp);
+}
