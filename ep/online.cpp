@@ -40,7 +40,9 @@ OnlineResult<R> online_estimate(const Model& model, const Vec<R>& theta, const C
       const double angle = two_pi * k / cfg.N;
       beta.setConstant(C(static_cast<R>(cfg.beta * std::cos(angle)), static_cast<R>(cfg.beta * std::sin(angle))));
       Field<C> field(model, theta, fs.drive, fs.y, beta);
-      phase.noise.key = key0 + static_cast<std::uint64_t>(p * cfg.N + k);
+      // Each phase point its own noise; the golden-ratio stride keeps these keys apart from the
+      // small keys of other relaxations (a training step's are 2 × step + phase).
+      phase.noise.key = key0 + static_cast<std::uint64_t>(p * cfg.N + k + 1) * 0x9e3779b97f4a7c15ULL;
       const RelaxResult r = relax(field, u, phase);
       fs.relax.steps += r.steps;
       fs.relax.field_evals += r.field_evals;

@@ -16,10 +16,8 @@ Algo parse_algo(const std::string& name, const std::string& where) {
   if (name == "hep") return Algo::hep;
   if (name == "rbp") return Algo::rbp;
   if (name == "bp") return Algo::bp;
-  if (name == "online")
-    throw InputError(where, "'online' (continuous-oscillation hEP, SPEC 3.3) is not available in this version; "
-                            "use hep, rbp or bp");
-  throw InputError(where, "unknown algorithm '" + name + "' (expected hep, rbp or bp)");
+  if (name == "online") return Algo::online;
+  throw InputError(where, "unknown algorithm '" + name + "' (expected hep, rbp, bp or online)");
 }
 
 const char* to_string(Algo a) {
@@ -27,6 +25,7 @@ const char* to_string(Algo a) {
     case Algo::hep: return "hep";
     case Algo::rbp: return "rbp";
     case Algo::bp: return "bp";
+    case Algo::online: return "online";
   }
   return "?";
 }
@@ -147,6 +146,18 @@ void for_chunks(Index n, int chunks, F&& body) {
 
 }  // namespace
 
+namespace {
+// The online estimator of a training configuration; `phase` (when given) replaces cfg.nudged.
+OnlineConfig online_config(const TrainConfig& cfg, const RelaxConfig* phase) {
+  OnlineConfig oc;
+  oc.N = cfg.N;
+  oc.beta = cfg.beta;
+  oc.periods = cfg.periods;
+  oc.phase = phase ? *phase : cfg.nudged;
+  return oc;
+}
+}  // namespace
+
 RelaxConfig keyed_noise(const RelaxConfig& cfg, std::uint64_t key, std::vector<std::uint64_t> columns) {
   RelaxConfig c = cfg;
   if (!cfg.noise.on()) return c;
@@ -160,6 +171,11 @@ Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const Fre
                               std::vector<RelaxStatus>* nudged_status, const RelaxConfig* nudged) {
   if (nudged_status) nudged_status->assign(static_cast<std::size_t>(fs.u.cols()), RelaxStatus::converged);
   switch (cfg.algo) {
+    case Algo::online: {
+      const OnlineResult<R> on = online_estimate<R>(model, theta, fs.x, fs.y, online_config(cfg, nudged));
+      if (nudged_status) *nudged_status = on.free.relax.status;
+      return on.v;
+    }
     case Algo::rbp: return rbp_adjoint<R>(model, theta, fs.u, fs.y, iterations(cfg.nudged)).v;
     case Algo::bp:
       return truncated_bptt<R>(model, theta, fs.x, fs.drive, fs.u, fs.y, cfg.nudged.max_steps, map_step(cfg.nudged))
@@ -287,9 +303,20 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     }
     std::vector<Index> all_cols(static_cast<std::size_t>(count));
     std::iota(all_cols.begin(), all_cols.end(), Index{0});
-    const FreeState<R> fs = free_phase<R>(model_, theta, x.middleCols(first, count), y.middleCols(first, count),
-                                          keyed_noise(cfg_.free, step_key(0), places(first, all_cols)),
-                                          warm ? &start : nullptr);
+    // Online hEP: one oscillating run gives the free state and the error vector at once.
+    const bool online = cfg_.algo == Algo::online;
+    Mat<R> online_v;
+    FreeState<R> fs;
+    if (online) {
+      const RelaxConfig phase = keyed_noise(cfg_.nudged, step_key(0), places(first, all_cols));
+      OnlineResult<R> on = online_estimate<R>(model_, theta, x.middleCols(first, count), y.middleCols(first, count),
+                                              online_config(cfg_, &phase));
+      fs = std::move(on.free);
+      online_v = std::move(on.v);
+    } else {
+      fs = free_phase<R>(model_, theta, x.middleCols(first, count), y.middleCols(first, count),
+                         keyed_noise(cfg_.free, step_key(0), places(first, all_cols)), warm ? &start : nullptr);
+    }
     if (warm)
       for (Index j = 0; j < count; ++j) warm_.col(samples[first + j]) = fs.u.col(j);
     StepStats& st = stats[static_cast<std::size_t>(c)];
@@ -315,7 +342,9 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     } else if (!free_ok.empty()) {
       std::vector<RelaxStatus> nudged_used;
       const RelaxConfig nc = keyed_noise(cfg_.nudged, step_key(1), places(first, free_ok));
-      const Mat<R> v = algorithm_error_vector<R>(model_, theta, used, cfg_, &nudged_used, &nc);
+      const Mat<R> v = online ? Mat<R>(online_v(Eigen::all, free_ok))
+                              : algorithm_error_vector<R>(model_, theta, used, cfg_, &nudged_used, &nc);
+      if (online) nudged_used.assign(free_ok.size(), RelaxStatus::converged);  // its statuses are the free state's
       for (std::size_t k = 0; k < free_ok.size(); ++k) nudged[static_cast<std::size_t>(free_ok[k])] = nudged_used[k];
       add_parameter_gradient<R>(model_, theta, used, v, R(1) / static_cast<R>(B), g);
     }
@@ -739,6 +768,9 @@ double train_step_flops(const Network& net, const TrainConfig& cfg, Index B) {
       break;
     case Algo::rbp: per_sample += T2 * rec + readout; break;
     case Algo::bp: per_sample += T2 * rec + T2 * (2 * rec + inp) + readout; break;  // forward, backward, θ
+    case Algo::online:  // no free phase: periods × N complex phase points of T2 steps
+      per_sample += static_cast<double>(cfg.periods * cfg.N) * T2 * 2 * (rec + readout) - T1 * rec;
+      break;
   }
   per_sample += inp + rec + readout;  // the parameter gradient's outer products and the readout
   double flops = per_sample * static_cast<double>(B);

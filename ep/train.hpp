@@ -2,7 +2,8 @@
 // The training loop (SPEC 7) with callbacks. Per mini-batch:
 //   1. free phase: T1 map steps from u = 0 (or to a tolerance) → u*
 //   2. an error vector v by the algorithm: hep (N = 0 exact response, N = 1, 2, ≥ 3 holomorphic),
-//      rbp (T2 adjoint iterations) or bp (truncated BPTT through T2 steps)
+//      rbp (T2 adjoint iterations) or bp (truncated BPTT through T2 steps); online replaces 1 and 2
+//      by one oscillating run (periods × N phase points of T2 steps) that yields u* and v
 //   3. grad = (∂G/∂θ)ᵀ v / B + ∂ℓ/∂θ_r / B  (+ λ ∇L_h, the homeostatic gradient; SPEC 4, trap 5)
 //   4. the optimizer subtracts grad (trap 2)
 // The batch's columns are split into one contiguous chunk per thread; the chunks' gradients are
@@ -26,7 +27,7 @@
 
 namespace hepsim {
 
-enum class Algo { hep, rbp, bp };
+enum class Algo { hep, rbp, bp, online };
 Algo parse_algo(const std::string& name, const std::string& where = "--algo");
 const char* to_string(Algo a);
 
@@ -35,7 +36,8 @@ DivergencePolicy parse_divergence_policy(const std::string& name, const std::str
 
 struct TrainConfig {
   Algo algo = Algo::hep;
-  int N = 2;                  // hep: 0 exact response, 1, 2, ≥ 3 holomorphic
+  int N = 2;                  // hep: 0 exact response, 1, 2, ≥ 3 holomorphic; online: phase points (≥ 2)
+  long periods = 3;           // online: periods of the rotation, T2 steps per phase point (estimators.hpp)
   double beta = 0.05;         // |β|
   RelaxConfig free;           // the free phase (T1 = free.max_steps) and evaluation
   RelaxConfig nudged;         // each nudged phase (T2 = nudged.max_steps); also rbp/bp/N=0 steps

@@ -20,7 +20,8 @@ const nlohmann::json& train_defaults() {
       {"data-dir", ""},           // "" = the dataset's standard place
       {"arch", "mlp_2-256"},      // built-in name or JSON file
       {"algo", "hep"},            // hep, rbp, bp
-      {"N", 2},                   // hep: 0 exact response, 1, 2, ≥ 3 holomorphic
+      {"N", 2},                   // hep: 0 exact response, 1, 2, ≥ 3 holomorphic; online: phase points
+      {"periods", 3},             // online: periods of the rotation (the first is discarded)
       {"beta", 0.05},             // |β|
       {"T1", 150},                // free-phase steps
       {"T2", 20},                 // nudged-phase steps (rbp / bp / N = 0: iterations)
@@ -69,7 +70,7 @@ const nlohmann::json& train_defaults() {
 
 bool added_after_0_1_0(const std::string& key) {
   static const std::set<std::string> added = {"stall-window", "homeo-samples", "noise", "mismatch",
-                                              "weight-bits",  "weight-clip",   "tau",   "settle"};
+                                              "weight-bits",  "weight-clip",   "tau",   "settle", "periods"};
   return added.count(key) > 0;
 }
 
@@ -94,6 +95,7 @@ const std::map<std::string, std::pair<long long, long long>>& integer_bounds() {
       {"T1", {1, 1'000'000'000}},         // steps: time, not memory (bp's T2 is bounded by memory below)
       {"T2", {1, 1'000'000'000}},
       {"anderson-m", {1, 16}},
+      {"periods", {2, 1'000'000}},
       {"homeo-draws", {1, 1024}},        // probes per sample and step: draws × batch state columns
       {"homeo-samples", {0, 1'000'000}},  // 0: every sample of the batch
       {"epochs", {1, 1'000'000}},
@@ -276,6 +278,11 @@ RunSetup make_setup(const ConfigBuilder& b) {
                      "on where it started, so a warm start would change the model, not only its cost");
   t.nudged = t.free;
   t.nudged.max_steps = bounded("T2");
+  t.periods = bounded("periods");
+  if (t.algo == Algo::online) {
+    if (t.N < 2) throw InputError(where("N"), "online hEP needs at least 2 phase points per period (got " + std::to_string(t.N) + ")");
+    if (t.warm_start) throw InputError(where("warm-start"), "online hEP has no free phase to start warm");
+  }
   t.homeostasis = nonneg("homeostasis");
   t.homeo.draws = static_cast<int>(bounded("homeo-draws"));
   t.homeo.samples = bounded("homeo-samples");

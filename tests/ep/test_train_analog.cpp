@@ -93,3 +93,30 @@ TEST_CASE("state noise in training: keyed per sample (independent of threads), a
   test.labels = {0, 1, 2, 3, 4, 5};
   CHECK(one.evaluate(test).loss == one.evaluate(test).loss);
 }
+
+TEST_CASE("online hEP in training: with settled phase points its step is holomorphic EP's") {
+  const Model m = make_model("mlp_2-256");
+  const Vec<double> theta0 = init_params<double>(m.net, 6, 0);
+  const RandomBatch b = random_batch(m.net, 4, 6);
+  auto config = [](Algo algo) {
+    TrainConfig cfg;
+    cfg.algo = algo;
+    cfg.N = 4;
+    cfg.beta = 0.1;
+    cfg.periods = 4;
+    cfg.free.max_steps = 20000;
+    cfg.free.tol = 1e-12;
+    cfg.nudged.max_steps = 200;
+    cfg.batch_size = 4;
+    cfg.probe_size = 0;
+    cfg.optimizer.lr = 1;  // θ ← θ − grad: the step is the gradient
+    cfg.optimizer.momentum = 0;
+    return cfg;
+  };
+  Trainer<double> online(m, config(Algo::online), theta0), hep(m, config(Algo::hep), theta0);
+  const auto st = online.step(b.x, b.y, 0, 1);
+  (void)hep.step(b.x, b.y, 0, 1);
+  CHECK(st.diverged == 0);
+  const Vec<double> a = online.theta() - theta0, h = hep.theta() - theta0;
+  CHECK(a.dot(h) / (a.norm() * h.norm()) > 0.9999);
+}

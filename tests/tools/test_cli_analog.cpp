@@ -136,3 +136,22 @@ TEST_CASE("gradcheck --algo online and --noise: entries carry their algorithm; n
                    {g + " --noise 0.1 --T2 5 --solver dopri5", "--noise: needs a fixed-step solver"}},
                   tmp);
 }
+
+TEST_CASE("train --algo online: runs and logs its algorithm; bad settings exit 2") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 20, 10, 34);
+  const std::string arch = small_arch(tmp);
+  const std::string t = "train " + flags(data, arch) + " --epochs 1 --algo online";
+  check_bad_input({{t + " --N 1 --out " + tmp.file("a"), "--N: online hEP needs at least 2"},
+                   {t + " --periods 1 --out " + tmp.file("a"), "--periods:"},
+                   {t + " --tol 1e-3 --warm-start on --out " + tmp.file("a"), "--warm-start: online hEP has no free phase"}},
+                  tmp);
+  const RunResult r = run_hepsim(t + " --N 4 --beta 0.4 --periods 3 --noise 0.02 --out " + tmp.file("run"), tmp);
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const nlohmann::json c = TrainLog::read_config(tmp.file("run/log.h5"));
+  CHECK(c.at("algo") == "online");
+  CHECK(c.at("periods") == 3);
+  const std::vector<EpochRecord> recs = TrainLog::read_records(tmp.file("run/log.h5"), 10);
+  REQUIRE(recs.size() == 1);
+  CHECK(std::isfinite(recs[0].cos_grad_total));
+}
