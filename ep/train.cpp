@@ -646,6 +646,11 @@ double device_bytes(const TrainConfig& cfg, double r) { return cfg.device.ideal(
 double anderson_matrices(const RelaxConfig& cfg) {
   return cfg.solver == Solver::anderson ? 2.0 * cfg.anderson_m + 6 : 0.0;
 }
+// The stage buffers of the ODE steppers beyond a map's: RK4's four slopes and its trial state,
+// Dormand–Prince's seven stages, trial state, error estimate and the controller's copies.
+double stepper_matrices(const RelaxConfig& cfg) {
+  return cfg.solver == Solver::rk4 ? 5.0 : cfg.solver == Solver::dopri5 ? 12.0 : 0.0;
+}
 
 // Each thread's evaluation chunk: its inputs twice (the batch and the free state's copy), targets
 // and about 14 state-sized matrices of the free phase (and Anderson's history).
@@ -656,7 +661,7 @@ MemoryPart evaluation_part(const Network& net, const TrainConfig& cfg, Index tes
   const double T = std::max(1, cfg.threads);
   const double E = static_cast<double>(std::min<Index>(cfg.eval_chunk, std::max<Index>(test_n, 1)));
   return {"evaluation (" + std::to_string(static_cast<long>(E)) + " test samples per chunk and thread)", where,
-          (2 * dim + classes + (14 + anderson_matrices(cfg.free)) * n) * E * r * T};
+          (2 * dim + classes + (14 + anderson_matrices(cfg.free) + stepper_matrices(cfg.free)) * n) * E * r * T};
 }
 MemoryPart stacks_part(const TrainConfig& cfg) {  // each worker thread reserves a stack (8 MB by default)
   const double T = std::max(1, cfg.threads);
@@ -701,7 +706,8 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   // buffers) and of each nudged phase, whose ⌊N/2⌋ + 1 contour points relax stacked, the complex
   // ones at twice the size.
   const double points = cfg.algo == Algo::hep && cfg.N > 0 ? cfg.N / 2 + 1 : 1;
-  const double states = (2 * dim + classes + 14 * n) * Bc * r + 14 * n * Bc * points * 2 * r;
+  const double per_state = 14 + stepper_matrices(cfg.free);  // an ODE solver's stages too
+  const double states = (2 * dim + classes + per_state * n) * Bc * r + per_state * n * Bc * points * 2 * r;
   parts.push_back({"the training relaxations (" + std::to_string(static_cast<long>(B)) + " samples per batch)",
                    "--batch-size", states * T});
   if (cfg.algo == Algo::bp)  // truncated BPTT keeps every unrolled state
@@ -715,7 +721,7 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   const double z = conv_product_values(net);
   const double conv_metrics = net.has_conv() ? static_cast<double>(kMetricDraws) * P * (4 * n + 2 * z) * 8 : 0;
   parts.push_back({"the alignment metrics (" + std::to_string(static_cast<long>(P)) + " probe samples, double)",
-                   "--probe-size", (dim + classes + 14 * n * points * 2) * P * 8 + dense + conv_metrics});
+                   "--probe-size", (dim + classes + per_state * n * points * 2) * P * 8 + dense + conv_metrics});
   if (cfg.algo == Algo::bp)  // the metrics' own truncated BPTT on the probe batch, in double
     parts.push_back({"truncated BPTT's unrolled states of the alignment metrics (" + std::to_string(static_cast<long>(P)) +
                          " probe samples x (T2 + 1) steps, double)",

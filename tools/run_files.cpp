@@ -224,9 +224,16 @@ RunDirectory::RunDirectory(std::string dir, bool resume) : dir_(std::move(dir)),
       for (const char* name : kRunFiles)
         for (const std::string& path : {dir_ + "/" + name, dir_ + "/" + name + ".tmp"}) {
           const auto st = fs::status(path, ec);
-          if (fs::exists(st) && !fs::is_regular_file(st))
-            throw InputError(flag, path + " is not a regular file: remove it" +
-                                       (resume_ ? std::string() : " or choose another --out"));
+          const std::string advice = "remove it" + (resume_ ? std::string() : " or choose another --out");
+          if (fs::exists(st) && !fs::is_regular_file(st)) throw InputError(flag, path + " is not a regular file: " + advice);
+          // A stale .tmp is rewritten by the next write: through a symlink or a hard link that
+          // would change a file outside this run.
+          if (path.size() > 4 && path.compare(path.size() - 4, 4, ".tmp") == 0) {
+            if (fs::is_symlink(fs::symlink_status(path, ec)))
+              throw InputError(flag, path + " is a symlink, not a file of this run: " + advice);
+            if (fs::exists(st) && fs::hard_link_count(path, ec) > 1)
+              throw InputError(flag, path + " is a hard link to another file, not a file of this run: " + advice);
+          }
         }
       const bool locked = fs::exists(fs::symlink_status(lock, ec));
       if (locked && !lock_is_ours(lock))
@@ -305,7 +312,10 @@ namespace {
 void write_bytes_atomic(const std::string& path, const char* data, std::size_t size) {
   const std::string tmp = path + ".tmp";
   write_or_clean(tmp, [&] {
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    // A fresh file, never an existing one: a stale tmp (or a symlink or hard link in its place)
+    // loses its name here, and what it pointed to is not written.
+    if (::unlink(tmp.c_str()) != 0 && errno != ENOENT) throw std::runtime_error(write_failure(tmp, "the old file", errno));
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) throw std::runtime_error(write_failure(tmp, "the file", errno));
     std::size_t done = 0;
     int err = 0;

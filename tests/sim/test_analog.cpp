@@ -86,7 +86,7 @@ TEST_CASE("state noise: the stationary variance around a stable linear fixed poi
   }
 }
 
-TEST_CASE("state noise: a column's noise depends on its key, not on the columns it relaxes with; zero noise changes nothing") {
+TEST_CASE("state noise: a column's noise depends on its key, not on the columns it relaxes with — zero noise changes nothing") {
   LinearProblem p(6, 9);
   const Index n = p.model.net.neurons;
   RelaxConfig cfg = noisy(Solver::map, 0.5, 0.05, 30);
@@ -195,7 +195,7 @@ TEST_CASE("state noise: Euler–Maruyama converges strongly on a linear SDE (ord
   for (std::size_t k = 1; k < errs.size(); ++k) CHECK(errs[k] < errs[k - 1]);
 }
 
-TEST_CASE("time constants leave the fixed points unchanged, change the transients; the map refuses them") {
+TEST_CASE("time constants leave the fixed points unchanged, change the transients — the map refuses them") {
   Model model = make_model("mlp_2-256");
   const Vec<double> theta = init_params<double>(model.net, 4, 60);
   const RandomBatch b = random_batch(model.net, 3, 4);
@@ -244,7 +244,7 @@ TEST_CASE("time constants leave the fixed points unchanged, change the transient
   CHECK_THROWS_WITH_AS((void)relax(f, u, cfg), doctest::Contains("--solver"), InputError);
 }
 
-TEST_CASE("settle: a phase ends at its physical time; one not converged by then is counted") {
+TEST_CASE("settle: a phase ends at its physical time — one not converged by then is counted") {
   Model model = make_model("mlp_2-256");
   const Vec<double> theta = init_params<double>(model.net, 2, 0);
   const RandomBatch b = random_batch(model.net, 4, 2);
@@ -276,7 +276,7 @@ TEST_CASE("settle: a phase ends at its physical time; one not converged by then 
   }
 }
 
-TEST_CASE("device: quantized weights take at most 2^b values on [-w, w]; mismatch is seeded, per copy, and off at c = 0") {
+TEST_CASE("device: quantized weights take at most 2^b values on [-w, w] — mismatch is seeded, per copy, and off at c = 0") {
   Model model = make_model("mlp_2-256");
   const Vec<double> theta = init_params<double>(model.net, 3, 0);  // angle 0: K_fb = K_ffᵀ exactly
   const Index sub = model.net.readout_w_offset;

@@ -45,7 +45,7 @@ TEST_CASE("analog keys: bad values are one line, exit 2, naming the flag") {
   CHECK_FALSE(fs::exists(tmp.file("r")));
 }
 
-TEST_CASE("analog keys: a noisy run on a quantized, mismatched device records its substrate; the device is fixed on resume") {
+TEST_CASE("analog keys: a noisy run on a quantized, mismatched device records its substrate — the device is fixed on resume") {
   TempDir data, tmp;
   write_tiny_fmnist(data.str(), 40, 20, 32);
   const std::string arch = small_arch(tmp);
@@ -98,7 +98,7 @@ TEST_CASE("analog keys: settle cuts every phase at its physical time and counts 
   }
 }
 
-TEST_CASE("gradcheck --algo online and --noise: entries carry their algorithm; noise hurts classic EP far more than hEP") {
+TEST_CASE("gradcheck --algo online and --noise: entries carry their algorithm — noise hurts classic EP far more than hEP") {
   TempDir tmp;
   const std::string g = "gradcheck --dataset random --angle 0 --batch 6 --fd-directions 1 --threads 1 --seed 6";
   // Online hEP with settled phase points (T2 = 200, 4 periods, N = 4, |β| = 0.1): the README's
@@ -137,7 +137,7 @@ TEST_CASE("gradcheck --algo online and --noise: entries carry their algorithm; n
                   tmp);
 }
 
-TEST_CASE("train --algo online: runs and logs its algorithm; bad settings exit 2") {
+TEST_CASE("train --algo online: runs and logs its algorithm — bad settings exit 2") {
   TempDir data, tmp;
   write_tiny_fmnist(data.str(), 20, 10, 34);
   const std::string arch = small_arch(tmp);

@@ -392,3 +392,31 @@ TEST_CASE("sixteenth audit (borderline): a hard-linked lock, --data-dir with ran
                   tmp);
   CHECK(slurp(tmp.file("other")) == "123");
 }
+
+TEST_CASE("seventeenth audit: Dormand–Prince's stages in the evaluation estimate, no write through a stale .tmp link") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 20, 2000, 18);
+  const std::string conv = tmp.file("cnn_fm.json");
+  std::ofstream(conv) << R"({"name": "cnn_fm",
+    "layers": [{"name": "c1", "shape": [4, 14, 14]}, {"name": "c2", "shape": [8, 7, 7]}, {"name": "out", "size": "classes"}],
+    "edges": [{"pre": "in", "post": "c1", "type": "conv"}, {"pre": "c1", "post": "c2", "type": "conv"},
+              {"pre": "c2", "post": "c1", "type": "conv_feedback"},
+              {"pre": "c2", "post": "out"}, {"pre": "out", "post": "c2", "type": "dense_nobias"}]})";
+  const std::string run = tmp.file("run");
+  REQUIRE(run_hepsim("train --dataset fmnist --data-dir " + data.str() + " --arch " + conv +
+                         " --activation dsilu --threads 1 --train-limit 20 --test-limit 20 --probe-size 10 --batch-size 10"
+                         " --solver dopri5 --tol 1e-3 --T1 30 --T2 5 --eval-chunk 2000 --epochs 1 --quiet --out " + run,
+                     tmp)
+              .code == 0);
+  // The evaluation chunk of 2,000 samples under Dormand–Prince: estimated 173 MB, peak 224 MB.
+  check_within("eval --checkpoint " + run + "/checkpoint.h5 --test-limit 2000 --threads 1", 190'000'000, tmp);
+  // A stale .tmp that is a symlink or a hard link: the next write went through it, into a file
+  // outside the run (exit 0, silently).
+  std::ofstream(tmp.file("victim.txt")) << "precious";
+  fs::create_symlink(tmp.file("victim.txt"), run + "/log.h5.tmp");
+  check_bad_input({{"train --resume " + run + " --epochs 2 --quiet", "log.h5.tmp is a symlink"}}, tmp);
+  fs::remove(run + "/log.h5.tmp");
+  fs::create_hard_link(tmp.file("victim.txt"), run + "/checkpoint.h5.tmp");
+  check_bad_input({{"train --resume " + run + " --epochs 2 --quiet", "checkpoint.h5.tmp is a hard link"}}, tmp);
+  CHECK(slurp(tmp.file("victim.txt")) == "precious");
+}

@@ -166,7 +166,7 @@ TEST_CASE("hepsim train / eval: bad input gives one line naming the file or flag
       {base + " --lr nan --out " + runs.file("a"), "--lr"},
       {base + " --lr -1 --out " + runs.file("a"), "--lr"},
       {base + " --N 2.5 --out " + runs.file("a"), "--N"},
-      {base + " --algo online --out " + runs.file("a"), "--algo"},
+      {base + " --algo offline --out " + runs.file("a"), "--algo"},
       {base + " --optimizer rmsprop --out " + runs.file("a"), "--optimizer"},
       {base + " --lr-mult nope=2 --out " + runs.file("a"), "--lr-mult"},
       {base + " --lr-mult in-l1=2,in-l1=3 --out " + runs.file("a"), "--lr-mult"},
