@@ -11,7 +11,7 @@
 # and started again). Prints both tables (mean ± sd over seeds) and writes OUT/noise.png.
 #
 # Usage: tools/experiments/noise.sh [SEEDS (3)] [TRAIN (10000)] [OUT_DIR (runs/noise)]
-# Env:   TEST_LIMIT (10000): the test images evaluated
+# Env:   TEST_LIMIT (10000): the test images evaluated; JOBS (2): runs at a time; HEPSIM: the binary
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 seeds="${1:-3}"
@@ -34,7 +34,7 @@ for lam in 0 1; do
   for b in 2 3 4 6 8; do jobs+=("dev_bits${b}_h$lam|--homeostasis $lam --weight-bits $b --weight-clip 0.5"); done
 done
 export hepsim out common
-printf '%s\n' "${jobs[@]}" | xargs -P 2 -d '\n' -n 1 bash -c '
+printf '%s\n' "${jobs[@]}" | xargs -P "${JOBS:-2}" -d '\n' -n 1 bash -c '
   set -e  # a failed run is not marked done (and xargs reports it)
   name="${0%%|*}"; args="${0#*|}"; base="$out/$name"
   [[ -f "$base.json" ]] && exit 0
