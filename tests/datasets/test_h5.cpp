@@ -2,6 +2,7 @@
 // (written here with the HDF5 C API).
 #include <hdf5.h>
 
+#include <array>
 #include <filesystem>
 
 #include "datasets/dataset.hpp"
@@ -155,6 +156,23 @@ TEST_CASE("convert_dataset: CIFAR-100 and IDX to HDF5 and back through load_data
   CHECK(h5_source_kind(out.file("test.h5")) == DatasetKind::mnist);
 }
 
+namespace {
+// Replaces /images of an hepsim HDF5 file by a uint8 dataset of `dims` created with `dcpl`,
+// written from `pixels` (nullptr: left unwritten).
+void replace_images(const std::string& path, std::array<hsize_t, 4> dims, hid_t dcpl, const std::uint8_t* pixels) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  REQUIRE(H5Ldelete(file, "images", H5P_DEFAULT) >= 0);
+  const hid_t space = H5Screate_simple(4, dims.data(), nullptr);
+  const hid_t ds = H5Dcreate2(file, "images", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  REQUIRE(ds >= 0);
+  if (pixels) REQUIRE(H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, pixels) >= 0);
+  H5Dclose(ds);
+  H5Sclose(space);
+  H5Fclose(file);
+}
+}  // namespace
+
 TEST_CASE("read_h5_dataset: malformed files give an InputError naming the file") {
   TempDir dir;
   const std::string path = dir.file("test.h5");
@@ -215,37 +233,18 @@ TEST_CASE("read_h5_dataset: malformed files give an InputError naming the file")
     s.image_dims = {3, 1, 2, 2};
     write_h5(path, s);
     // Rewrite with an unwritten (fill-value) dataset of 3 x 3 x 60000 x 60000.
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    REQUIRE(H5Ldelete(file, "images", H5P_DEFAULT) >= 0);
-    const hsize_t dims[4] = {3, 3, 60000, 60000};
-    const hid_t space = H5Screate_simple(4, dims, nullptr);
-    const hid_t ds = H5Dcreate2(file, "images", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    REQUIRE(ds >= 0);
-    H5Dclose(ds);
-    H5Sclose(space);
-    H5Fclose(file);
+    replace_images(path, {3, 3, 60000, 60000}, H5P_DEFAULT, nullptr);
     check_input_error(load, path, "/images declares more data than the file can hold");
   }
   SUBCASE("images stored outside the file (external raw storage, cut short) are refused, not read as zeros") {
     H5Spec s;
     s.image_dims = {3, 1, 2, 2};
     write_h5(path, s);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    REQUIRE(H5Ldelete(file, "images", H5P_DEFAULT) >= 0);
-    const hsize_t dims[4] = {3, 1, 2, 2};
-    const hid_t space = H5Screate_simple(4, dims, nullptr);
     const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     REQUIRE(H5Pset_external(dcpl, dir.file("raw.bin").c_str(), 0, 12) >= 0);
-    const hid_t ds = H5Dcreate2(file, "images", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    REQUIRE(ds >= 0);
     const std::vector<std::uint8_t> pixels(12, 200);
-    REQUIRE(H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, pixels.data()) >= 0);
-    H5Dclose(ds);
+    replace_images(path, {3, 1, 2, 2}, dcpl, pixels.data());
     H5Pclose(dcpl);
-    H5Sclose(space);
-    H5Fclose(file);
     std::filesystem::resize_file(dir.file("raw.bin"), 4);  // the last two images would read as zeros
     check_input_error(load, path, "/images is stored outside the file");
   }

@@ -23,20 +23,26 @@ Model input_only_model(Index input = 6, Index classes = 10) {
   return m;
 }
 
-struct LinearProblem {
+// A batch of B random samples for `model` with weights of `seed` at `angle`, its drive and a nudge
+// `nudge` for every column.
+struct Batch {
   Model model;
   Vec<double> theta;
-  Mat<double> x, y, drive;
+  RandomBatch b;
+  Mat<double> drive;
   Vec<double> beta;
-  LinearProblem(Index B, std::uint64_t seed) : model(input_only_model()) {
-    theta = init_params<double>(model.net, seed, 90);
-    const RandomBatch b = random_batch(model.net, B, seed);
-    x = b.x;
-    y = b.y;
+  Batch(Model m, Index B, std::uint64_t seed, double angle, double nudge) : model(std::move(m)) {
+    theta = init_params<double>(model.net, seed, angle);
+    b = random_batch(model.net, B, seed);
     drive.resize(model.net.neurons, B);
-    input_drive<double>(model.net, theta, x, drive);
-    beta = Vec<double>::Zero(B);
+    input_drive<double>(model.net, theta, b.x, drive);
+    beta = Vec<double>::Constant(B, nudge);
   }
+};
+
+struct LinearProblem : Batch {
+  Mat<double>& y = b.y;
+  LinearProblem(Index B, std::uint64_t seed) : Batch(input_only_model(), B, seed, 90, 0) {}
 };
 
 RelaxConfig noisy(Solver solver, double dt, double sigma, long steps) {
@@ -196,12 +202,12 @@ TEST_CASE("state noise: Euler–Maruyama converges strongly on a linear SDE (ord
 }
 
 TEST_CASE("time constants leave the fixed points unchanged, change the transients — the map refuses them") {
-  Model model = make_model("mlp_2-256");
-  const Vec<double> theta = init_params<double>(model.net, 4, 60);
-  const RandomBatch b = random_batch(model.net, 3, 4);
-  Mat<double> drive(model.net.neurons, 3);
-  input_drive<double>(model.net, theta, b.x, drive);
-  const Vec<double> beta = Vec<double>::Constant(3, 0.3);
+  const Batch p(make_model("mlp_2-256"), 3, 4, 60, 0.3);
+  const Model& model = p.model;
+  const Vec<double>& theta = p.theta;
+  const Mat<double>& drive = p.drive;
+  const Vec<double>& beta = p.beta;
+  const RandomBatch& b = p.b;
   const std::vector<double> rate =
       time_constant_rates(model.net, {{"l1", 0.5}, {"out", 3.0}}, "--tau");
   CHECK(rate[0] == 2.0);                                                   // l1: 1/0.5
@@ -245,12 +251,12 @@ TEST_CASE("time constants leave the fixed points unchanged, change the transient
 }
 
 TEST_CASE("settle: a phase ends at its physical time — one not converged by then is counted") {
-  Model model = make_model("mlp_2-256");
-  const Vec<double> theta = init_params<double>(model.net, 2, 0);
-  const RandomBatch b = random_batch(model.net, 4, 2);
-  Mat<double> drive(model.net.neurons, 4);
-  input_drive<double>(model.net, theta, b.x, drive);
-  const Vec<double> beta = Vec<double>::Zero(4);
+  const Batch p(make_model("mlp_2-256"), 4, 2, 0, 0);
+  const Model& model = p.model;
+  const Vec<double>& theta = p.theta;
+  const Mat<double>& drive = p.drive;
+  const Vec<double>& beta = p.beta;
+  const RandomBatch& b = p.b;
   for (Solver solver : {Solver::map, Solver::rk4, Solver::dopri5, Solver::anderson}) {
     CAPTURE(to_string(solver));
     for (double T : {3.0, 4000.0}) {
