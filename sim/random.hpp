@@ -62,6 +62,41 @@ class Rng {
     }
     if (i < n) out[i] = static_cast<T>(normal());
   }
+  // n standard normals by the ziggurat method (Marsaglia & Tsang 2000, 128 layers), about ten
+  // times faster than Box–Muller: one 64-bit draw per value in 98.8 % of cases (the layer from the
+  // low 7 bits, the value from the high 32, so the two are independent), exp/log only in the
+  // rare edge and tail cases. For the state noise, where the draws dominate a step's cost.
+  template <class T>
+  void fill_normal_ziggurat(T* out, std::size_t n) {
+    const Ziggurat& z = ziggurat();
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint64_t u = next();
+      for (;;) {
+        const auto iz = static_cast<int>(u & 127);
+        const auto hz = static_cast<std::int32_t>(static_cast<std::uint32_t>(u >> 32));
+        const double x = hz * z.w[iz];
+        if (static_cast<std::uint32_t>(hz < 0 ? -static_cast<std::int64_t>(hz) : hz) < z.k[iz]) {
+          out[i] = static_cast<T>(x);
+          break;
+        }
+        if (iz == 0) {  // the tail beyond r, by Marsaglia's exponential method
+          double a, b;
+          do {
+            a = -std::log(1.0 - uniform()) / Ziggurat::r;
+            b = -std::log(1.0 - uniform());
+          } while (b + b < a * a);
+          out[i] = static_cast<T>(hz > 0 ? Ziggurat::r + a : -Ziggurat::r - a);
+          break;
+        }
+        if (z.f[iz] + uniform() * (z.f[iz - 1] - z.f[iz]) < std::exp(-0.5 * x * x)) {  // the wedge
+          out[i] = static_cast<T>(x);
+          break;
+        }
+        u = next();
+      }
+    }
+  }
+
   // Standard normal truncated to [-2, 2] (rejection; acceptance 95.4%).
   double truncated_normal() {
     for (;;) {
@@ -86,6 +121,36 @@ class Rng {
     return mix(x);
   }
   State s_{};
+
+  // The ziggurat's 128 layers: k (acceptance bounds on |hz|), w (scale of hz), f (the density at
+  // each layer's edge), for a 32-bit signed hz.
+  struct Ziggurat {
+    static constexpr double r = 3.442619855899;  // the base layer's edge
+    std::array<std::uint32_t, 128> k{};
+    std::array<double, 128> w{}, f{};
+    Ziggurat() {
+      const double m = 2147483648.0, v = 9.91256303526217e-3;
+      double d = r, t = r;
+      const double q = v / std::exp(-0.5 * d * d);
+      k[0] = static_cast<std::uint32_t>(d / q * m);
+      k[1] = 0;
+      w[0] = q / m;
+      w[127] = d / m;
+      f[0] = 1.0;
+      f[127] = std::exp(-0.5 * d * d);
+      for (int i = 126; i >= 1; --i) {
+        d = std::sqrt(-2.0 * std::log(v / d + std::exp(-0.5 * d * d)));
+        k[static_cast<std::size_t>(i + 1)] = static_cast<std::uint32_t>(d / t * m);
+        t = d;
+        f[static_cast<std::size_t>(i)] = std::exp(-0.5 * d * d);
+        w[static_cast<std::size_t>(i)] = d / m;
+      }
+    }
+  };
+  static const Ziggurat& ziggurat() {
+    static const Ziggurat z;
+    return z;
+  }
 };
 
 }  // namespace hepsim

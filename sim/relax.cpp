@@ -444,7 +444,7 @@ void relax_euler_maruyama(Field<S>& field, Mat<S>& u, const RelaxConfig& cfg, Re
       u += h * f;
     for (Index j = 0; j < cols; ++j) {
       if (field.frozen(j)) continue;
-      rng[static_cast<std::size_t>(j)].fill_normal(xi.data(), static_cast<std::size_t>(n));
+      rng[static_cast<std::size_t>(j)].fill_normal_ziggurat(xi.data(), static_cast<std::size_t>(n));
       if constexpr (is_complex_v<S>)
         u.col(j).real() += amp * xi;
       else

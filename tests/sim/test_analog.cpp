@@ -130,7 +130,7 @@ TEST_CASE("state noise: a column's noise depends on its key, not on the columns 
 TEST_CASE("state noise: Euler–Maruyama converges strongly on a linear SDE (order at least 1/2)") {
   // du = (c − u) dt + σ dW from u = 0 to T = 1 by relax's Euler–Maruyama steps of size h. The
   // reference integrates the SAME Brownian paths: the test regenerates each column's increments
-  // from relax's keyed generator (Rng(seed, noise, key, column), n normals per step, σ √h ξ) and
+  // from relax's keyed generator (Rng(seed, noise, key, column), n ziggurat normals per step, σ √h ξ) and
   // refines each by Brownian bridges to steps of 2^-14, where it takes exact OU transitions of
   // the linear drift (e^{-δ}) with the fine increments (error O(2^-14) ≪ the errors measured).
   // Root-mean-square errors over 10 x 400 paths at h = 1/8 … 1/64: the fitted order must be at
@@ -158,7 +158,7 @@ TEST_CASE("state noise: Euler–Maruyama converges strongly on a linear SDE (ord
     for (Index j = 0; j < B; ++j) {
       Rng rng(cfg.noise.seed, Stream::noise, cfg.noise.key, static_cast<std::uint64_t>(j));
       for (long k = 0; k < steps; ++k) {
-        rng.fill_normal(xi.data(), xi.size());
+        rng.fill_normal_ziggurat(xi.data(), xi.size());
         for (Index i = 0; i < n; ++i) {
           // The Brownian path over this step, pinned at 0 and the coarse increment √h ξ.
           w[0] = 0;
@@ -339,4 +339,36 @@ TEST_CASE("device: quantized weights take at most 2^b values on [-w, w] — mism
   dc.weight_bits = 0;
   dc.mismatch = -0.1;
   CHECK_THROWS_WITH_AS(Device(model.net, dc), doctest::Contains("--mismatch"), InputError);
+}
+
+TEST_CASE("the ziggurat's normals: moments and tails of the standard normal") {
+  // 2^21 draws: the sample mean's standard error is 7e-4, the variance's 1e-3, the fourth
+  // moment's 6.8e-3 (its variance is 96/N); 6 standard errors are allowed. Tails: P(|x| > 2) =
+  // 0.0455 and P(|x| > 3.5) = 4.65e-4 (beyond the base layer's edge r = 3.44: the tail method),
+  // each within 6 binomial standard errors.
+  const std::size_t N = std::size_t{1} << 21;
+  std::vector<double> x(N);
+  Rng rng(5, Stream::noise, 1, 2);
+  rng.fill_normal_ziggurat(x.data(), N);
+  double m1 = 0, m2 = 0, m4 = 0, t2 = 0, t35 = 0;
+  for (double v : x) {
+    m1 += v;
+    m2 += v * v;
+    m4 += v * v * v * v;
+    t2 += std::abs(v) > 2;
+    t35 += std::abs(v) > 3.5;
+  }
+  const double n = static_cast<double>(N);
+  m1 /= n, m2 /= n, m4 /= n, t2 /= n, t35 /= n;
+  CHECK(std::abs(m1) < 6 * 7e-4);
+  CHECK(std::abs(m2 - 1) < 6 * 1e-3);
+  CHECK(std::abs(m4 - 3) < 6 * 6.8e-3);
+  CHECK(std::abs(t2 - 0.0455) < 6 * std::sqrt(0.0455 / n));
+  CHECK(std::abs(t35 - 4.65e-4) < 6 * std::sqrt(4.65e-4 / n));
+  // Reproducible from the key.
+  std::vector<double> y(16), z(16);
+  Rng(5, Stream::noise, 1, 2).fill_normal_ziggurat(y.data(), 16);
+  CHECK(std::equal(y.begin(), y.end(), x.begin()));
+  Rng(5, Stream::noise, 1, 3).fill_normal_ziggurat(z.data(), 16);
+  CHECK(y != z);
 }
