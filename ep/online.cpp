@@ -1,4 +1,5 @@
 // Online (oscillating) holomorphic EP (SPEC 3.3): estimators.hpp, OnlineConfig.
+#include <algorithm>
 #include <cmath>
 #include <complex>
 #include <limits>
@@ -26,6 +27,9 @@ OnlineResult<R> online_estimate(const Model& model, const Vec<R>& theta, const C
 
   RelaxConfig phase = cfg.phase;
   phase.tol = 0;  // a phase point lasts its T2 steps, settled or not
+  phase.progress = nullptr;  // reported here for the whole run (a phase point may be short)
+  const long total_steps = cfg.periods * cfg.N * cfg.phase.max_steps;
+  long reported = 0;
   const std::uint64_t key0 = phase.noise.key;
   Mat<C> u = Mat<C>::Zero(n, B), s(n, B);
   Mat<C> sum_u = Mat<C>::Zero(n, B), first = sum_u, second = sum_u;  // harmonics 0 (of u), 1 and 2 (of σ(u))
@@ -52,6 +56,20 @@ OnlineResult<R> online_estimate(const Model& model, const Vec<R>& theta, const C
         if (st == RelaxStatus::diverged) dead[static_cast<std::size_t>(j)] = 1;
         fs.relax.status[static_cast<std::size_t>(j)] = dead[static_cast<std::size_t>(j)] ? RelaxStatus::diverged : st;
         fs.relax.residual[j] = r.residual[j];
+      }
+      if (cfg.phase.progress && fs.relax.steps - reported >= 256) {
+        reported = fs.relax.steps;
+        RelaxProgress pr;
+        pr.steps = fs.relax.steps;
+        pr.max_steps = total_steps;
+        pr.t = fs.relax.t;
+        pr.cols = B;
+        for (Index j = 0; j < B; ++j)
+          if (!dead[static_cast<std::size_t>(j)]) {
+            ++pr.live;
+            pr.max_residual = std::max(pr.max_residual, r.residual[j]);
+          }
+        cfg.phase.progress(pr);
       }
       if (p == 0) continue;  // the settling transient
       activate<C>(model.activation, u, s);

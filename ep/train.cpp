@@ -53,12 +53,21 @@ constexpr std::uint64_t kEvaluationKey = 1ULL << 62, kMetricsKey = (1ULL << 62) 
 // A free phase that diverges has no stable fixed point at its step (an ODE or damped step too
 // large: --dt) or with these weights (grown by --lr); a nudged phase that diverges is pushed too
 // hard (--beta); one that cycles follows the map's period-2 orbit.
-std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled) {
+std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled,
+                                                     bool moved) {
   if (free > 0 && free >= nudged && free >= cycled) {
+    // Online hEP has no free phase: its oscillating run is nudged throughout.
+    if (cfg.algo == Algo::online) return {"--beta", "lower --beta or --dt (the oscillating run diverged)"};
     if (cfg.free.noise.on()) return {"--noise", "lower --noise or --dt (the noisy relaxation ran away)"};
+    // Weights that no step has changed yet: the device made them, not the learning rate.
+    if (!moved && cfg.device.mismatch > 0)
+      return {"--mismatch", "lower --mismatch (the device's weights have no stable fixed point)"};
+    if (!moved && cfg.device.weight_bits > 0)
+      return {"--weight-clip", "lower --weight-clip or raise --weight-bits (the quantized weights have no stable fixed point)"};
     const bool stepped = cfg.free.solver == Solver::rk4 || cfg.free.solver == Solver::dopri5 ||
                          (cfg.free.dt != 0 && cfg.free.dt != 1);
     if (stepped) return {"--dt", "lower --dt (the free phase's step)"};
+    if (!moved) return {"--dt", "damp the map (--dt 0.5): the initial weights have no stable fixed point"};
     // The weights have no stable fixed point: grown by the learning rate (or the homeostatic
     // penalty's gradient, which the same step applies).
     if (cfg.homeostasis > 0)
@@ -259,13 +268,15 @@ typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatR
       throw InputError("--homeostasis", "the homeostasis gradient became non-finite" + at + "; lower λ");
   }
   if (st.diverged + st.nudged_cycling > 0 && cfg_.on_diverge == DivergencePolicy::abort) {
-    const auto [flag, advice] = divergence_cause(cfg_, st.free_diverged, st.diverged - st.free_diverged, st.nudged_cycling);
+    const auto [flag, advice] =
+        divergence_cause(cfg_, st.free_diverged, st.diverged - st.free_diverged, st.nudged_cycling, moved_);
     throw InputError(flag, std::to_string(st.diverged) + " sample(s) diverged (" + std::to_string(st.free_diverged) +
                                " in the free phase) and " + std::to_string(st.nudged_cycling) +
                                " cycled in a nudged phase at step " + std::to_string(index + 1) + ": " + advice +
                                " (or --on-diverge skip)");
   }
   opt_.step(theta_, grad_, index, total, cfg_.threads);
+  moved_ = moved_ || st.diverged + st.nudged_cycling < x.cols();  // some sample's gradient was applied
   if (!theta_.allFinite() || theta_.cwiseAbs().maxCoeff() > static_cast<R>(kMaxParameter)) {
     auto [flag, block] = opt_.blame(model_.net, theta_);
     if (flag == "--lr" && cfg_.homeostasis > 0) flag = "--lr/--homeostasis";  // the penalty's gradient is in the step
@@ -609,7 +620,8 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     // nothing; when none contributes the parameters no longer change and every further epoch
     // would repeat this one.
     if (rec.diverged + rec.nudged_cycling >= train.n) {
-      const auto [flag, advice] = divergence_cause(cfg_, free_diverged, rec.diverged - free_diverged, rec.nudged_cycling);
+      const auto [flag, advice] =
+          divergence_cause(cfg_, free_diverged, rec.diverged - free_diverged, rec.nudged_cycling, moved_);
       throw InputError(flag, "no sample contributed an error vector in epoch " + std::to_string(epoch) + " (" +
                                  std::to_string(rec.diverged) + " diverged, " + std::to_string(free_diverged) +
                                  " of them in the free phase; " + std::to_string(rec.nudged_cycling) +
@@ -618,7 +630,7 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
     }
     // The test accuracy of mostly diverged (frozen) states is no accuracy (eval refuses it too).
     if (2 * ev.diverged > ev.samples) {
-      const auto [flag, advice] = divergence_cause(cfg_, ev.diverged, 0, 0);
+      const auto [flag, advice] = divergence_cause(cfg_, ev.diverged, 0, 0, moved_);
       throw InputError(flag, std::to_string(ev.diverged) + " of " + std::to_string(ev.samples) +
                                  " test samples diverged in epoch " + std::to_string(epoch) + ": " + advice +
                                  " (the epochs so far are logged and checkpointed)");
@@ -672,11 +684,11 @@ MemoryPart stacks_part(const TrainConfig& cfg) {  // each worker thread reserves
 std::vector<MemoryPart> eval_memory(const Network& net, const TrainConfig& cfg, Index test_n, std::size_t scalar,
                                     const std::string& checkpoint) {
   const double r = static_cast<double>(scalar), T = std::max(1, cfg.threads);
-  // θ, its cast, the gradient and the optimizer's moments of the Trainer (the checkpoint's own
-  // double vectors are already resident).
+  // θ, its cast, the gradient and the optimizer's moments of the Trainer, and a margin for the
+  // scores' temporaries (the checkpoint's own double vectors are already resident).
   std::vector<MemoryPart> parts = {
       {"the parameters (" + std::to_string(net.n_params) + ")", checkpoint,
-       static_cast<double>(net.n_params) * (5 * r + device_bytes(cfg, r))},
+       static_cast<double>(net.n_params) * (7 * r + device_bytes(cfg, r))},
       evaluation_part(net, cfg, test_n, scalar, "--threads"), stacks_part(cfg)};
   if (net.has_conv()) parts.push_back({"the convolutions' im2col buffers", "--threads", conv_work_bytes(net, r) * T});
   return parts;
@@ -691,8 +703,10 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   const double Bc = std::ceil(B / T);  // columns per thread
   std::vector<MemoryPart> parts;
   // θ-sized vectors: θ, the gradient, the optimizer's moments and one gradient per thread in
-  // the training precision; in double the checkpoint's θ, m, v and the alignment metrics' θ and
-  // gradients (about eight).
+  // the training precision; in double a resumed run's checkpoint (θ, m, v), and at the end of an
+  // epoch the checkpoint written (θ, m, v, their in-memory HDF5 file and its copy) or the alignment
+  // metrics' θ and gradients: fifteen (measured: 111 bytes per parameter for a new AdamW run, 134
+  // for a resumed one, of 21M parameters).
   std::size_t largest = 0;
   for (std::size_t i = 1; i < net.blocks.size(); ++i)
     if (net.blocks[i].size() > net.blocks[largest].size()) largest = i;
@@ -700,7 +714,7 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   parts.push_back({"the parameters (" + std::to_string(net.n_params) + "; the largest block " + big.name + " is " +
                        std::to_string(big.rows) + " x " + std::to_string(big.cols) + ")",
                    big.name.rfind("readout", 0) == 0 ? "--dataset (its classes size the readout)" : "--arch",
-                   static_cast<double>(net.n_params) * (r * (4 + T) + 8 * 8 + device_bytes(cfg, r))});
+                   static_cast<double>(net.n_params) * (r * (4 + T) + 15 * 8 + device_bytes(cfg, r))});
   // One relaxation per thread: the batch (inputs twice: the batch and the free state's copy;
   // targets), about 14 state-sized matrices of the free phase (drive, u, σ(u), the fused engine's
   // buffers) and of each nudged phase, whose ⌊N/2⌋ + 1 contour points relax stacked, the complex

@@ -138,6 +138,9 @@ class Trainer {
   Vec<R>& theta() { return theta_; }
   const Vec<R>& theta() const { return theta_; }
   Optimizer<R>& optimizer() { return opt_; }
+  // Whether a step has applied some sample's gradient (a resumed run: its checkpoint's weights).
+  bool moved() const { return moved_; }
+  void set_moved() { moved_ = true; }
   const Model& model() const { return model_; }
   const TrainConfig& config() const { return cfg_; }
 
@@ -152,6 +155,7 @@ class Trainer {
   Vec<R> theta_;
   Device device_;
   mutable Vec<R> theta_device_;  // device_theta()'s buffer
+  bool moved_ = false;           // moved()
   Optimizer<R> opt_;
   std::unique_ptr<Homeostasis<R>> homeo_;  // when cfg.homeostasis > 0, created by the first step
   Vec<R> grad_;
@@ -162,7 +166,10 @@ class Trainer {
 // The flag to blame, with advice, for samples whose relaxations diverged (`free` of them in the
 // free phase, `nudged` only in a nudged phase) or whose nudged phase cycled (`cycled`): the most
 // frequent cause.
-std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled);
+// `moved`: whether any training step has changed the weights yet (if not, the learning rate is
+// not the cause: the initialisation, the device or the step is).
+std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled,
+                                                     bool moved = true);
 
 // An upper bound of the memory a run of `cfg` allocates (bytes), by part, computed before any of
 // it is: the parameter-sized vectors, each thread's relaxations, evaluation, the alignment

@@ -164,17 +164,21 @@ double resident_bytes() {
 }
 }  // namespace
 
-void check_memory(const std::vector<MemoryPart>& parts, double already) {
+void check_memory(const std::vector<MemoryPart>& parts, double already, const std::string& already_where) {
   // What the process holds already counts too (the program alone is about 13 MB): the loaded data
   // are in it; without /proc, the data and a program's size.
   constexpr double kProgramBytes = 16e6;
   const double resident = resident_bytes();
-  double total = resident >= 0 ? std::max(resident, already) : already + kProgramBytes;
+  const double held = resident >= 0 ? std::max(resident, already) : already + kProgramBytes;
+  double total = held;
   const MemoryPart* largest = nullptr;
   for (const MemoryPart& p : parts) {
     total += p.bytes;
     if (!largest || p.bytes > largest->bytes) largest = &p;
   }
+  // The loaded data, when they are the largest part (blamed on what sets their size).
+  const MemoryPart data{"the loaded data", already_where, held};
+  if (!already_where.empty() && already > 0 && (!largest || held > largest->bytes)) largest = &data;
   const double have = machine_memory();
   if (total <= have || !largest) return;
   auto size = [](double bytes) {  // GB, or MB below one

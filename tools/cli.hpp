@@ -101,7 +101,9 @@ double machine_memory();
 // InputError naming the largest part's flag when the parts (ep/train.hpp train_memory) plus
 // what the process holds already (at least `already` bytes: the loaded dataset) exceed the
 // machine's memory; the message gives the estimate.
-void check_memory(const std::vector<MemoryPart>& parts, double already);
+// `already_where` (when given) names what sets the size of `already` (the loaded data), blamed
+// when they are the largest part.
+void check_memory(const std::vector<MemoryPart>& parts, double already, const std::string& already_where = "");
 // The same for relax, jacobian and gradcheck, before θ is allocated: the parameters and their
 // working copies (about four θ-sized vectors, named --arch) and `columns` relaxing state columns
 // of about 16 state-sized double matrices (complex: twice; named `columns_flag`).

@@ -164,7 +164,7 @@ void register_bench(CLI::App& app) {
                                    MapShape{data.train.channels, data.train.height, data.train.width});
     set_time_constants(s, model.net);
     check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, 4),
-                 static_cast<double>(data.train.images.size() + data.test.images.size()));
+                 static_cast<double>(data.train.images.size() + data.test.images.size()), "--train-limit");
     Trainer<float> trainer(model, s.train, init_params<float>(model.net, s.train.seed, s.angle));
     const Index B = s.train.batch_size;
     const std::vector<Index> perm = shuffled_indices(data.train.n, s.train.seed, 1);
@@ -191,7 +191,7 @@ void register_bench(CLI::App& app) {
     // Steps in which no sample contributed time relaxations that blew up or cycled, not training:
     // refused like a training epoch that nothing contributed to.
     if (diverged + cycled >= samples) {
-      const auto [flag, advice] = divergence_cause(s.train, free_diverged, diverged - free_diverged, cycled);
+      const auto [flag, advice] = divergence_cause(s.train, free_diverged, diverged - free_diverged, cycled, trainer.moved());
       throw InputError(flag, "no sample contributed an error vector to the timed training steps (" + std::to_string(diverged) +
                                  " of " + std::to_string(samples) + " diverged, " + std::to_string(free_diverged) +
                                  " of them in the free phase; " + std::to_string(cycled) +

@@ -452,13 +452,18 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
 // whose every measured sample diverged measured nothing (the nudge |β| is too large for the
 // network). Estimators with only some samples diverged are legitimate measurements at large β:
 // their counts stand.
-void check_outcome(const nlohmann::json& j, const std::vector<RelaxStatus>& free_status, bool free_truncated) {
+void check_outcome(const nlohmann::json& j, const std::vector<RelaxStatus>& free_status, bool free_truncated,
+                   double noise) {
   check_settled("gradcheck", free_status, "the free phase", "are left out of every metric", free_truncated);
   const long measured = j.at("measured").get<long>();
   std::string dead;
   for (const auto& e : j.at("estimators"))
     if (e.at("diverged").get<long>() + e.at("cycling").get<long>() == measured)
       dead += (dead.empty() ? "" : ", ") + std::string("N=") + e.at("N").dump() + " |beta|=" + e.at("beta").dump();
+  if (!dead.empty() && noise > 0)
+    throw InputError("--noise", "every one of the " + std::to_string(measured) +
+                                    " measured samples diverged or cycled in the noisy phases (" + dead +
+                                    "): lower --noise (or |beta|)");
   if (!dead.empty())
     throw InputError("--beta", "every one of the " + std::to_string(measured) +
                                    " measured samples diverged or cycled in the nudged phases (" + dead +
@@ -548,7 +553,7 @@ void register_gradcheck(CLI::App& app) {
     std::vector<RelaxStatus> free_status;
     const nlohmann::json j = run_gradcheck(o, free_status);
     print_json(j);  // the counts are useful even when samples diverged
-    check_outcome(j, free_status, o.T1 > 0);
+    check_outcome(j, free_status, o.T1 > 0, o.noise);
   });
 }
 

@@ -166,6 +166,7 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
     trainer.optimizer().m() = resume->m.cast<R>();
     if (resume->v.size()) trainer.optimizer().v() = resume->v.cast<R>();
     trainer.optimizer().steps() = resume->optimizer_steps;
+    trainer.set_moved();  // the checkpoint's weights were learned
     start = resume->epoch;
   }
   TrainLog log(log_path, s.config, layer_names(net));
@@ -264,7 +265,7 @@ void register_train(CLI::App& app) {
     set_time_constants(s, model.net);
     // Before anything of the run's size is allocated: refused with the estimate, naming the flag.
     check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, s.precision == "double" ? 8 : 4),
-                 static_cast<double>(data.train.images.size() + data.test.images.size()));
+                 static_cast<double>(data.train.images.size() + data.test.images.size()), "--train-limit");
     // Checked before anything in the directory changes: a refused resume leaves the run as it was.
     const std::vector<EpochRecord> history = ck ? resumed_history(s, model.net, *ck) : std::vector<EpochRecord>{};
     // A resume with nothing left to train (--epochs at or below the finished ones) changes nothing.
@@ -340,7 +341,7 @@ void register_eval(CLI::App& app) {
     evaluation.homeostasis = 0;
     evaluation.warm_start = false;
     check_memory(eval_memory(model.net, evaluation, test.n, s.precision == "double" ? 8 : 4, *checkpoint),
-                 static_cast<double>(test.images.size()));
+                 static_cast<double>(test.images.size()), "--test-limit");
     const EvalResult r = s.precision == "double"
                              ? Trainer<double>(model, evaluation, ck.theta).evaluate(test)
                              : Trainer<float>(model, evaluation, ck.theta.cast<float>()).evaluate(test);

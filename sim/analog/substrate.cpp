@@ -59,7 +59,10 @@ std::vector<double> time_constant_rates(const Network& net, const std::vector<st
       throw InputError(where, "unknown layer '" + name + "' (the state layers are " + layers.str() + ")");
     }
     if (!seen.insert(name).second) throw InputError(where, "layer '" + name + "' is given twice");
-    if (!(t > 0) || !std::isfinite(t)) throw InputError(where, "the time constant of '" + name + "' must be a finite number > 0");
+    // Beyond six orders of magnitude from the unit time constant a rate is not representable in
+    // single precision next to the others (1/1e100 is 0 in float) and no step size serves both.
+    if (!(t >= 1e-6 && t <= 1e6))
+      throw InputError(where, "the time constant of '" + name + "' must be between 1e-6 and 1e6 (the unit is the map's step)");
     const Layer& L = net.layers[static_cast<std::size_t>(l)];
     for (Index i = 0; i < L.size; ++i) rate[static_cast<std::size_t>(L.offset + i)] = 1.0 / t;
   }

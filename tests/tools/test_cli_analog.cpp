@@ -155,3 +155,30 @@ TEST_CASE("train --algo online: runs and logs its algorithm — bad settings exi
   REQUIRE(recs.size() == 1);
   CHECK(std::isfinite(recs[0].cos_grad_total));
 }
+
+TEST_CASE("analog keys: a run-away is blamed on the analog flag that caused it (eighteenth audit)") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 20, 10, 35);
+  const std::string arch = small_arch(tmp);
+  int runs = 0;  // a run that ends at its epoch's end keeps its directory: one each
+  const auto t = [&] {
+    std::string dir = tmp.file("r");
+    dir += std::to_string(runs++);
+    return "train " + flags(data, arch) + " --epochs 1 --out " + dir;
+  };
+  // Before any update the learning rate cannot be the cause (they named --lr); online hEP has no
+  // free phase (it named --lr for a huge nudge); time constants far from 1 are refused (1e100 was
+  // 0 in float and every dopri5 phase "diverged").
+  check_bad_input({{t() + " --mismatch 1e10", "--mismatch:"},
+                   {t() + " --weight-bits 2 --weight-clip 1e10", "--weight-clip:"},
+                   {t() + " --algo online --N 3 --beta 1e10", "--beta:"},
+                   {t() + " --solver dopri5 --tau out=1e100", "--tau: the time constant of 'out' must be between 1e-6 and 1e6"},
+                   {t() + " --solver rk4 --tau h=1e-7", "--tau:"}},
+                  tmp);
+  // gradcheck prints its JSON first, then names the noise (it named --beta).
+  const RunResult g = run_hepsim("gradcheck --dataset random --arch " + arch +
+                                     " --threads 1 --batch 4 --fd-directions 1 --T2 5 --noise 1e10 --N 2 --beta 0.05",
+                                 tmp);
+  CHECK(g.code == 2);
+  CHECK_MESSAGE(g.err.rfind("--noise: every one of the 4 measured samples", 0) == 0, g.err);
+}

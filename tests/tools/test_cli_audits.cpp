@@ -420,3 +420,29 @@ TEST_CASE("seventeenth audit: Dormand–Prince's stages in the evaluation estima
   check_bad_input({{"train --resume " + run + " --epochs 2 --quiet", "checkpoint.h5.tmp is a hard link"}}, tmp);
   CHECK(slurp(tmp.file("victim.txt")) == "precious");
 }
+
+TEST_CASE("eighteenth audit: the checkpoint's vectors in the parameters' estimate, the loaded data blamed when largest") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 40, 20, 19);
+  // 2.9M parameters with AdamW: estimated 280 MB, peak 360 MB (the checkpoint written at the end of
+  // the epoch holds θ, m, v in double, in the struct, its in-memory HDF5 file and that file's copy).
+  const std::string big = tmp.file("p1k.json");
+  std::ofstream(big) << R"({"name": "p", "layers": [{"name": "h1", "size": 1024}, {"name": "h2", "size": 1024},
+    {"name": "out", "size": "classes"}], "edges": [{"pre": "in", "post": "h1"}, {"pre": "h1", "post": "h2"},
+    {"pre": "h2", "post": "h1", "type": "dense_nobias"}, {"pre": "h2", "post": "out"},
+    {"pre": "out", "post": "h2", "type": "dense_nobias"}]})";
+  check_within("train --dataset fmnist --data-dir " + data.str() + " --arch " + big +
+                   " --threads 1 --epochs 1 --T1 2 --T2 1 --batch-size 10 --probe-size 5 --quiet --optimizer adamw --out " +
+                   tmp.file("a"),
+               320'000'000, tmp);
+  // 80,000 training images (63 MB) under a 50 MB budget: the data are the largest part (it named
+  // --threads for "the stacks of 1 threads (8 MB)").
+  TempDir many;
+  write_tiny_fmnist(many.str(), 80000, 20, 20);
+  const Measured m = run_hepsim_within("train --dataset fmnist --data-dir " + many.str() + " --arch " + small_arch(tmp) +
+                                           " --threads 1 --epochs 1 --quiet --out " + tmp.file("b"),
+                                       50'000'000, tmp);
+  CHECK(m.code == 2);
+  CHECK_MESSAGE(m.err.rfind("--train-limit: the run needs about", 0) == 0, m.err);
+  CHECK(m.err.find("the largest part is the loaded data") != std::string::npos);
+}
