@@ -7,6 +7,7 @@
 #include <cmath>
 #include <exception>
 #include <numeric>
+#include <sstream>
 
 #include "sim/error.hpp"
 
@@ -56,9 +57,9 @@ constexpr std::uint64_t kEvaluationKey = 1ULL << 62, kMetricsKey = (1ULL << 62) 
 std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, long free, long nudged, long cycled,
                                                      bool moved) {
   if (free > 0 && free >= nudged && free >= cycled) {
-    // Online hEP has no free phase: its oscillating run is nudged throughout.
-    if (cfg.algo == Algo::online) return {"--beta", "lower --beta or --dt (the oscillating run diverged)"};
     if (cfg.free.noise.on()) return {"--noise", "lower --noise or --dt (the noisy relaxation ran away)"};
+    // Online hEP has no free phase: before any update its oscillating run diverges by the nudge.
+    if (cfg.algo == Algo::online && !moved) return {"--beta", "lower --beta or --dt (the oscillating run diverged)"};
     // Weights that no step has changed yet: the device made them, not the learning rate.
     if (!moved && cfg.device.mismatch > 0)
       return {"--mismatch", "lower --mismatch (the device's weights have no stable fixed point)"};
@@ -68,8 +69,16 @@ std::pair<std::string, std::string> divergence_cause(const TrainConfig& cfg, lon
                          (cfg.free.dt != 0 && cfg.free.dt != 1);
     if (stepped) return {"--dt", "lower --dt (the free phase's step)"};
     if (!moved) return {"--dt", "damp the map (--dt 0.5): the initial weights have no stable fixed point"};
-    // The weights have no stable fixed point: grown by the learning rate (or the homeostatic
-    // penalty's gradient, which the same step applies).
+    // The weights have no stable fixed point: grown by the learning rate (a block's multiplier
+    // above 1 first, or the homeostatic penalty's gradient, which the same step applies).
+    const auto top = std::max_element(cfg.optimizer.lr_mult.begin(), cfg.optimizer.lr_mult.end(),
+                                      [](const auto& a, const auto& b) { return a.second < b.second; });
+    if (top != cfg.optimizer.lr_mult.end() && top->second > 1) {
+      std::ostringstream advice;
+      advice << "lower the multiplier of " << top->first << " (" << top->second
+             << ") or --lr (the free phase has no stable fixed point)";
+      return {"--lr-mult", advice.str()};
+    }
     if (cfg.homeostasis > 0)
       return {"--lr/--homeostasis", "lower --lr or --homeostasis (the free phase has no stable fixed point)"};
     return {"--lr", "lower --lr (the free phase has no stable fixed point)"};

@@ -182,3 +182,13 @@ TEST_CASE("analog keys: a run-away is blamed on the analog flag that caused it (
   CHECK(g.code == 2);
   CHECK_MESSAGE(g.err.rfind("--noise: every one of the 4 measured samples", 0) == 0, g.err);
 }
+
+TEST_CASE("online hEP: once the weights moved, a run-away is the learning rate's, and noise is named first (nineteenth audit)") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 36);
+  const std::string t = "train --dataset fmnist --data-dir " + data.str() + " --arch " + small_arch(tmp) +
+                        " --threads 1 --epochs 2 --T1 10 --T2 4 --batch-size 10 --quiet --algo online --N 4";
+  check_bad_input({{t + " --beta 0.4 --lr 1e12 --out " + tmp.file("a"), "--lr: "},
+                   {t + " --beta 0.1 --noise 1e7 --out " + tmp.file("b"), "--noise: "}},
+                  tmp);
+}

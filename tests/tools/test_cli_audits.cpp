@@ -446,3 +446,13 @@ TEST_CASE("eighteenth audit: the checkpoint's vectors in the parameters' estimat
   CHECK_MESSAGE(m.err.rfind("--train-limit: the run needs about", 0) == 0, m.err);
   CHECK(m.err.find("the largest part is the loaded data") != std::string::npos);
 }
+
+TEST_CASE("nineteenth audit: a block multiplier that blows the weights up is named (it named --lr)") {
+  TempDir data, tmp;
+  write_tiny_fmnist(data.str(), 60, 20, 21);
+  check_bad_input({{"train --dataset fmnist --data-dir " + data.str() + " --arch " + small_arch(tmp) +
+                        " --threads 1 --epochs 2 --T1 10 --T2 4 --batch-size 10 --quiet --lr-mult h-out=1e12 --out " +
+                        tmp.file("r"),
+                    "--lr-mult: "}},
+                  tmp);
+}
