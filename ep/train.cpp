@@ -704,7 +704,7 @@ std::vector<MemoryPart> eval_memory(const Network& net, const TrainConfig& cfg, 
 }
 
 std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg, Index train_n, Index test_n,
-                                     std::size_t scalar) {
+                                     std::size_t scalar, bool run) {
   const double n = static_cast<double>(net.neurons), r = static_cast<double>(scalar);
   const double dim = static_cast<double>(net.input_size), classes = static_cast<double>(net.classes);
   const double T = std::max(1, cfg.threads);
@@ -715,7 +715,8 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   // the training precision; in double a resumed run's checkpoint (θ, m, v), and at the end of an
   // epoch the checkpoint written (θ, m, v, their in-memory HDF5 file and its copy) or the alignment
   // metrics' θ and gradients: fifteen (measured: 111 bytes per parameter for a new AdamW run, 134
-  // for a resumed one, of 21M parameters).
+  // for a resumed one, of 21M parameters). bench writes no checkpoint: its extra is the engines'
+  // packed kernels and the initialisation's draw (four; 48 bytes per parameter measured).
   std::size_t largest = 0;
   for (std::size_t i = 1; i < net.blocks.size(); ++i)
     if (net.blocks[i].size() > net.blocks[largest].size()) largest = i;
@@ -723,7 +724,7 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   parts.push_back({"the parameters (" + std::to_string(net.n_params) + "; the largest block " + big.name + " is " +
                        std::to_string(big.rows) + " x " + std::to_string(big.cols) + ")",
                    big.name.rfind("readout", 0) == 0 ? "--dataset (its classes size the readout)" : "--arch",
-                   static_cast<double>(net.n_params) * (r * (4 + T) + 15 * 8 + device_bytes(cfg, r))});
+                   static_cast<double>(net.n_params) * (r * (4 + T) + (run ? 15 * 8 : 4 * 8) + device_bytes(cfg, r))});
   // One relaxation per thread: the batch (inputs twice: the batch and the free state's copy;
   // targets), about 14 state-sized matrices of the free phase (drive, u, σ(u), the fused engine's
   // buffers) and of each nudged phase, whose ⌊N/2⌋ + 1 contour points relax stacked, the complex

@@ -179,8 +179,10 @@ struct MemoryPart {
   std::string what, where;
   double bytes = 0;
 };
+// `run`: false for `bench`, which writes no checkpoint and computes no metrics (their double
+// θ-sized vectors are not counted).
 std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg, Index train_n, Index test_n,
-                                     std::size_t scalar);
+                                     std::size_t scalar, bool run = true);
 // What an evaluation alone (hepsim eval) allocates: the parameter-sized vectors of the Trainer
 // that evaluates (named `checkpoint`), each thread's evaluation chunk (named --threads), the
 // convolutions' buffers and the threads' stacks. Nothing of training's metrics or probes.

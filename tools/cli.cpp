@@ -176,9 +176,10 @@ void check_memory(const std::vector<MemoryPart>& parts, double already, const st
     total += p.bytes;
     if (!largest || p.bytes > largest->bytes) largest = &p;
   }
-  // The loaded data, when they are the largest part (blamed on what sets their size).
-  const MemoryPart data{"the loaded data", already_where, held};
-  if (!already_where.empty() && already > 0 && (!largest || held > largest->bytes)) largest = &data;
+  // The loaded data, when they are the largest part (blamed on what sets their size; the program's
+  // own resident memory is no one's flag).
+  const MemoryPart data{"the loaded data", already_where, already};
+  if (!already_where.empty() && already > 0 && (!largest || already > largest->bytes)) largest = &data;
   const double have = machine_memory();
   if (total <= have || !largest) return;
   auto size = [](double bytes) {  // GB, or MB below one

@@ -163,7 +163,7 @@ void register_bench(CLI::App& app) {
     const Model model = make_model(s, data.train.dim(), data.train.classes,
                                    MapShape{data.train.channels, data.train.height, data.train.width});
     set_time_constants(s, model.net);
-    check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, 4),
+    check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, 4, false),
                  static_cast<double>(data.train.images.size() + data.test.images.size()), "--train-limit");
     Trainer<float> trainer(model, s.train, init_params<float>(model.net, s.train.seed, s.angle));
     const Index B = s.train.batch_size;

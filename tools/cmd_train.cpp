@@ -352,7 +352,10 @@ void register_eval(CLI::App& app) {
                                         " test samples diverged under the run's relaxation (solver " +
                                         s.config.at("solver").get<std::string>() + ", step " +
                                         nlohmann::json(s.train.free.step()).dump() +  // shortest form: 0.5, 1e+300
-                                        "): its parameters have no stable fixed point there");
+                                        (s.train.free.noise.on()
+                                             ? ", noise " + nlohmann::json(s.train.free.noise.sigma).dump() +
+                                                   "): the run's state noise drives it away"
+                                             : std::string("): its parameters have no stable fixed point there")));
     print_json({{"test_acc", r.top1}, {"test_top5", r.top5}, {"test_loss", r.loss}, {"samples", r.samples},
                 {"not_converged", r.not_converged}, {"diverged", r.diverged}, {"epoch", ck.epoch}});
   });
