@@ -40,10 +40,7 @@ struct Batch {
   }
 };
 
-struct LinearProblem : Batch {
-  Mat<double>& y = b.y;
-  LinearProblem(Index B, std::uint64_t seed) : Batch(input_only_model(), B, seed, 90, 0) {}
-};
+Batch linear_problem(Index B, std::uint64_t seed) { return Batch(input_only_model(), B, seed, 90, 0); }
 
 RelaxConfig noisy(Solver solver, double dt, double sigma, long steps) {
   RelaxConfig cfg;
@@ -75,8 +72,8 @@ TEST_CASE("state noise: the stationary variance around a stable linear fixed poi
     CAPTURE(to_string(c.solver));
     CAPTURE(c.dt);
     CAPTURE(c.rate);
-    LinearProblem p(2000, 5);
-    Field<double> f(p.model, p.theta, p.drive, p.y, p.beta);
+    const Batch p = linear_problem(2000, 5);
+    Field<double> f(p.model, p.theta, p.drive, p.b.y, p.beta);
     Mat<double> u = Mat<double>::Zero(p.model.net.neurons, 2000);
     RelaxConfig cfg = noisy(c.solver, c.dt, sigma, c.steps);
     if (c.rate != 1.0) cfg.rate.assign(static_cast<std::size_t>(p.model.net.neurons), c.rate);
@@ -93,15 +90,15 @@ TEST_CASE("state noise: the stationary variance around a stable linear fixed poi
 }
 
 TEST_CASE("state noise: a column's noise depends on its key, not on the columns it relaxes with — zero noise changes nothing") {
-  LinearProblem p(6, 9);
+  const Batch p = linear_problem(6, 9);
   const Index n = p.model.net.neurons;
   RelaxConfig cfg = noisy(Solver::map, 0.5, 0.05, 30);
   cfg.noise.columns = {10, 11, 12, 13, 14, 15};
-  Field<double> f(p.model, p.theta, p.drive, p.y, p.beta);
+  Field<double> f(p.model, p.theta, p.drive, p.b.y, p.beta);
   Mat<double> u = Mat<double>::Zero(n, 6);
   (void)relax(f, u, cfg);
   // Columns 2..3 alone, with their keys: the same states bit for bit.
-  const Mat<double> d2 = p.drive.middleCols(2, 2), y2 = p.y.middleCols(2, 2);
+  const Mat<double> d2 = p.drive.middleCols(2, 2), y2 = p.b.y.middleCols(2, 2);
   const Vec<double> b2 = Vec<double>::Zero(2);
   Field<double> f2(p.model, p.theta, d2, y2, b2);
   Mat<double> u2 = Mat<double>::Zero(n, 2);
@@ -137,7 +134,7 @@ TEST_CASE("state noise: Euler–Maruyama converges strongly on a linear SDE (ord
   // least 1/2 (the strong order of Euler–Maruyama); with additive noise it is in fact 1.
   const double sigma = 0.5;
   const Index B = 400;
-  LinearProblem p(B, 21);
+  const Batch p = linear_problem(B, 21);
   const Index n = p.model.net.neurons;
   const int fine_levels = 14;
   std::vector<double> hs, errs;
@@ -145,7 +142,7 @@ TEST_CASE("state noise: Euler–Maruyama converges strongly on a linear SDE (ord
     const long steps = 1L << level;
     const double h = 1.0 / static_cast<double>(steps);
     RelaxConfig cfg = noisy(Solver::rk4, h, sigma, steps);
-    Field<double> f(p.model, p.theta, p.drive, p.y, p.beta);
+    Field<double> f(p.model, p.theta, p.drive, p.b.y, p.beta);
     Mat<double> u = Mat<double>::Zero(n, B);
     (void)relax(f, u, cfg);
     const int refine = fine_levels - level;  // halvings of each coarse step
