@@ -236,17 +236,22 @@ const Vec<R>& Trainer<R>::device_theta() const {
 }
 
 template <class R>
-typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total,
-                                                const Index* samples) {
-  const StepStats st = gradient(x, y, grad_, samples, index);
+void Trainer<R>::ensure_homeostasis(Index cols) {
   if (cfg_.homeostasis > 0 && !homeo_ && !model_.net.has_conv()) {  // conv: at the free states, in gradient()
     // Probe buffers for draws × (the first batch's columns): a nominal batch larger than the data
     // never materialises (before, --batch-size 1000000 on 200 samples allocated 15 GB of probes).
     HomeoConfig hc = cfg_.homeo;
     hc.lambda = cfg_.homeostasis;
     // H is the same at every state: homeo-samples only means fewer probes.
-    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, hc.probed(std::min<Index>(cfg_.batch_size, x.cols())));
+    homeo_ = std::make_unique<Homeostasis<R>>(model_.net, hc, hc.probed(std::min<Index>(cfg_.batch_size, cols)));
   }
+}
+
+template <class R>
+typename Trainer<R>::StepStats Trainer<R>::step(const CMatRef<R>& x, const CMatRef<R>& y, long index, long total,
+                                                const Index* samples) {
+  const StepStats st = gradient(x, y, grad_, samples, index);
+  ensure_homeostasis(x.cols());
   // Non-finite values are blamed on what produced them: the task gradient (the dynamics overflowed
   // the precision: the nudge or the step), the homeostasis term, or the optimizer's step.
   const std::string at = " at step " + std::to_string(index + 1);
@@ -568,55 +573,70 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
 }
 
 template <class R>
-void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch,
+bool Trainer<R>::run(const Dataset& train, const Dataset& test, const EpochPosition& from,
                      const std::function<void(const BatchProgress&)>& on_batch,
-                     const std::function<void(const EpochRecord&)>& on_epoch) {
+                     const std::function<void(const EpochRecord&)>& on_epoch,
+                     const std::function<bool(const EpochPosition&)>& after_step) {
   const Index B = cfg_.batch_size;
   const long batches = static_cast<long>((train.n + B - 1) / B);
   const long total_steps = cfg_.epochs * batches;
   const Index cols = std::min<Index>(B, train.n);  // a batch larger than the set is the whole set
   Mat<R> x(train.dim(), cols), y(train.classes, cols);
   if (cfg_.warm_start && warm_.cols() != train.n) warm_ = Mat<R>::Zero(model_.net.neurons, train.n);
-  for (long epoch = start_epoch + 1; epoch <= cfg_.epochs; ++epoch) {
-    const auto t0 = Clock::now();
+  ensure_homeostasis(cols);  // sized by the full batch, also when a resumed run starts at the last one
+  for (long epoch = from.epoch; epoch <= cfg_.epochs; ++epoch) {
+    // The epoch's sums so far (a resumed epoch's from its checkpoint); its wall time continues.
+    EpochPosition pos;
+    if (epoch == from.epoch) pos = from;
+    pos.epoch = epoch;
+    const auto t0 = Clock::now() - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(pos.train_seconds));
     const std::vector<Index> perm = shuffled_indices(train.n, cfg_.seed, static_cast<std::uint64_t>(epoch));
     EpochRecord rec;
     rec.epoch = epoch;
     BatchProgress prog;
     prog.epoch = epoch;
     prog.batches = batches;
-    double log_res = 0, free_steps = 0;
-    long residual_samples = 0;
-    long free_diverged = 0;
-    for (long b = 0; b < batches; ++b) {
+    for (long b = pos.batch; b < batches; ++b) {
       const Index first = b * B, count = std::min<Index>(B, train.n - first);
       Rng aug_rng(cfg_.seed, Stream::augment, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(b));
       auto xb = x.leftCols(count);
       auto yb = y.leftCols(count);
       make_batch<R>(train, perm.data() + first, count, cfg_.norm, cfg_.augment, &aug_rng, xb, yb);
       const StepStats st = step(xb, yb, (epoch - 1) * batches + b, total_steps, perm.data() + first);
-      prog.batch = b + 1;
-      prog.seen += count;
-      prog.loss_sum += st.loss;
-      prog.correct += st.correct;
-      prog.examples_per_s = static_cast<double>(prog.seen) / std::chrono::duration<double>(Clock::now() - t0).count();
-      log_res += st.log_residual;
-      residual_samples += st.residual_samples;
-      free_steps += st.free_steps;
-      rec.not_converged += st.not_converged;
-      rec.diverged += st.diverged;
-      free_diverged += st.free_diverged;
-      rec.cycling += st.cycling;
-      rec.stalled += st.stalled;
-      rec.nudged_cycling += st.nudged_cycling;
+      pos.batch = b + 1;
+      pos.seen += count;
+      pos.loss_sum += st.loss;
+      pos.correct += st.correct;
+      pos.log_residual += st.log_residual;
+      pos.residual_samples += st.residual_samples;
+      pos.free_steps += st.free_steps;
+      pos.not_converged += st.not_converged;
+      pos.diverged += st.diverged;
+      pos.free_diverged += st.free_diverged;
+      pos.cycling += st.cycling;
+      pos.stalled += st.stalled;
+      pos.nudged_cycling += st.nudged_cycling;
+      pos.train_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+      prog.batch = pos.batch;
+      prog.seen = pos.seen;
+      prog.loss_sum = pos.loss_sum;
+      prog.correct = pos.correct;
+      prog.examples_per_s = static_cast<double>(pos.seen) / pos.train_seconds;
       if (on_batch) on_batch(prog);
+      if (after_step && after_step(pos)) return false;
     }
     rec.train_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     rec.examples_per_s = static_cast<double>(train.n) / rec.train_seconds;
-    rec.train_loss = prog.loss_sum / static_cast<double>(train.n);
-    rec.train_acc = static_cast<double>(prog.correct) / static_cast<double>(train.n);
-    rec.residual_log10 = residual_samples > 0 ? log_res / static_cast<double>(residual_samples) : std::nan("");
-    rec.free_steps = free_steps / static_cast<double>(train.n);
+    rec.train_loss = pos.loss_sum / static_cast<double>(train.n);
+    rec.train_acc = static_cast<double>(pos.correct) / static_cast<double>(train.n);
+    rec.residual_log10 = pos.residual_samples > 0 ? pos.log_residual / static_cast<double>(pos.residual_samples) : std::nan("");
+    rec.free_steps = pos.free_steps / static_cast<double>(train.n);
+    rec.not_converged = pos.not_converged;
+    rec.diverged = pos.diverged;
+    rec.cycling = pos.cycling;
+    rec.stalled = pos.stalled;
+    rec.nudged_cycling = pos.nudged_cycling;
+    const long free_diverged = pos.free_diverged;
     rec.lr = opt_.lr_at(epoch * batches, total_steps);
     const EvalResult ev = evaluate(test);
     rec.test_loss = ev.loss;
@@ -644,7 +664,13 @@ void Trainer<R>::run(const Dataset& train, const Dataset& test, long start_epoch
                                  " test samples diverged in epoch " + std::to_string(epoch) + ": " + advice +
                                  " (the epochs so far are logged and checkpointed)");
     }
+    if (epoch < cfg_.epochs && after_step) {  // between epochs: a stop here resumes with the next one
+      EpochPosition next;
+      next.epoch = epoch + 1;
+      if (after_step(next)) return false;
+    }
   }
+  return true;
 }
 
 template class Trainer<float>;

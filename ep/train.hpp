@@ -90,6 +90,19 @@ struct BatchProgress {
   double examples_per_s = 0;
 };
 
+// Where a run stands inside an epoch: the epoch in progress (1-based), its batches done, and the
+// sums of its statistics so far. A mid-epoch checkpoint stores it beside θ and the optimizer's
+// state; the data order, augmentation, probes and noise are keyed on (seed, epoch, batch, step),
+// so a run resumed from it continues exactly as the uninterrupted run would.
+struct EpochPosition {
+  long epoch = 1, batch = 0;
+  double train_seconds = 0;  // wall time of those batches
+  long seen = 0;             // their samples
+  double loss_sum = 0, log_residual = 0, free_steps = 0;
+  long correct = 0, residual_samples = 0;
+  long not_converged = 0, diverged = 0, free_diverged = 0, cycling = 0, stalled = 0, nudged_cycling = 0;
+};
+
 struct EvalResult {
   double loss = 0, top1 = 0, top5 = 0;
   long samples = 0;
@@ -102,11 +115,15 @@ class Trainer {
  public:
   Trainer(const Model& model, const TrainConfig& cfg, Vec<R> theta);
 
-  // Runs epochs start_epoch+1 … cfg.epochs. on_batch may be empty; on_epoch is called after
-  // every epoch (log, checkpoint).
-  void run(const Dataset& train, const Dataset& test, long start_epoch,
+  // Runs from `from` (the first batch of epoch start+1, or a mid-epoch checkpoint's position) to
+  // the end of epoch cfg.epochs. on_batch may be empty; on_epoch is called after every epoch (log,
+  // checkpoint). after_step, when given, is called after every training step with the position
+  // reached (a mid-epoch checkpoint); when it returns true the run stops there and run returns
+  // false (true when every epoch is done).
+  bool run(const Dataset& train, const Dataset& test, const EpochPosition& from,
            const std::function<void(const BatchProgress&)>& on_batch,
-           const std::function<void(const EpochRecord&)>& on_epoch);
+           const std::function<void(const EpochRecord&)>& on_epoch,
+           const std::function<bool(const EpochPosition&)>& after_step = {});
 
   EvalResult evaluate(const Dataset& test) const;
 
@@ -149,6 +166,8 @@ class Trainer {
   // with homeostasis also λ ∂L_h/∂θ at the batch's free states (probes keyed by `index`).
   StepStats gradient(const CMatRef<R>& x, const CMatRef<R>& y, Vec<R>& grad, const Index* samples, long index) const;
   void epoch_metrics(const Dataset& test, EpochRecord& rec) const;
+  // Creates a dense network's homeostasis (its probes sized by a batch of `cols` columns) once.
+  void ensure_homeostasis(Index cols);
 
   const Model& model_;
   TrainConfig cfg_;

@@ -1,4 +1,5 @@
 #include "tools/cli.hpp"
+#include "tools/signals.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -339,6 +340,9 @@ int run(int argc, char** argv) {
   } catch (const InputError& e) {
     std::cerr << e.what() << "\n";
     return 2;
+  } catch (const RunStopped& e) {
+    std::cerr << e.what() << "\n";
+    return kExitStopped;
   } catch (const std::filesystem::filesystem_error& e) {
     // A path the user named that cannot be resolved (a symlink loop, a missing or unreadable
     // directory, a name too long) is bad input; anything else is the machine's failure.

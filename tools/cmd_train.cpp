@@ -1,5 +1,7 @@
 // `hepsim train` and `hepsim eval` (SPEC 9): flags -> config -> Trainer -> log, checkpoint, JSON.
+#include <chrono>
 #include <cmath>
+#include <ctime>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
@@ -9,6 +11,7 @@
 #include "tools/config.hpp"
 #include "tools/progress.hpp"
 #include "tools/run_files.hpp"
+#include "tools/signals.hpp"
 
 namespace hepsim::tools {
 namespace {
@@ -19,6 +22,16 @@ std::vector<std::string> layer_names(const Network& net) {
   std::vector<std::string> names;
   for (const Layer& l : net.layers) names.push_back(l.name);
   return names;
+}
+
+// The current time, UTC, ISO 8601.
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
 }
 
 nlohmann::json summary(const RunSetup& s, const Network& net, const std::vector<EpochRecord>& records) {
@@ -160,39 +173,85 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
   const Network& net = model.net;
   Vec<R> theta = resume ? Vec<R>(resume->theta.cast<R>()) : init_params<R>(net, s.train.seed, s.angle);
   Trainer<R> trainer(model, s.train, theta);
-  long start = 0;
+  EpochPosition from;  // the first batch of epoch 1, of the epoch after the checkpoint's, or where it stopped
   const std::string log_path = s.out + "/log.h5", ckpt_path = s.out + "/checkpoint.h5";
+  TrainLog log(log_path, s.config, layer_names(net));
   if (resume) {
     trainer.optimizer().m() = resume->m.cast<R>();
     if (resume->v.size()) trainer.optimizer().v() = resume->v.cast<R>();
     trainer.optimizer().steps() = resume->optimizer_steps;
     trainer.set_moved();  // the checkpoint's weights were learned
-    start = resume->epoch;
+    from.epoch = resume->epoch + 1;
+    if (resume->mid_epoch) from = resume->position;
+    log.set_stops(TrainLog::read_stops(log_path));
   }
-  TrainLog log(log_path, s.config, layer_names(net));
   for (const EpochRecord& r : history) log.append(r);
   Progress progress(s.train.epochs, quiet);
+  using Clock = std::chrono::steady_clock;
+  auto last_save = Clock::now();
+  long steps_since_save = 0;
+  // The log first (see run_files.hpp; a mid-epoch checkpoint of epoch 1 needs a log to resume
+  // with), then the checkpoint: after epoch `epoch`, or at `pos` inside the next one.
+  const auto save = [&](long epoch, const EpochPosition* pos) {
+    log.write();
+    Checkpoint c;
+    c.config = s.config;
+    c.architecture = to_json(net);
+    c.input_size = net.input_size;
+    c.classes = net.classes;
+    c.epoch = epoch;
+    c.optimizer_steps = trainer.optimizer().steps();
+    c.theta = trainer.theta().template cast<double>();
+    c.m = trainer.optimizer().m().template cast<double>();
+    c.v = trainer.optimizer().v().template cast<double>();
+    c.data_fingerprint = fingerprint;
+    c.mid_epoch = pos != nullptr;
+    if (pos) c.position = *pos;
+    write_checkpoint(ckpt_path, c, net);
+    dir.keep();  // the run's first checkpoint is on disk: the directory is a run now
+    last_save = Clock::now();
+    steps_since_save = 0;
+  };
+  StopSignals signals;
+  int stopped = 0;
+  EpochPosition stopped_at;
+  const CheckpointEvery every = s.checkpoint_every;
   trainer.run(
-      data.train, data.test, start, [&](const BatchProgress& p) { progress.batch(p); },
+      data.train, data.test, from, [&](const BatchProgress& p) { progress.batch(p); },
       [&](const EpochRecord& r) {
         progress.epoch(r);
         log.append(r);
-        log.write();  // the log first: see run_files.hpp
-        Checkpoint c;
-        c.config = s.config;
-        c.architecture = to_json(net);
-        c.input_size = net.input_size;
-        c.classes = net.classes;
-        c.epoch = r.epoch;
-        c.optimizer_steps = trainer.optimizer().steps();
-        c.theta = trainer.theta().template cast<double>();
-        c.m = trainer.optimizer().m().template cast<double>();
-        c.v = trainer.optimizer().v().template cast<double>();
-        c.data_fingerprint = fingerprint;
-        write_checkpoint(ckpt_path, c, net);
-        dir.keep();  // the run's first epoch is on disk: the directory is a run now
+        save(r.epoch, nullptr);
+      },
+      [&](const EpochPosition& p) {
+        const int signal = StopSignals::received();
+        if (p.batch > 0) {  // inside an epoch (batch 0: its start, just after the previous epoch's checkpoint)
+          ++steps_since_save;
+          const bool due = (every.steps > 0 && steps_since_save >= every.steps) ||
+                           (every.seconds > 0 &&
+                            std::chrono::duration<double>(Clock::now() - last_save).count() >= every.seconds);
+          if (signal != 0 || due) save(p.epoch - 1, &p);
+        }
+        if (signal == 0) return false;
+        stopped = signal;
+        stopped_at = p;
+        return true;
       });
-  return summary(s, net, log.records());
+  nlohmann::json out = summary(s, net, log.records());
+  if (stopped != 0) {
+    progress.finish();
+    const long batches = (data.train.n + s.train.batch_size - 1) / s.train.batch_size;
+    const long epoch = stopped_at.batch > 0 ? stopped_at.epoch : stopped_at.epoch - 1;
+    const long batch = stopped_at.batch > 0 ? stopped_at.batch : batches;
+    log.add_stop({{"signal", StopSignals::name(stopped)},
+                  {"epoch", epoch},
+                  {"batch", batch},
+                  {"batches", batches},
+                  {"time", utc_now()}});
+    log.write();
+    out["stopped"] = {{"signal", StopSignals::name(stopped)}, {"epoch", epoch}, {"batch", batch}};
+  }
+  return out;
 }
 
 }  // namespace
@@ -268,11 +327,25 @@ void register_train(CLI::App& app) {
                  static_cast<double>(data.train.images.size() + data.test.images.size()), "--train-limit");
     // Checked before anything in the directory changes: a refused resume leaves the run as it was.
     const std::vector<EpochRecord> history = ck ? resumed_history(s, model.net, *ck) : std::vector<EpochRecord>{};
+    if (ck && ck->mid_epoch) {  // its place must be one of this run's batches
+      const Index B = s.train.batch_size, n = data.train.n;
+      const long batches = static_cast<long>((n + B - 1) / B);
+      if (ck->position.batch > batches || ck->position.seen != std::min<Index>(ck->position.batch * B, n))
+        throw InputError(s.out + "/checkpoint.h5", "its mid-epoch position (batch " + std::to_string(ck->position.batch) +
+                                                       ", " + std::to_string(ck->position.seen) +
+                                                       " samples) is not a place in the run's " + std::to_string(batches) +
+                                                       " batches of " + std::to_string(B));
+    }
     // A resume with nothing left to train (--epochs at or below the finished ones) changes nothing.
     if (!ck || s.train.epochs > ck->epoch) write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
     const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), history, fingerprint, *quiet, dir)
                                                        : train<float>(s, data, model, ck.get(), history, fingerprint, *quiet, dir);
     print_json(out);
+    if (out.contains("stopped"))
+      throw RunStopped("hepsim train: stopped by " + out["stopped"]["signal"].get<std::string>() + " after batch " +
+                       std::to_string(out["stopped"]["batch"].get<long>()) + " of epoch " +
+                       std::to_string(out["stopped"]["epoch"].get<long>()) + "; checkpoint written: continue with " +
+                       "hepsim train --resume " + s.out);
   });
 }
 

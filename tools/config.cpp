@@ -1,6 +1,7 @@
 #include "tools/config.hpp"
 
 #include <CLI/CLI.hpp>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -64,13 +65,15 @@ const nlohmann::json& train_defaults() {
       {"settle", 0.0},            // physical-time budget of each phase (0: the step budgets only)
       {"precision", "float"},     // float or double
       {"out", "runs/train"},
+      {"checkpoint-every", "30m"},  // mid-epoch checkpoints: a wall time (90s, 30m, 2h), a step count (500steps) or off
   };
   return d;
 }
 
 bool added_after_0_1_0(const std::string& key) {
   static const std::set<std::string> added = {"stall-window", "homeo-samples", "noise", "mismatch",
-                                              "weight-bits",  "weight-clip",   "tau",   "settle", "periods"};
+                                              "weight-bits",  "weight-clip",   "tau",   "settle", "periods",
+                                              "checkpoint-every"};
   return added.count(key) > 0;
 }
 
@@ -109,6 +112,34 @@ const std::map<std::string, std::pair<long long, long long>>& integer_bounds() {
       {"weight-bits", {0, 16}},          // 0: full precision
   };
   return b;
+}
+
+CheckpointEvery parse_checkpoint_every(const std::string& text, const std::string& where) {
+  CheckpointEvery every;
+  if (text == "off") return every;
+  const auto bad = [&] {
+    return InputError(where, "'" + text + "' is not a wall time (90s, 30m, 2h), a step count (500steps) or off");
+  };
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    throw bad();
+  }
+  const std::string unit = text.substr(used);
+  if (used == 0 || !std::isfinite(value) || value <= 0 || !std::isdigit(static_cast<unsigned char>(text[0])))
+    throw bad();
+  if (unit == "steps") {
+    if (value != std::floor(value) || value > 1e12) throw bad();
+    every.steps = static_cast<long>(value);
+  } else if (unit == "s" || unit == "m" || unit == "h") {
+    every.seconds = value * (unit == "s" ? 1 : unit == "m" ? 60 : 3600);
+    if (every.seconds > 1e9) throw bad();
+  } else {
+    throw bad();
+  }
+  return every;
 }
 
 ConfigBuilder::ConfigBuilder() : cfg_(train_defaults()) {}
@@ -244,6 +275,7 @@ RunSetup make_setup(const ConfigBuilder& b) {
   if (s.precision != "float" && s.precision != "double") throw InputError(where("precision"), "must be float or double");
   s.out = str("out");
   if (s.out.empty()) throw InputError(where("out"), "must name a directory");
+  s.checkpoint_every = parse_checkpoint_every(str("checkpoint-every"), where("checkpoint-every"));
 
   TrainConfig& t = s.train;
   t.algo = parse_algo(str("algo"), where("algo"));

@@ -64,6 +64,15 @@ struct FlagTable {
   void apply(CLI::App& cmd, ConfigBuilder& b) const;
 };
 
+// When a run writes mid-epoch checkpoints (the key "checkpoint-every"): after `seconds` of wall
+// time or `steps` training steps since the last checkpoint; neither: at epoch ends only ("off").
+struct CheckpointEvery {
+  double seconds = 0;
+  long steps = 0;
+};
+// "90s", "30m", "2h", "500steps" or "off"; InputError naming `where` otherwise.
+CheckpointEvery parse_checkpoint_every(const std::string& text, const std::string& where = "--checkpoint-every");
+
 // Everything a run needs, validated.
 struct RunSetup {
   nlohmann::json config;
@@ -77,6 +86,7 @@ struct RunSetup {
   Loss loss = Loss::cross_entropy;
   std::string precision = "float";
   std::string out;
+  CheckpointEvery checkpoint_every;
   TrainConfig train;  // norm/augment are filled by `load_data`; the time constants by set_time_constants
   std::vector<std::pair<std::string, double>> tau;  // the "tau" key: per-layer time constants
   std::string tau_source = "--tau";

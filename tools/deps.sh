@@ -6,7 +6,8 @@
 #   are comparison tools, not dependencies of hepsim.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libeigen3-dev libboost-dev libfftw3-dev libhdf5-dev doctest-dev
-      libcli11-dev nlohmann-json3-dev zlib1g-dev libbenchmark-dev dataset-fashion-mnist)
+      libcli11-dev nlohmann-json3-dev zlib1g-dev libbenchmark-dev dataset-fashion-mnist
+      libopenmpi-dev openmpi-bin)
 for arg in "$@"; do
   case "$arg" in
     --plots) pkgs+=(python3 python3-numpy python3-h5py python3-matplotlib) ;;

@@ -35,6 +35,10 @@ void Progress::batch(const BatchProgress& p) {
   std::fflush(stderr);
 }
 
+void Progress::finish() {
+  if (tty_ && !quiet_) std::fputc('\n', stderr);
+}
+
 void Progress::epoch(const EpochRecord& r) {
   if (quiet_) return;
   std::fprintf(stderr,

@@ -17,6 +17,8 @@ class Progress {
   explicit Progress(long epochs, bool quiet = false);
   void batch(const BatchProgress& p);
   void epoch(const EpochRecord& r);
+  // Ends a bar left inside an epoch (a run stopped there), so that what follows starts a line.
+  void finish();
 
  private:
   long epochs_;

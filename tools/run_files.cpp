@@ -364,6 +364,7 @@ void TrainLog::write() const {
       require(h5::write_string_attribute(file, "config", config_.dump()), path_, "attribute config");
       require(h5::write_string_attribute(file, "layers", nlohmann::json(layers_).dump()), path_, "attribute layers");
       require(h5::write_string_attribute(file, "hepsim_version", HEPSIM_VERSION), path_, "attribute hepsim_version");
+      if (!stops_.empty()) require(h5::write_string_attribute(file, "stops", stops_.dump()), path_, "attribute stops");
       h5::Id epochs = h5::create_group(file, "epochs");
       require(epochs.valid(), path_, "/epochs");
       for (const IntColumn& c : kIntColumns) {
@@ -394,6 +395,16 @@ void TrainLog::write() const {
       require(h5::write_vector(align.get(), "cos_grad_total", g), path_, "/alignment/cos_grad_total");
     }
   });
+}
+
+nlohmann::json TrainLog::read_stops(const std::string& path) {
+  try {
+    const h5::Id file = open_for_reading(path, "log");
+    const nlohmann::json stops = nlohmann::json::parse(h5::read_string_attribute(file.get(), "stops"));
+    if (stops.is_array()) return stops;
+  } catch (const std::exception&) {  // none (an empty attribute) or unreadable: nothing to keep
+  }
+  return nlohmann::json::array();
 }
 
 nlohmann::json TrainLog::read_config(const std::string& path) {
@@ -463,6 +474,65 @@ std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long ke
 }
 
 namespace {
+// A mid-epoch checkpoint's position as JSON (doubles round-trip exactly) and back.
+nlohmann::json position_json(const EpochPosition& p) {
+  return {{"epoch", p.epoch},
+          {"batch", p.batch},
+          {"train_seconds", p.train_seconds},
+          {"seen", p.seen},
+          {"loss_sum", p.loss_sum},
+          {"log_residual", p.log_residual},
+          {"free_steps", p.free_steps},
+          {"correct", p.correct},
+          {"residual_samples", p.residual_samples},
+          {"not_converged", p.not_converged},
+          {"diverged", p.diverged},
+          {"free_diverged", p.free_diverged},
+          {"cycling", p.cycling},
+          {"stalled", p.stalled},
+          {"nudged_cycling", p.nudged_cycling}};
+}
+
+EpochPosition read_position(const std::string& text, const std::string& path, long epoch) {
+  EpochPosition p;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    const auto integer = [&](const char* key) {
+      const long v = j.at(key).get<long>();
+      if (!j.at(key).is_number_integer() || v < 0) throw std::invalid_argument(key);
+      return v;
+    };
+    const auto real = [&](const char* key) {
+      if (!j.at(key).is_number()) throw std::invalid_argument(key);
+      return j.at(key).get<double>();
+    };
+    p.epoch = integer("epoch");
+    p.batch = integer("batch");
+    p.seen = integer("seen");
+    p.correct = integer("correct");
+    p.residual_samples = integer("residual_samples");
+    p.not_converged = integer("not_converged");
+    p.diverged = integer("diverged");
+    p.free_diverged = integer("free_diverged");
+    p.cycling = integer("cycling");
+    p.stalled = integer("stalled");
+    p.nudged_cycling = integer("nudged_cycling");
+    p.train_seconds = real("train_seconds");
+    p.loss_sum = real("loss_sum");
+    p.log_residual = real("log_residual");
+    p.free_steps = real("free_steps");
+    if (!std::isfinite(p.train_seconds) || p.train_seconds < 0 || !std::isfinite(p.loss_sum) ||
+        !std::isfinite(p.log_residual) || !std::isfinite(p.free_steps))
+      throw std::invalid_argument("non-finite");
+  } catch (const std::exception&) {
+    throw InputError(path, "its mid-epoch position is not valid");
+  }
+  if (p.epoch != epoch + 1 || p.batch < 1 || p.seen < p.batch || p.correct > p.seen || p.diverged > p.seen)
+    throw InputError(path, "its mid-epoch position (epoch " + std::to_string(p.epoch) + ", batch " +
+                               std::to_string(p.batch) + ") does not follow its epoch " + std::to_string(epoch));
+  return p;
+}
+
 // The checksum of a checkpoint's θ, m and v (hex), stored beside them: a bit flipped on disk in
 // the raw data (which HDF5 does not check) is found when the checkpoint is read.
 std::string parameter_checksum(const Checkpoint& c) {
@@ -486,7 +556,8 @@ void write_checkpoint(const std::string& path, const Checkpoint& c, const Networ
                   h5::write_int_attribute(file, "epoch", c.epoch) &&
                   h5::write_int_attribute(file, "optimizer_steps", c.optimizer_steps) &&
                   h5::write_string_attribute(file, "data_fingerprint", c.data_fingerprint) &&
-                  h5::write_string_attribute(file, "checksum", parameter_checksum(c)),
+                  h5::write_string_attribute(file, "checksum", parameter_checksum(c)) &&
+                  (!c.mid_epoch || h5::write_string_attribute(file, "position", position_json(c.position).dump())),
               path, "attributes");
       auto vec = [](const Vec<double>& x) { return std::vector<double>(x.data(), x.data() + x.size()); };
       require(h5::write_vector(file, "theta", vec(c.theta)), path, "/theta");
@@ -522,6 +593,11 @@ Checkpoint read_checkpoint(const std::string& path) {
   c.data_fingerprint = h5::read_string_attribute(file.get(), "data_fingerprint");
   if (c.input_size <= 0 || c.classes <= 0 || c.epoch < 0 || c.optimizer_steps < 0)
     throw InputError(path, "the checkpoint lacks input_size / classes / epoch / optimizer_steps");
+  const std::string position = h5::read_string_attribute(file.get(), "position");
+  if (!position.empty()) {
+    c.mid_epoch = true;
+    c.position = read_position(position, path, c.epoch);
+  }
   auto load = [&](const char* name, Vec<double>& out) {
     // HDF5 converts integer data to double silently: parameters stored as integers are not ours.
     if (H5Lexists(file.get(), name, H5P_DEFAULT) > 0) {

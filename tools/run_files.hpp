@@ -16,6 +16,12 @@
 //              optimizer_steps, hepsim_version
 //   /theta (float64, the flat parameter vector), /optimizer/m, /optimizer/v (AdamW only),
 //   /params/<block> (float32 copies of every block, rows x cols, for inspection)
+//   attribute  position   a mid-epoch checkpoint's place in epoch `epoch` + 1 (JSON of
+//              ep::EpochPosition: batch, the epoch's sums so far, train_seconds); absent at an
+//              epoch's end
+//
+// The log's attribute `stops` (JSON list, kept across resumes) records every run stopped by a
+// signal: {"signal", "epoch", "batch", "batches", "time"}.
 //
 // The log is written before the checkpoint after each epoch: a run killed in between resumes
 // from the previous checkpoint and replaces the log's extra epoch, so each epoch appears once.
@@ -42,12 +48,17 @@ class TrainLog {
   const std::vector<EpochRecord>& records() const { return records_; }
   // Rewrites the whole file atomically. Throws std::runtime_error on I/O failure.
   void write() const;
+  // The stops recorded in an existing log (an empty list when none or unreadable).
+  static nlohmann::json read_stops(const std::string& path);
+  void set_stops(nlohmann::json stops) { stops_ = std::move(stops); }
+  void add_stop(const nlohmann::json& stop) { stops_.push_back(stop); }
 
  private:
   std::string path_;
   nlohmann::json config_;
   std::vector<std::string> layers_;
   std::vector<EpochRecord> records_;
+  nlohmann::json stops_ = nlohmann::json::array();
 };
 
 struct Checkpoint {
@@ -60,6 +71,10 @@ struct Checkpoint {
   // The training data's fingerprints (datasets/dataset.hpp), "train-test" in hex; "" in
   // checkpoints written before 0.2.0.
   std::string data_fingerprint;
+  // A mid-epoch checkpoint: where in epoch `epoch` + 1 the run stands (position.epoch ==
+  // epoch + 1, position.batch ≥ 1); an epoch-end checkpoint has none.
+  bool mid_epoch = false;
+  EpochPosition position;
 };
 
 void write_checkpoint(const std::string& path, const Checkpoint& c, const Network& net);

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <sstream>
 
 #include "cli_helpers.hpp"
 
@@ -12,7 +13,14 @@ TEST_CASE("hepsim jacobian: independent feedback (angle 90), 2000 probes") {
   TempDir tmp;
   const RunResult r = run_hepsim("jacobian --arch mlp_2-256 --angle 90 --probes 2000", tmp);
   REQUIRE(r.code == 0);
-  CHECK(r.err.empty());
+  // Nothing on stderr but progress lines (on a loaded machine the command takes over 3 s and
+  // reports where it stands): no warning, no error.
+  std::istringstream lines(r.err);
+  for (std::string line; std::getline(lines, line);) {
+    CAPTURE(line);
+    CHECK(line.rfind("jacobian: ", 0) == 0);
+    CHECK(line.find("error") == std::string::npos);
+  }
   const auto j = r.json();
   for (const char* key : {"neurons", "jac_sym", "jac_sym_estimate", "homeo_exact", "homeo_estimate",
                           "homeo_estimate_stderr", "max_real_eig", "weight_angle_deg", "max_real_eig_dynamics"}) {
