@@ -143,23 +143,33 @@ FreeState<R> select_columns(const FreeState<R>& fs, const std::vector<Index>& co
   return sub;
 }
 
-// Runs body(chunk, first, count) for `chunks` contiguous column chunks of `n` columns in
-// parallel; an exception in any chunk is rethrown after the region (none may leave it).
+// Runs body(j, chunk, first, count) for this rank's chunks (layout.first + j) of a batch of `n`
+// columns, one thread each; an exception in any chunk is rethrown after the region (none may
+// leave it).
 template <class F>
-void for_chunks(Index n, int chunks, F&& body) {
-  chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(chunks, n)));
+void for_my_chunks(const ChunkLayout& layout, Index n, F&& body) {
   std::exception_ptr error;
-#pragma omp parallel for schedule(static, 1) num_threads(chunks)
-  for (int c = 0; c < chunks; ++c) {
-    const Index first = n * c / chunks, last = n * (c + 1) / chunks;
+#pragma omp parallel for schedule(static, 1) num_threads(std::max(1, layout.count))
+  for (int j = 0; j < layout.count; ++j) {
+    const int c = layout.first + j;
+    const Index first = layout.begin(n, c), last = layout.begin(n, c + 1);
     try {
-      body(c, first, last - first);
+      body(j, c, first, last - first);
     } catch (...) {
 #pragma omp critical(hepsim_for_chunks)
       if (!error) error = std::current_exception();
     }
   }
   if (error) std::rethrow_exception(error);
+}
+
+// Every rank's `per_rank` items of `local` (padded with T{} for missing ones), in rank order.
+template <class T>
+std::vector<T> gather_items(const Team& team, std::vector<T> local, int per_rank) {
+  local.resize(static_cast<std::size_t>(per_rank));
+  std::vector<T> all(static_cast<std::size_t>(per_rank) * static_cast<std::size_t>(team.size()));
+  team.allgather(local.data(), local.size() * sizeof(T), all.data());
+  return all;
 }
 
 }  // namespace
@@ -305,13 +315,15 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
                                                     const Index* samples, long index) const {
   const bool warm = cfg_.warm_start && samples != nullptr && warm_.size() > 0;
   const Index B = x.cols();
-  const int chunks = static_cast<int>(std::max<Index>(1, std::min<Index>(cfg_.threads, B)));
+  // This rank's chunks of the batch (all of them in one process: one per thread).
+  const ChunkLayout layout = chunk_layout(team(), cfg_.threads, B);
+  const int chunks = std::max(1, layout.count);
   // One gradient buffer per chunk, allocated once: a fresh θ-sized vector per step costs page
   // faults and zeroing on every step. Chunk gradients carry the weight 1/B (a chunk's share).
   if (chunk_grads_.size() < static_cast<std::size_t>(chunks)) chunk_grads_.resize(static_cast<std::size_t>(chunks));
   for (int c = 0; c < chunks; ++c)
     if (chunk_grads_[static_cast<std::size_t>(c)].size() != grad.size()) chunk_grads_[static_cast<std::size_t>(c)].resize(grad.size());
-  std::vector<StepStats> stats(static_cast<std::size_t>(chunks));
+  std::vector<StepStats> stats(static_cast<std::size_t>(layout.count));
   const Vec<R>& theta = device_theta();
   // State noise is keyed on the step, the phase and each sample's place in the batch.
   const auto step_key = [&](std::uint64_t phase) { return 2 * static_cast<std::uint64_t>(index) + phase; };
@@ -320,7 +332,7 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
     for (std::size_t k = 0; k < cols.size(); ++k) keys[k] = static_cast<std::uint64_t>(first + cols[k]);
     return keys;
   };
-  for_chunks(B, chunks, [&](int c, Index first, Index count) {
+  for_my_chunks(layout, B, [&](int c, int, Index first, Index count) {
     Mat<R> start;
     if (warm) {  // the samples of a batch are distinct: chunks touch disjoint columns of warm_
       start.resize(warm_.rows(), count);
@@ -422,14 +434,14 @@ typename Trainer<R>::StepStats Trainer<R>::gradient(const CMatRef<R>& x, const C
       st.nudged_cycling += !div && ns == RelaxStatus::cycling;
     }
   });
-  // grad = the sum of the chunk gradients, split over the same threads by parameter range.
-  for_chunks(grad.size(), chunks, [&](int, Index first, Index count) {
-    grad.segment(first, count) = chunk_grads_[0].segment(first, count);
-    for (int c = 1; c < chunks; ++c) grad.segment(first, count) += chunk_grads_[static_cast<std::size_t>(c)].segment(first, count);
-  });
+  // grad = the sum of every rank's chunk gradients in the pairwise order of the chunks
+  // (ep/parallel/team.hpp), the local work split over the same threads by parameter range.
+  sum_chunks<R>(team(), layout, chunk_grads_, grad, cfg_.threads);
+  // The statistics of every chunk, summed in chunk order.
+  const std::vector<StepStats> all = gather_items(team(), std::move(stats), layout.per_rank);
   StepStats total;
-  for (int c = 0; c < chunks; ++c) {
-    const StepStats& st = stats[static_cast<std::size_t>(c)];
+  for (int c = 0; c < layout.chunks; ++c) {
+    const StepStats& st = all[static_cast<std::size_t>(c)];
     total.loss += st.loss;
     total.correct += st.correct;
     total.log_residual += st.log_residual;
@@ -454,9 +466,12 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
   std::vector<Scored> scored(static_cast<std::size_t>(pieces));
   std::vector<long> not_conv(static_cast<std::size_t>(pieces), 0), div(static_cast<std::size_t>(pieces), 0);
   const Vec<R>& theta = device_theta();
+  // Piece p is evaluated by rank p mod R.
+  const Team& t = team();
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, cfg_.threads))
   for (Index p = 0; p < pieces; ++p) {
+    if (p % t.size() != t.rank()) continue;
     try {
       const Index first = p * chunk, count = std::min(chunk, n - first);
       std::vector<Index> idx(static_cast<std::size_t>(count));
@@ -475,6 +490,21 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
     }
   }
   if (error) std::rethrow_exception(error);
+  if (t.size() > 1) {  // every piece from the rank that evaluated it
+    struct Piece {
+      Scored s;
+      long not_conv, div;
+    };
+    std::vector<Piece> mine(static_cast<std::size_t>(pieces));
+    for (std::size_t p = 0; p < mine.size(); ++p) mine[p] = {scored[p], not_conv[p], div[p]};
+    const std::vector<Piece> all = gather_items(t, std::move(mine), static_cast<int>(pieces));
+    for (Index p = 0; p < pieces; ++p) {
+      const Piece& q = all[static_cast<std::size_t>((p % t.size()) * pieces + p)];
+      scored[static_cast<std::size_t>(p)] = q.s;
+      not_conv[static_cast<std::size_t>(p)] = q.not_conv;
+      div[static_cast<std::size_t>(p)] = q.div;
+    }
+  }
   EvalResult r;
   r.samples = n;
   for (Index p = 0; p < pieces; ++p) {
@@ -490,8 +520,22 @@ EvalResult Trainer<R>::evaluate(const Dataset& test) const {
   return r;
 }
 
+namespace {
+// Eigen's own threads off for a scope: its multi-threaded products and solves round differently
+// from its single-threaded ones, so the epoch metrics (whole-batch products outside the chunks)
+// run single-threaded in every layout of threads and ranks and log the same bits.
+struct SerialEigen {
+  int saved = Eigen::nbThreads();
+  SerialEigen() { Eigen::setNbThreads(1); }
+  ~SerialEigen() { Eigen::setNbThreads(saved); }
+  SerialEigen(const SerialEigen&) = delete;
+  SerialEigen& operator=(const SerialEigen&) = delete;
+};
+}  // namespace
+
 template <class R>
 void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
+  const SerialEigen serial;
   const Network& net = model_.net;
   const Vec<R>& theta = device_theta();  // the substrate's weights and Jacobian
   rec.weight_angle_deg = weight_angle_deg(net, theta);
@@ -533,15 +577,32 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
   } else {
     // Columns are independent: one chunk per thread (a conv network's per-sample convolutions in
     // double are the slowest part of an epoch's metrics; inside the chunks Eigen runs sequentially).
+    // With MPI each rank computes its chunks' columns (the chunks of a batch of P), then every
+    // rank gathers all of them.
     const long steps = std::min<long>(20000, std::max<long>(1000, 20 * cfg_.free.max_steps));
     delta.resize(fs.u.rows(), P);
-    std::vector<char> converged(static_cast<std::size_t>(std::max(1, cfg_.threads)), 1);
-    for_chunks(P, cfg_.threads, [&](int c, Index first, Index count) {
+    const ChunkLayout layout = chunk_layout(team(), cfg_.threads, P);
+    std::vector<char> converged(static_cast<std::size_t>(std::max(1, layout.count)), 1);
+    for_my_chunks(layout, P, [&](int j, int, Index first, Index count) {
       IterationResult<double> it =
           rbp_adjoint<double>(model_, th, fs.u.middleCols(first, count), fs.y.middleCols(first, count), {steps, 1e-10});
-      converged[static_cast<std::size_t>(c)] = it.last_update <= 1e-10;
+      converged[static_cast<std::size_t>(j)] = it.last_update <= 1e-10;
       delta.middleCols(first, count) = it.v;
     });
+    if (team().size() > 1) {
+      const int ok = std::find(converged.begin(), converged.end(), 0) == converged.end();
+      const std::vector<int> oks = gather_items(team(), std::vector<int>{ok}, 1);
+      converged.assign(oks.begin(), oks.end());
+      std::vector<std::size_t> counts(static_cast<std::size_t>(team().size()));
+      for (int r = 0; r < team().size(); ++r) {
+        const int c0 = r * layout.per_rank, c1 = c0 + layout.count_of(r);
+        counts[static_cast<std::size_t>(r)] =
+            static_cast<std::size_t>((layout.begin(P, c1) - layout.begin(P, c0)) * delta.rows()) * sizeof(double);
+      }
+      const Index mine = layout.count > 0 ? layout.begin(P, layout.first) : P;
+      const Mat<double> own = delta.middleCols(mine, layout.begin(P, layout.first + layout.count) - mine);
+      team().allgatherv(own.data(), delta.data(), counts);
+    }
     if (std::find(converged.begin(), converged.end(), 0) != converged.end()) return;
   }
   const RelaxConfig nc = keyed_noise(cfg_.nudged, kMetricsKey + 1, probe_keys);

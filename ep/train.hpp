@@ -6,9 +6,10 @@
 //      by one oscillating run (periods × N phase points of T2 steps) that yields u* and v
 //   3. grad = (∂G/∂θ)ᵀ v / B + ∂ℓ/∂θ_r / B  (+ λ ∇L_h, the homeostatic gradient; SPEC 4, trap 5)
 //   4. the optimizer subtracts grad (trap 2)
-// The batch's columns are split into one contiguous chunk per thread; the chunks' gradients are
-// summed in a fixed order, so a run is deterministic for a given thread count (and equal across
-// thread counts up to float rounding). Random streams are keyed on (seed, stream, epoch, batch),
+// The batch's columns are split into one contiguous chunk per thread (and MPI rank: ep/parallel/
+// team.hpp); the chunks' gradients are summed in a fixed pairwise order, so a run is
+// deterministic for a given number of chunks, whichever ranks and threads compute them (and equal
+// across chunk counts up to float rounding). Random streams are keyed on (seed, stream, epoch, batch),
 // so a resumed run repeats exactly the uninterrupted one.
 // Once per epoch: evaluation on the test set (top-1, top-5, loss after T1 free steps) and, on a
 // fixed probe batch in double precision, the alignment of the algorithm's error vector with the
@@ -23,6 +24,7 @@
 #include "datasets/dataset.hpp"
 #include "ep/estimators.hpp"
 #include "ep/optim.hpp"
+#include "ep/parallel/team.hpp"
 #include "jacobian/jacobian.hpp"
 
 namespace hepsim {
@@ -56,6 +58,8 @@ struct TrainConfig {
                               // state noise, time constants and settle are in free/nudged
   Normalization norm;         // input normalisation
   Augmentation augment;       // train-time augmentation
+  const Team* team = nullptr; // the processes training this run together (ep/parallel/team.hpp;
+                              // nullptr: this one alone); each relaxes its chunks of every batch
 };
 
 // One line of the log (SPEC 9 names).
@@ -160,6 +164,7 @@ class Trainer {
   void set_moved() { moved_ = true; }
   const Model& model() const { return model_; }
   const TrainConfig& config() const { return cfg_; }
+  const Team& team() const { return cfg_.team ? *cfg_.team : solo_team(); }
 
  private:
   // grad = the algorithm's gradient of the batch (assigned, not accumulated); for conv networks

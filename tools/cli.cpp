@@ -1,8 +1,11 @@
 #include "tools/cli.hpp"
 #include "tools/signals.hpp"
+#include "ep/parallel/mpi_team.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <sstream>
 #include <cctype>
 #include <cerrno>
@@ -290,6 +293,11 @@ void check_settled(const std::string& command, const std::vector<RelaxStatus>& s
 }
 
 namespace {
+// "rank 1: " before a failure of one rank of several ("" in one process).
+std::string rank_prefix(const Team& team) {
+  return team.size() > 1 ? "rank " + std::to_string(team.rank()) + " of " + std::to_string(team.size()) + ": " : "";
+}
+
 // The exit code of a command whose output is the text it printed (--help, --version): 1 with one
 // line when that text could not be written (a full disk), as for the JSON results.
 int printed(int code) {  // errno: as the printing left it
@@ -300,7 +308,36 @@ int printed(int code) {  // errno: as the printing left it
 }
 }  // namespace
 
+namespace {
+const Team* g_team = nullptr;
+
+// The program on this rank. `unexpected` is set for failures that are this rank's alone (not bad
+// input that every rank sees): under MPI they end the whole job.
+int run_app(int argc, char** argv, const Team& team, bool& unexpected);
+}  // namespace
+
+const Team& launch_team() { return g_team ? *g_team : solo_team(); }
+
 int run(int argc, char** argv) {
+  std::unique_ptr<MpiSession> mpi;
+  try {
+    mpi = std::make_unique<MpiSession>();
+  } catch (const std::exception& e) {
+    std::cerr << "hepsim: error: " << e.what() << "\n";
+    return 1;
+  }
+  g_team = &mpi->team();
+  bool unexpected = false;
+  const int code = run_app(argc, argv, *g_team, unexpected);
+  if (unexpected && g_team->size() > 1) g_team->abort(code);  // the other ranks would wait for this one
+  g_team = nullptr;
+  return code;
+}
+
+namespace {
+int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
+  // What every rank sees alike (flags, --help) is printed by rank 0 alone.
+  const bool speaker = team.rank() == 0;
   CLI::App app{"hepsim: equilibrium propagation on simulated neuromorphic and analog substrates"};
   app.set_version_flag("--version", std::string("hepsim ") + HEPSIM_VERSION);
   app.require_subcommand(1);
@@ -311,6 +348,12 @@ int run(int argc, char** argv) {
   register_eval(app);
   register_bench(app);
   try {
+    if (!mpi_available() && launched_by_mpi() && std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr &&
+        std::string(std::getenv("OMPI_COMM_WORLD_SIZE")) != "1")
+      throw InputError("mpirun", "this hepsim was built without MPI (HEPSIM_MPI off or MPI not found when it was "
+                                 "configured): install it with tools/deps.sh and rebuild, or run without mpirun");
+    if (team.size() > 1 && (argc < 2 || std::string(argv[1]) != "train"))
+      throw InputError("mpirun", "only hepsim train runs on several ranks (the other subcommands use one process)");
     if (argc > 1 && argv[1][0] != '-') {
       std::string names;
       bool known = false;
@@ -323,22 +366,26 @@ int run(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     errno = 0;
-    return printed(app.exit(e));
+    return speaker ? printed(app.exit(e)) : 0;
   } catch (const CLI::CallForAllHelp& e) {
     errno = 0;
-    return printed(app.exit(e));
+    return speaker ? printed(app.exit(e)) : 0;
   } catch (const CLI::CallForVersion& e) {
     errno = 0;
-    return printed(app.exit(e));
+    return speaker ? printed(app.exit(e)) : 0;
   } catch (const CLI::ParseError& e) {
     // One line naming the flag (CLI11's messages do), exit 2.
     std::string msg = e.what();
     for (auto& c : msg)
       if (c == '\n') c = ' ';
-    std::cerr << "hepsim: " << msg << "\n";
+    if (speaker) std::cerr << "hepsim: " << msg << "\n";
     return 2;
+  } catch (const QuietExit& e) {
+    return e.code;
   } catch (const InputError& e) {
-    std::cerr << e.what() << "\n";
+    // Thrown before the command (every rank alike: rank 0 prints it) or agreed by the ranks
+    // (printed by the one that found it).
+    if (speaker || e.where() != "mpirun") std::cerr << e.what() << "\n";
     return 2;
   } catch (const RunStopped& e) {
     std::cerr << e.what() << "\n";
@@ -351,18 +398,22 @@ int run(int argc, char** argv) {
     const bool users = input && (code == ELOOP || code == ENOENT || code == ENOTDIR || code == EACCES ||
                                  code == ENAMETOOLONG || code == EISDIR || code == EPERM);
     const std::string path = e.path1().empty() ? std::string("hepsim") : e.path1().string();
-    std::cerr << InputError(path, e.code().message()).what() << "\n";
+    std::cerr << rank_prefix(team) << InputError(path, e.code().message()).what() << "\n";
+    unexpected = true;
     return users ? 2 : 1;
   } catch (const std::bad_alloc&) {
     // The sizes that scale memory are bounded where they are read, so this is a request that is
     // plausible but too big for this machine: still the input's fault, not a defect.
-    std::cerr << "hepsim: out of memory: the requested sizes (batch, layers, probes, samples) do not fit\n";
+    std::cerr << rank_prefix(team) << "hepsim: out of memory: the requested sizes (batch, layers, probes, samples) do not fit\n";
+    unexpected = true;
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << "hepsim: error: " << e.what() << "\n";
+    std::cerr << rank_prefix(team) << "hepsim: error: " << e.what() << "\n";
+    unexpected = true;
     return 1;
   }
   return 0;
 }
+}  // namespace
 
 }  // namespace hepsim::tools

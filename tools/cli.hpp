@@ -28,8 +28,17 @@ void register_bench(CLI::App& app);
 // Registers `hepsim jacobian`.
 void register_jacobian(CLI::App& app);
 
-// Runs the program; returns the process exit code.
+// Runs the program; returns the process exit code. Under an MPI launcher (mpirun) MPI is
+// initialised here and `hepsim train` trains data-parallel over its ranks (ep/parallel/team.hpp).
 int run(int argc, char** argv);
+
+// The processes of this launch: MPI_COMM_WORLD under mpirun, else this one alone.
+const Team& launch_team();
+
+// Ends a rank quietly with `code`: another rank reports the reason (the same refusal, or a stop).
+struct QuietExit {
+  int code;
+};
 
 // Sets the number of threads used by OpenMP and Eigen (0 = all cores); returns that number.
 int set_threads(int threads);

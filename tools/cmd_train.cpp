@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 
 #include "tools/cli.hpp"
 #include "tools/config.hpp"
@@ -169,7 +170,9 @@ Model checkpoint_model(const RunSetup& s, const Checkpoint& ck, const std::strin
 template <class R>
 nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model, const Checkpoint* resume,
                      const std::vector<EpochRecord>& history, const std::string& fingerprint, bool quiet,
-                     RunDirectory& dir) {
+                     std::optional<RunDirectory>& dir) {
+  const Team& team = s.train.team ? *s.train.team : solo_team();
+  const bool writer = dir.has_value();  // rank 0: the log, the checkpoint, the progress
   const Network& net = model.net;
   Vec<R> theta = resume ? Vec<R>(resume->theta.cast<R>()) : init_params<R>(net, s.train.seed, s.angle);
   Trainer<R> trainer(model, s.train, theta);
@@ -193,6 +196,7 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
   // The log first (see run_files.hpp; a mid-epoch checkpoint of epoch 1 needs a log to resume
   // with), then the checkpoint: after epoch `epoch`, or at `pos` inside the next one.
   const auto save = [&](long epoch, const EpochPosition* pos) {
+    if (!writer) return;
     log.write();
     Checkpoint c;
     c.config = s.config;
@@ -208,7 +212,7 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
     c.mid_epoch = pos != nullptr;
     if (pos) c.position = *pos;
     write_checkpoint(ckpt_path, c, net);
-    dir.keep();  // the run's first checkpoint is on disk: the directory is a run now
+    dir->keep();  // the run's first checkpoint is on disk: the directory is a run now
     last_save = Clock::now();
     steps_since_save = 0;
   };
@@ -224,7 +228,13 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
         save(r.epoch, nullptr);
       },
       [&](const EpochPosition& p) {
-        const int signal = StopSignals::received();
+        int signal = StopSignals::received();
+        if (team.size() > 1) {  // a signal to any rank stops them all at this step
+          std::vector<int> all(static_cast<std::size_t>(team.size()));
+          team.allgather(&signal, sizeof signal, all.data());
+          const auto any = std::find_if(all.begin(), all.end(), [](int x) { return x != 0; });
+          signal = any == all.end() ? 0 : *any;
+        }
         if (p.batch > 0) {  // inside an epoch (batch 0: its start, just after the previous epoch's checkpoint)
           ++steps_since_save;
           const bool due = (every.steps > 0 && steps_since_save >= every.steps) ||
@@ -248,13 +258,47 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
                   {"batch", batch},
                   {"batches", batches},
                   {"time", utc_now()}});
-    log.write();
+    if (writer) log.write();
     out["stopped"] = {{"signal", StopSignals::name(stopped)}, {"epoch", epoch}, {"batch", batch}};
   }
   return out;
 }
 
 }  // namespace
+
+// Everything `hepsim train` prepares before its first step: the same on every rank, except the
+// run directory, which rank 0 alone holds.
+struct Prepared {
+  std::unique_ptr<Checkpoint> ck;
+  RunSetup s;
+  std::optional<RunDirectory> dir;
+  DatasetSplits data;
+  std::string fingerprint;
+  Model model;
+  std::vector<EpochRecord> history;
+};
+
+// Runs `prepare` on every rank of `team` and agrees on the outcome: when it failed somewhere, the
+// lowest failing rank rethrows its error (printed as usual) and every other rank exits quietly
+// with code 2, instead of waiting for the failed rank in the first collective.
+template <class F>
+void agree(const Team& team, F&& prepare) {
+  std::exception_ptr error;
+  try {
+    prepare();
+  } catch (...) {
+    if (team.size() == 1) throw;
+    error = std::current_exception();
+  }
+  if (team.size() == 1) return;
+  const int failed = error != nullptr;
+  std::vector<int> all(static_cast<std::size_t>(team.size()));
+  team.allgather(&failed, sizeof failed, all.data());
+  const auto first = std::find(all.begin(), all.end(), 1);
+  if (first == all.end()) return;
+  if (first - all.begin() == team.rank()) std::rethrow_exception(error);
+  throw QuietExit(2);
+}
 
 void register_train(CLI::App& app) {
   auto flags = std::make_shared<FlagTable>();
@@ -267,79 +311,117 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--quiet", *quiet, "No progress output on stderr");
   flags->add_to(*cmd);
   cmd->callback([cmd, flags, config_path, resume_dir, quiet] {
-    ConfigBuilder b;
-    std::unique_ptr<Checkpoint> ck;
-    if (cmd->count("--resume") > 0 && resume_dir->empty()) throw InputError("--resume", "must name a run directory");
-    if (cmd->count("--config") > 0 && config_path->empty()) throw InputError("--config", "must name a file");
-    if (!resume_dir->empty()) {
-      if (!config_path->empty()) throw InputError("--config", "cannot be combined with --resume (the run's config is used)");
-      // A run killed in its first epoch (before its first checkpoint) has nothing to resume from;
-      // one still in its first epoch holds the directory.
-      if (!fs::exists(*resume_dir + "/checkpoint.h5") && fs::exists(*resume_dir + "/config.json")) {
-        if (run_is_live(*resume_dir))
-          throw InputError("--resume", *resume_dir + " is in use by another hepsim run (in its first epoch)");
-        const long logged = fs::exists(*resume_dir + "/log.h5") ? TrainLog::last_epoch(*resume_dir + "/log.h5") : 0;
-        if (logged < 0 || logged > 1)  // not what a run killed in its first epoch leaves
+    const Team& team = launch_team();
+    Prepared p;
+    // Every rank prepares the run (its own copy of the data and checkpoint); a refusal on any
+    // rank ends all of them: the lowest refusing rank prints its line, the others exit quietly.
+    agree(team, [&] {
+      ConfigBuilder b;
+      std::unique_ptr<Checkpoint>& ck = p.ck;
+      if (cmd->count("--resume") > 0 && resume_dir->empty()) throw InputError("--resume", "must name a run directory");
+      if (cmd->count("--config") > 0 && config_path->empty()) throw InputError("--config", "must name a file");
+      if (!resume_dir->empty()) {
+        if (!config_path->empty()) throw InputError("--config", "cannot be combined with --resume (the run's config is used)");
+        // A run killed in its first epoch (before its first checkpoint) has nothing to resume from;
+        // one still in its first epoch holds the directory.
+        if (!fs::exists(*resume_dir + "/checkpoint.h5") && fs::exists(*resume_dir + "/config.json")) {
+          if (run_is_live(*resume_dir))
+            throw InputError("--resume", *resume_dir + " is in use by another hepsim run (in its first epoch)");
+          const long logged = fs::exists(*resume_dir + "/log.h5") ? TrainLog::last_epoch(*resume_dir + "/log.h5") : 0;
+          if (logged < 0 || logged > 1)  // not what a run killed in its first epoch leaves
+            throw InputError(*resume_dir + "/checkpoint.h5",
+                             "missing, but " + *resume_dir + "/log.h5 " +
+                                 (logged < 0 ? std::string("is there (not a readable log)")
+                                             : "records " + std::to_string(logged) + " epochs") +
+                                 ": the checkpoint was removed and the run cannot continue without it");
           throw InputError(*resume_dir + "/checkpoint.h5",
-                           "missing, but " + *resume_dir + "/log.h5 " +
-                               (logged < 0 ? std::string("is there (not a readable log)")
-                                           : "records " + std::to_string(logged) + " epochs") +
-                               ": the checkpoint was removed and the run cannot continue without it");
-        throw InputError(*resume_dir + "/checkpoint.h5",
-                         "missing: the run stopped before its first checkpoint; start it again with --out " +
-                             *resume_dir + " --config " + *resume_dir + "/config.json");
+                           "missing: the run stopped before its first checkpoint; start it again with --out " +
+                               *resume_dir + " --config " + *resume_dir + "/config.json");
+        }
+        ck = std::make_unique<Checkpoint>(read_checkpoint(*resume_dir + "/checkpoint.h5"));
+        b.merge(ck->config, *resume_dir + "/checkpoint.h5");
+        const nlohmann::json saved = b.json();
+        flags->apply(*cmd, b);
+        for (const char* key : kFixedOnResume)
+          if (b.json().at(key) != saved.at(key))
+            throw InputError("--" + std::string(key), "cannot change when resuming (the run used " + saved.at(key).dump() + ")");
+        if (cmd->count("--out") > 0 && fs::weakly_canonical(b.json().at("out").get<std::string>()) !=
+                                           fs::weakly_canonical(*resume_dir))
+          throw InputError("--out", "a resumed run continues in its own directory " + *resume_dir);
+        b.set_flag("out", *resume_dir);
+      } else {
+        if (!config_path->empty()) b.merge_file(*config_path);
+        flags->apply(*cmd, b);
       }
-      ck = std::make_unique<Checkpoint>(read_checkpoint(*resume_dir + "/checkpoint.h5"));
-      b.merge(ck->config, *resume_dir + "/checkpoint.h5");
-      const nlohmann::json saved = b.json();
-      flags->apply(*cmd, b);
-      for (const char* key : kFixedOnResume)
-        if (b.json().at(key) != saved.at(key))
-          throw InputError("--" + std::string(key), "cannot change when resuming (the run used " + saved.at(key).dump() + ")");
-      if (cmd->count("--out") > 0 && fs::weakly_canonical(b.json().at("out").get<std::string>()) !=
-                                         fs::weakly_canonical(*resume_dir))
-        throw InputError("--out", "a resumed run continues in its own directory " + *resume_dir);
-      b.set_flag("out", *resume_dir);
-    } else {
-      if (!config_path->empty()) b.merge_file(*config_path);
-      flags->apply(*cmd, b);
+      // The CNN built-ins run dsilu unless an activation is asked for (SPEC 2.2).
+      if (!b.given("activation")) b.set_default("activation", default_activation(b.json().at("arch").get<std::string>()));
+      // Stored absolute: a resume from another working directory finds the same data.
+      const std::string given_dir = b.json().at("data-dir").get<std::string>();
+      if (!given_dir.empty() && (!ck || cmd->count("--data-dir") > 0))
+        b.set_flag("data-dir", fs::absolute(given_dir).lexically_normal().string());
+      p.s = make_setup(b);
+      RunSetup& s = p.s;
+      s.train.team = &team;
+      if (team.size() > 1 && s.train.warm_start)  // a sample's free state would live on the rank that last relaxed it
+        throw InputError(b.where("warm-start"), "is not available with more than one MPI rank");
+      // Rank 0 owns the run directory: it alone writes the log, the checkpoint and config.json.
+      if (team.rank() == 0) p.dir.emplace(s.out, ck != nullptr);  // refuses foreign or busy directories; locked from here on
+      p.data = load_data(s);
+      const DatasetSplits& data = p.data;
+      p.fingerprint = data_fingerprint(data);
+      const std::string& fingerprint = p.fingerprint;
+      if (ck && !ck->data_fingerprint.empty() && ck->data_fingerprint != fingerprint)
+        throw InputError(cmd->count("--data-dir") > 0 ? "--data-dir" : s.data_dir,
+                         "holds other data than the run was trained on (" + s.data_dir +
+                             ": its fingerprint differs from the checkpoint's); give the run's data with --data-dir");
+      p.model = ck ? checkpoint_model(s, *ck, s.out + "/checkpoint.h5", data.train)
+                             : make_model(s, data.train.dim(), data.train.classes,
+                                          MapShape{data.train.channels, data.train.height, data.train.width});
+      const Model& model = p.model;
+      set_time_constants(s, model.net);
+      // Before anything of the run's size is allocated: refused with the estimate, naming the flag.
+      check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, s.precision == "double" ? 8 : 4),
+                   static_cast<double>(data.train.images.size() + data.test.images.size()), "--train-limit");
+      // Checked before anything in the directory changes: a refused resume leaves the run as it was.
+      p.history = ck ? resumed_history(s, model.net, *ck) : std::vector<EpochRecord>{};
+      if (ck && ck->mid_epoch) {  // its place must be one of this run's batches
+        const Index B = s.train.batch_size, n = data.train.n;
+        const long batches = static_cast<long>((n + B - 1) / B);
+        if (ck->position.batch > batches || ck->position.seen != std::min<Index>(ck->position.batch * B, n))
+          throw InputError(s.out + "/checkpoint.h5", "its mid-epoch position (batch " + std::to_string(ck->position.batch) +
+                                                         ", " + std::to_string(ck->position.seen) +
+                                                         " samples) is not a place in the run's " + std::to_string(batches) +
+                                                         " batches of " + std::to_string(B));
+      }
+      // A resume with nothing left to train (--epochs at or below the finished ones) changes nothing.
+      if (team.rank() == 0 && (!ck || s.train.epochs > ck->epoch))
+        write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
+    });
+    const RunSetup& s = p.s;
+    const bool writer = team.rank() == 0;
+    nlohmann::json out;
+    // The ranks leave together: none ends (and lets mpirun end the job) while rank 0 still writes.
+    const auto together = [&] {
+      int token = 0;
+      std::vector<int> all(static_cast<std::size_t>(team.size()));
+      if (team.size() > 1) team.allgather(&token, sizeof token, all.data());
+    };
+    try {
+      out = s.precision == "double"
+                ? train<double>(p.s, p.data, p.model, p.ck.get(), p.history, p.fingerprint, *quiet || !writer, p.dir)
+                : train<float>(p.s, p.data, p.model, p.ck.get(), p.history, p.fingerprint, *quiet || !writer, p.dir);
+    } catch (const InputError&) {
+      // Refusals inside training follow from what every rank shares (the summed statistics, the
+      // same parameters): every rank throws the same one, and rank 0 prints it.
+      together();
+      if (!writer) throw QuietExit(2);
+      throw;
     }
-    // The CNN built-ins run dsilu unless an activation is asked for (SPEC 2.2).
-    if (!b.given("activation")) b.set_default("activation", default_activation(b.json().at("arch").get<std::string>()));
-    // Stored absolute: a resume from another working directory finds the same data.
-    const std::string given_dir = b.json().at("data-dir").get<std::string>();
-    if (!given_dir.empty() && (!ck || cmd->count("--data-dir") > 0))
-      b.set_flag("data-dir", fs::absolute(given_dir).lexically_normal().string());
-    RunSetup s = make_setup(b);
-    RunDirectory dir(s.out, ck != nullptr);  // refuses foreign or busy directories; locked from here on
-    const DatasetSplits data = load_data(s);
-    const std::string fingerprint = data_fingerprint(data);
-    if (ck && !ck->data_fingerprint.empty() && ck->data_fingerprint != fingerprint)
-      throw InputError(cmd->count("--data-dir") > 0 ? "--data-dir" : s.data_dir,
-                       "holds other data than the run was trained on (" + s.data_dir +
-                           ": its fingerprint differs from the checkpoint's); give the run's data with --data-dir");
-    const Model model = ck ? checkpoint_model(s, *ck, s.out + "/checkpoint.h5", data.train)
-                           : make_model(s, data.train.dim(), data.train.classes,
-                                        MapShape{data.train.channels, data.train.height, data.train.width});
-    set_time_constants(s, model.net);
-    // Before anything of the run's size is allocated: refused with the estimate, naming the flag.
-    check_memory(train_memory(model.net, s.train, data.train.n, data.test.n, s.precision == "double" ? 8 : 4),
-                 static_cast<double>(data.train.images.size() + data.test.images.size()), "--train-limit");
-    // Checked before anything in the directory changes: a refused resume leaves the run as it was.
-    const std::vector<EpochRecord> history = ck ? resumed_history(s, model.net, *ck) : std::vector<EpochRecord>{};
-    if (ck && ck->mid_epoch) {  // its place must be one of this run's batches
-      const Index B = s.train.batch_size, n = data.train.n;
-      const long batches = static_cast<long>((n + B - 1) / B);
-      if (ck->position.batch > batches || ck->position.seen != std::min<Index>(ck->position.batch * B, n))
-        throw InputError(s.out + "/checkpoint.h5", "its mid-epoch position (batch " + std::to_string(ck->position.batch) +
-                                                       ", " + std::to_string(ck->position.seen) +
-                                                       " samples) is not a place in the run's " + std::to_string(batches) +
-                                                       " batches of " + std::to_string(B));
+    together();
+    if (!writer) {
+      if (out.contains("stopped")) throw QuietExit(kExitStopped);
+      return;
     }
-    // A resume with nothing left to train (--epochs at or below the finished ones) changes nothing.
-    if (!ck || s.train.epochs > ck->epoch) write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
-    const nlohmann::json out = s.precision == "double" ? train<double>(s, data, model, ck.get(), history, fingerprint, *quiet, dir)
-                                                       : train<float>(s, data, model, ck.get(), history, fingerprint, *quiet, dir);
     print_json(out);
     if (out.contains("stopped"))
       throw RunStopped("hepsim train: stopped by " + out["stopped"]["signal"].get<std::string>() + " after batch " +

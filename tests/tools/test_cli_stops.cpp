@@ -15,6 +15,7 @@
 #include "cli_helpers.hpp"
 #include "datasets/h5_io.hpp"
 #include "hardening_helpers.hpp"
+#include "run_helpers.hpp"
 #include "tools/run_files.hpp"
 
 using namespace hepsim;
@@ -23,65 +24,6 @@ using hepsim::tools::TrainLog;
 namespace fs = std::filesystem;
 
 namespace {
-
-// `hepsim args` started in the background (its own process: signals reach it, not a shell).
-pid_t spawn_hepsim(const std::string& args, const TempDir& tmp) {
-  const std::string cmd = "exec " + std::string(HEPSIM_BINARY) + " " + args + " >" + tmp.file("bg.out") + " 2>" +
-                          tmp.file("bg.err");
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  return pid;
-}
-
-int wait_code(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-std::string attribute(const std::string& file, const char* name) {
-  h5::Id f(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  return f.valid() ? h5::read_string_attribute(f.get(), name) : std::string();
-}
-
-// Waits (up to a minute) until the run's checkpoint is a mid-epoch one.
-bool wait_for_mid_epoch_checkpoint(const std::string& run) {
-  for (int i = 0; i < 6000; ++i) {
-    if (fs::exists(run + "/checkpoint.h5") && !attribute(run + "/checkpoint.h5", "position").empty()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
-}
-
-// What must be identical between two runs: the parameters, the optimizer's state, and every
-// logged number but the wall times.
-void check_identical(const std::string& a, const std::string& b) {
-  const tools::Checkpoint ca = tools::read_checkpoint(a + "/checkpoint.h5");
-  const tools::Checkpoint cb = tools::read_checkpoint(b + "/checkpoint.h5");
-  CHECK(ca.epoch == cb.epoch);
-  CHECK_FALSE(cb.mid_epoch);
-  CHECK(ca.optimizer_steps == cb.optimizer_steps);
-  CHECK(ca.theta == cb.theta);
-  CHECK(ca.m == cb.m);
-  CHECK(ca.v == cb.v);
-  const auto ra = TrainLog::read_records(a + "/log.h5", 1000), rb = TrainLog::read_records(b + "/log.h5", 1000);
-  REQUIRE(ra.size() == rb.size());
-  for (std::size_t i = 0; i < ra.size(); ++i) {
-    CAPTURE(i);
-    CHECK(ra[i].train_loss == rb[i].train_loss);
-    CHECK(ra[i].train_acc == rb[i].train_acc);
-    CHECK(ra[i].test_loss == rb[i].test_loss);
-    CHECK(ra[i].test_acc == rb[i].test_acc);
-    CHECK(ra[i].free_steps == rb[i].free_steps);
-    CHECK(ra[i].residual_log10 == rb[i].residual_log10);
-    CHECK(ra[i].not_converged == rb[i].not_converged);
-    CHECK(ra[i].cos_grad_total == rb[i].cos_grad_total);
-    CHECK(ra[i].lr == rb[i].lr);
-  }
-}
 
 // 400 samples in batches of 10: 40 steps an epoch, about a second or two each epoch.
 std::string stop_flags(const TempDir& data, const std::string& arch) {
