@@ -105,7 +105,7 @@ TEST_CASE("mpi: a checkpoint of 2 ranks resumes in one process, and one of 1 pro
   check_identical(tmp.file("whole"), tmp.file("r12"));
 }
 
-TEST_CASE("mpi: SIGTERM to one rank inside an epoch stops every rank with a checkpoint, exit 3; the resumed run is bit-identical") {
+TEST_CASE("mpi: SIGTERM to one rank inside an epoch stops every rank with a checkpoint and exit 3, the resumed run is bit-identical") {
   TempDir data, tmp;
   write_tiny_fmnist(data.str(), 1200, 100, 74);
   const std::string f = mpi_flags(data, one_layer_arch(tmp, "a.json", 64)) + " --T1 80";
@@ -128,7 +128,7 @@ TEST_CASE("mpi: SIGTERM to one rank inside an epoch stops every rank with a chec
   check_identical(tmp.file("whole"), run);
 }
 
-TEST_CASE("mpi: SIGKILL to one rank ends the job non-zero, naming it; the last checkpoint is valid and resumes") {
+TEST_CASE("mpi: SIGKILL to one rank ends the job non-zero naming it, the last checkpoint is valid and resumes") {
   TempDir data, tmp;
   write_tiny_fmnist(data.str(), 1200, 100, 75);
   const std::string f = mpi_flags(data, one_layer_arch(tmp, "a.json", 64)) + " --T1 80";
