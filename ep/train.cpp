@@ -804,6 +804,11 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   // metrics' θ and gradients: fifteen (measured: 111 bytes per parameter for a new AdamW run, 134
   // for a resumed one, of 21M parameters). bench writes no checkpoint: its extra is the engines'
   // packed kernels and the initialisation's draw (four; 48 bytes per parameter measured).
+  // Across MPI ranks the gradient sum's send and receive buffers hold this rank's chunk gradients
+  // (one, or t without a power-of-two thread count) and the other ranks' segments (ep/parallel).
+  const int ranks = cfg.team ? cfg.team->size() : 1;
+  const int t = std::max(1, cfg.threads);
+  const double mpi_vectors = ranks == 1 ? 0.0 : 2.0 * ((t & (t - 1)) == 0 ? 1 : t) + 1;
   std::size_t largest = 0;
   for (std::size_t i = 1; i < net.blocks.size(); ++i)
     if (net.blocks[i].size() > net.blocks[largest].size()) largest = i;
@@ -811,7 +816,8 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
   parts.push_back({"the parameters (" + std::to_string(net.n_params) + "; the largest block " + big.name + " is " +
                        std::to_string(big.rows) + " x " + std::to_string(big.cols) + ")",
                    big.name.rfind("readout", 0) == 0 ? "--dataset (its classes size the readout)" : "--arch",
-                   static_cast<double>(net.n_params) * (r * (4 + T) + (run ? 15 * 8 : 4 * 8) + device_bytes(cfg, r))});
+                   static_cast<double>(net.n_params) *
+                       (r * (4 + T + mpi_vectors) + (run ? 15 * 8 : 4 * 8) + device_bytes(cfg, r))});
   // One relaxation per thread: the batch (inputs twice: the batch and the free state's copy;
   // targets), about 14 state-sized matrices of the free phase (drive, u, σ(u), the fused engine's
   // buffers) and of each nudged phase, whose ⌊N/2⌋ + 1 contour points relax stacked, the complex
