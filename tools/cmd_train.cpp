@@ -13,6 +13,7 @@
 #include "tools/progress.hpp"
 #include "tools/run_files.hpp"
 #include "tools/signals.hpp"
+#include "sim/hash.hpp"
 
 namespace hepsim::tools {
 namespace {
@@ -399,6 +400,16 @@ void register_train(CLI::App& app) {
     });
     const RunSetup& s = p.s;
     const bool writer = team.rank() == 0;
+    if (team.size() > 1) {  // the chunks and the sums assume one configuration and one dataset on every rank
+      const std::string mine = s.config.dump() + "|" + p.fingerprint;
+      const std::uint64_t h = hash_bytes(mine.data(), mine.size(), kHashSeed);
+      std::vector<std::uint64_t> all(static_cast<std::size_t>(team.size()));
+      team.allgather(&h, sizeof h, all.data());
+      for (int r = 1; r < team.size(); ++r)
+        if (all[static_cast<std::size_t>(r)] != all[0])
+          throw InputError("mpirun", "rank " + std::to_string(r) + " has another configuration or dataset than rank 0 "
+                                     "(every rank must run the same command on the same data)");
+    }
     nlohmann::json out;
     // The ranks leave together: none ends (and lets mpirun end the job) while rank 0 still writes.
     const auto together = [&] {

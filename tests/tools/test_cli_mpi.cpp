@@ -164,6 +164,13 @@ TEST_CASE("mpi: refusals are printed once, by the rank that found them, and ever
   CHECK(c.code == 2);
   CHECK(occurrences(c.err, "--lr") == 1);
   CHECK_FALSE(std::filesystem::exists(tmp.file("w")));
+  // Ranks that run different commands (mpirun's MPMD form): refused before the first step.
+  const std::string t = std::string(HEPSIM_BINARY) + " train " + flags(data, arch) + " --epochs 1 --out " + tmp.file("d");
+  const std::string err = tmp.file("mpmd.err");
+  const int status = std::system((mpirun(1) + t + " --threads 1 : -np 1 " + t + " --threads 2 >/dev/null 2>" + err).c_str());
+  CHECK(WEXITSTATUS(status) == 2);
+  CHECK(occurrences(slurp(err), "mpirun: rank 1 has another configuration or dataset than rank 0") == 1);
+  CHECK_FALSE(std::filesystem::exists(tmp.file("d")));
 }
 
 #endif  // HEPSIM_HAVE_MPI
