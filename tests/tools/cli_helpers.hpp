@@ -48,9 +48,10 @@ struct RunResult {
   }
 };
 
-inline RunResult run_hepsim(const std::string& args, const TempDir& tmp) {
+// `prefix` goes before the binary (an mpirun command line).
+inline RunResult run_hepsim(const std::string& args, const TempDir& tmp, const std::string& prefix = "") {
   const std::string out = tmp.file("stdout.txt"), err = tmp.file("stderr.txt");
-  const std::string cmd = std::string(HEPSIM_BINARY) + " " + args + " >" + out + " 2>" + err;
+  const std::string cmd = prefix + std::string(HEPSIM_BINARY) + " " + args + " >" + out + " 2>" + err;
   const int status = std::system(cmd.c_str());
   RunResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

@@ -23,14 +23,7 @@ std::string mpirun(int ranks) {
 }
 
 RunResult run_mpi(int ranks, const std::string& args, const TempDir& tmp) {
-  // run_hepsim with the binary behind mpirun: the same capture of codes and streams.
-  const std::string out = tmp.file("mpi.out"), err = tmp.file("mpi.err");
-  const int status = std::system((mpirun(ranks) + HEPSIM_BINARY + " " + args + " >" + out + " 2>" + err).c_str());
-  RunResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
+  return run_hepsim(args, tmp, mpirun(ranks));
 }
 
 std::size_t occurrences(const std::string& text, const std::string& needle) {
