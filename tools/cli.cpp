@@ -310,6 +310,7 @@ int printed(int code) {  // errno: as the printing left it
 
 namespace {
 const Team* g_team = nullptr;
+bool g_agreed = false;
 
 // The program on this rank. `unexpected` is set for failures that are this rank's alone (not bad
 // input that every rank sees): under MPI they end the whole job.
@@ -317,6 +318,8 @@ int run_app(int argc, char** argv, const Team& team, bool& unexpected);
 }  // namespace
 
 const Team& launch_team() { return g_team ? *g_team : solo_team(); }
+
+void failure_is_agreed() { g_agreed = true; }
 
 int run(int argc, char** argv) {
   std::unique_ptr<MpiSession> mpi;
@@ -329,7 +332,8 @@ int run(int argc, char** argv) {
   g_team = &mpi->team();
   bool unexpected = false;
   const int code = run_app(argc, argv, *g_team, unexpected);
-  if (unexpected && g_team->size() > 1) g_team->abort(code);  // the other ranks would wait for this one
+  // A failure of this rank alone: the other ranks would wait for it (an agreed one ends them all).
+  if (unexpected && !g_agreed && g_team->size() > 1) g_team->abort(code);
   g_team = nullptr;
   return code;
 }
@@ -337,7 +341,8 @@ int run(int argc, char** argv) {
 namespace {
 int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
   // What every rank sees alike (flags, --help) is printed by rank 0 alone.
-  const bool speaker = team.rank() == 0;
+  // (A build without MPI under mpirun: every process is a team of one; the launcher's rank 0 speaks.)
+  const bool speaker = team.rank() == 0 && (mpi_available() || launched_rank() == 0);
   CLI::App app{"hepsim: equilibrium propagation on simulated neuromorphic and analog substrates"};
   app.set_version_flag("--version", std::string("hepsim ") + HEPSIM_VERSION);
   app.require_subcommand(1);
@@ -348,8 +353,7 @@ int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
   register_eval(app);
   register_bench(app);
   try {
-    if (!mpi_available() && launched_by_mpi() && std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr &&
-        std::string(std::getenv("OMPI_COMM_WORLD_SIZE")) != "1")
+    if (!mpi_available() && launched_by_mpi() && launched_ranks() > 1)
       throw InputError("mpirun", "this hepsim was built without MPI (HEPSIM_MPI off or MPI not found when it was "
                                  "configured): install it with tools/deps.sh and rebuild, or run without mpirun");
     if (team.size() > 1 && (argc < 2 || std::string(argv[1]) != "train"))

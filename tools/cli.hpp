@@ -35,6 +35,9 @@ int run(int argc, char** argv);
 // The processes of this launch: MPI_COMM_WORLD under mpirun, else this one alone.
 const Team& launch_team();
 
+// The failure being thrown is known to every rank (they agreed on it): no MPI_Abort for it.
+void failure_is_agreed();
+
 // Ends a rank quietly with `code`: another rank reports the reason (the same refusal, or a stop).
 struct QuietExit {
   int code;

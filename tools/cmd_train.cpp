@@ -217,7 +217,6 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
     last_save = Clock::now();
     steps_since_save = 0;
   };
-  StopSignals signals;
   int stopped = 0;
   EpochPosition stopped_at;
   const CheckpointEvery every = s.checkpoint_every;
@@ -297,6 +296,7 @@ void agree(const Team& team, F&& prepare) {
   team.allgather(&failed, sizeof failed, all.data());
   const auto first = std::find(all.begin(), all.end(), 1);
   if (first == all.end()) return;
+  failure_is_agreed();
   if (first - all.begin() == team.rank()) std::rethrow_exception(error);
   throw QuietExit(2);
 }
@@ -313,6 +313,8 @@ void register_train(CLI::App& app) {
   flags->add_to(*cmd);
   cmd->callback([cmd, flags, config_path, resume_dir, quiet] {
     const Team& team = launch_team();
+    // From the start: a signal while the data load is noted, and the run stops after its first step.
+    const StopSignals signals;
     Prepared p;
     // Every rank prepares the run (its own copy of the data and checkpoint); a refusal on any
     // rank ends all of them: the lowest refusing rank prints its line, the others exit quietly.
@@ -395,21 +397,22 @@ void register_train(CLI::App& app) {
                                                          " batches of " + std::to_string(B));
       }
       // A resume with nothing left to train (--epochs at or below the finished ones) changes nothing.
-      if (team.rank() == 0 && (!ck || s.train.epochs > ck->epoch))
-        write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
     });
     const RunSetup& s = p.s;
     const bool writer = team.rank() == 0;
     if (team.size() > 1) {  // the chunks and the sums assume one configuration and one dataset on every rank
-      const std::string mine = s.config.dump() + "|" + p.fingerprint;
+      const std::string mine = s.config.dump() + "|" + std::to_string(s.train.threads) + "|" + p.fingerprint;
       const std::uint64_t h = hash_bytes(mine.data(), mine.size(), kHashSeed);
       std::vector<std::uint64_t> all(static_cast<std::size_t>(team.size()));
       team.allgather(&h, sizeof h, all.data());
       for (int r = 1; r < team.size(); ++r)
         if (all[static_cast<std::size_t>(r)] != all[0])
-          throw InputError("mpirun", "rank " + std::to_string(r) + " has another configuration or dataset than rank 0 "
-                                     "(every rank must run the same command on the same data)");
+          throw InputError("mpirun", "rank " + std::to_string(r) + " has another configuration, thread count or "
+                                     "dataset than rank 0 (every rank must run the same command on the same data)");
     }
+    // Only now, with every rank ready: a refused resume leaves the run as it was.
+    if (writer && (!p.ck || s.train.epochs > p.ck->epoch))
+      write_text_atomic(s.out + "/config.json", s.config.dump(2) + "\n");
     nlohmann::json out;
     // The ranks leave together: none ends (and lets mpirun end the job) while rank 0 still writes.
     const auto together = [&] {

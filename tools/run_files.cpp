@@ -474,15 +474,31 @@ std::vector<EpochRecord> TrainLog::read_records(const std::string& path, long ke
 }
 
 namespace {
-// A mid-epoch checkpoint's position as JSON (doubles round-trip exactly) and back.
+// A double in JSON: a number (finite doubles round-trip exactly), or "nan", "inf", "-inf" (JSON
+// has no such numbers: an epoch's loss sum is non-finite once a diverged sample's score is).
+nlohmann::json exact(double x) {
+  if (std::isfinite(x)) return x;
+  return std::isnan(x) ? "nan" : x > 0 ? "inf" : "-inf";
+}
+
+double exact_value(const nlohmann::json& j) {
+  if (j.is_number()) return j.get<double>();
+  const std::string s = j.get<std::string>();  // throws for other types
+  if (s == "nan") return std::numeric_limits<double>::quiet_NaN();
+  if (s == "inf") return HUGE_VAL;
+  if (s == "-inf") return -HUGE_VAL;
+  throw std::invalid_argument(s);
+}
+
+// A mid-epoch checkpoint's position as JSON and back.
 nlohmann::json position_json(const EpochPosition& p) {
   return {{"epoch", p.epoch},
           {"batch", p.batch},
           {"train_seconds", p.train_seconds},
           {"seen", p.seen},
-          {"loss_sum", p.loss_sum},
-          {"log_residual", p.log_residual},
-          {"free_steps", p.free_steps},
+          {"loss_sum", exact(p.loss_sum)},
+          {"log_residual", exact(p.log_residual)},
+          {"free_steps", exact(p.free_steps)},
           {"correct", p.correct},
           {"residual_samples", p.residual_samples},
           {"not_converged", p.not_converged},
@@ -502,10 +518,7 @@ EpochPosition read_position(const std::string& text, const std::string& path, lo
       if (!j.at(key).is_number_integer() || v < 0) throw std::invalid_argument(key);
       return v;
     };
-    const auto real = [&](const char* key) {
-      if (!j.at(key).is_number()) throw std::invalid_argument(key);
-      return j.at(key).get<double>();
-    };
+    const auto real = [&](const char* key) { return exact_value(j.at(key)); };
     p.epoch = integer("epoch");
     p.batch = integer("batch");
     p.seen = integer("seen");
@@ -521,9 +534,8 @@ EpochPosition read_position(const std::string& text, const std::string& path, lo
     p.loss_sum = real("loss_sum");
     p.log_residual = real("log_residual");
     p.free_steps = real("free_steps");
-    if (!std::isfinite(p.train_seconds) || p.train_seconds < 0 || !std::isfinite(p.loss_sum) ||
-        !std::isfinite(p.log_residual) || !std::isfinite(p.free_steps))
-      throw std::invalid_argument("non-finite");
+    if (!std::isfinite(p.train_seconds) || p.train_seconds < 0 || !(p.free_steps >= 0))
+      throw std::invalid_argument("out of range");
   } catch (const std::exception&) {
     throw InputError(path, "its mid-epoch position is not valid");
   }

@@ -1,5 +1,6 @@
 #include "ep/parallel/mpi_team.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <stdexcept>
@@ -17,6 +18,19 @@ bool launched_by_mpi() {
   return false;
 }
 
+long launched_ranks() {
+  long ranks = 1;
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS", "MPI_LOCALNRANKS"})
+    if (const char* v = std::getenv(var)) ranks = std::max(ranks, std::atol(v));
+  return ranks;
+}
+
+long launched_rank() {
+  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+    if (const char* v = std::getenv(var)) return std::atol(v);
+  return 0;
+}
+
 #ifdef HEPSIM_HAVE_MPI
 
 bool mpi_available() { return true; }
@@ -25,7 +39,8 @@ namespace {
 
 int to_int(std::size_t n) {
   if (n > static_cast<std::size_t>(std::numeric_limits<int>::max()))
-    throw std::runtime_error("an MPI message above 2 GB (the parameters per rank)");
+    throw std::runtime_error("the gradient sum's MPI buffers exceed 2 GB (each rank sends one gradient per chunk "
+                             "when --threads is not a power of two: use a power of two)");
   return static_cast<int>(n);
 }
 
@@ -35,9 +50,14 @@ std::vector<int> ints(const std::vector<std::size_t>& v) {
   return out;
 }
 
+// The offsets of consecutive blocks; MPI's are int: a buffer beyond 2 GB cannot be addressed.
 std::vector<int> displacements(const std::vector<int>& counts) {
   std::vector<int> d(counts.size(), 0);
-  for (std::size_t i = 1; i < counts.size(); ++i) d[i] = d[i - 1] + counts[i - 1];
+  long long at = 0;
+  for (std::size_t i = 1; i < counts.size(); ++i) {
+    at += counts[i - 1];
+    d[i] = to_int(static_cast<std::size_t>(at));
+  }
   return d;
 }
 

@@ -10,12 +10,16 @@ namespace hepsim {
 
 // Whether this process was started by an MPI launcher (mpirun, srun): its environment says so.
 bool launched_by_mpi();
+// The number of processes the launcher started, as its environment says (1 when it does not).
+long launched_ranks();
+// This process's rank as the launcher's environment says (0 when it does not).
+long launched_rank();
 
 // Whether this build has MPI.
 bool mpi_available();
 
-// The world's team when launched_by_mpi() (MPI initialised here, finalised by the destructor);
-// nullptr otherwise. Throws std::runtime_error when launched by MPI in a build without it.
+// The world's team when launched_by_mpi() in a build with MPI (MPI initialised here, finalised by
+// the destructor); otherwise a team of one (tools/cli.cpp refuses several launched ranks then).
 class MpiSession {
  public:
   MpiSession();

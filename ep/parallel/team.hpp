@@ -13,6 +13,7 @@
 // locally first), (t+1)P(R−1)/R otherwise.
 //
 // One process is a team of one (solo_team(); no MPI); the MPI team is ep/parallel/mpi_team.hpp.
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
@@ -45,7 +46,8 @@ struct ChunkLayout {
   int per_rank = 1;   // t
   int first = 0;      // this rank's first chunk
   int count = 1;      // this rank's chunks (0 when C ≤ r·t)
-  Index begin(Index columns, int chunk) const { return columns * chunk / chunks; }
+  // The first column of `chunk` (chunks past the last begin at the end: a rank without chunks).
+  Index begin(Index columns, int chunk) const { return columns * std::min(chunk, chunks) / chunks; }
   // Chunks [r·t, r·t + t) ∩ [0, C) of rank r.
   int count_of(int rank) const;
 };

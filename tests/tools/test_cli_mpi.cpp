@@ -18,8 +18,10 @@ using hepsim::tools::TrainLog;
 namespace {
 
 std::string mpirun(int ranks) {
+  // Root allowed (CI runs as root), more ranks than cores, and shared memory without the kernel's
+  // cross-memory attach, which containers often forbid (it fails there with "Read -1, expected").
   return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
-         "mpirun -np " + std::to_string(ranks) + " ";
+         "OMPI_MCA_btl_vader_single_copy_mechanism=none mpirun -np " + std::to_string(ranks) + " ";
 }
 
 RunResult run_mpi(int ranks, const std::string& args, const TempDir& tmp) {
@@ -54,7 +56,8 @@ TEST_CASE("mpi: -np 2 --threads 1 is bit-identical to one process with --threads
     REQUIRE_MESSAGE(a.code == 0, a.err);
     const RunResult b = run_mpi(ranks, "train " + f + " --threads " + std::to_string(threads) + " --out " + many, tmp);
     REQUIRE_MESSAGE(b.code == 0, b.err);
-    CHECK(b.err.empty());  // rank 0 alone reports; --quiet
+    CHECK(b.err.find("hepsim") == std::string::npos);  // --quiet: no progress from any rank
+    CHECK(b.err.find("epoch") == std::string::npos);
     CHECK(b.json().at("test_acc") == a.json().at("test_acc"));
     check_identical(one, many);
   }
@@ -78,6 +81,11 @@ TEST_CASE("mpi: a conv network on 2 ranks is bit-identical to one process with 2
   const RunResult b = run_mpi(2, "train " + f + " --threads 1 --out " + tmp.file("many"), tmp);
   REQUIRE_MESSAGE(b.code == 0, b.err);
   check_identical(tmp.file("one"), tmp.file("many"));
+  // A probe batch smaller than the chunks: the metrics' adjoints leave rank 1 without a chunk.
+  REQUIRE(run_hepsim("train " + f + " --probe-size 1 --threads 4 --out " + tmp.file("one4"), tmp).code == 0);
+  const RunResult c = run_mpi(2, "train " + f + " --probe-size 1 --threads 2 --out " + tmp.file("many4"), tmp);
+  REQUIRE_MESSAGE(c.code == 0, c.err);
+  check_identical(tmp.file("one4"), tmp.file("many4"));
 }
 
 TEST_CASE("mpi: a checkpoint of 2 ranks resumes in one process, and one of 1 process on 2 ranks, continuing exactly") {
@@ -162,7 +170,7 @@ TEST_CASE("mpi: refusals are printed once, by the rank that found them, and ever
   const std::string err = tmp.file("mpmd.err");
   const int status = std::system((mpirun(1) + t + " --threads 1 : -np 1 " + t + " --threads 2 >/dev/null 2>" + err).c_str());
   CHECK(WEXITSTATUS(status) == 2);
-  CHECK(occurrences(slurp(err), "mpirun: rank 1 has another configuration or dataset than rank 0") == 1);
+  CHECK(occurrences(slurp(err), "mpirun: rank 1 has another configuration, thread count or dataset than rank 0") == 1);
   CHECK_FALSE(std::filesystem::exists(tmp.file("d")));
 }
 

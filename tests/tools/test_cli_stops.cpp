@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <thread>
 
@@ -155,4 +156,14 @@ TEST_CASE("stops: bad --checkpoint-every values and corrupt positions are one li
     CHECK(r.err.find(ck) != std::string::npos);
     CHECK(r.err.find(needle) != std::string::npos);
   }
+  // A non-finite sum (a diverged sample's score) is stored as "nan"/"inf" and resumes; other strings are corrupt.
+  std::string nan_sum = ok_but;
+  nan_sum.replace(nan_sum.find(R"("loss_sum":2.0)"), 14, R"("loss_sum":"nan")");
+  set_position(R"({"epoch":3,"batch":1,"seen":20,)" + nan_sum.replace(nan_sum.find(R"("log_residual":-5.0)"), 19,
+                                                                      R"("log_residual":"-inf")") + "}");
+  const RunResult nan_run = run_hepsim("train --resume " + run + " --epochs 3 --quiet", tmp);
+  CHECK_MESSAGE(nan_run.code == 0, nan_run.err);
+  const auto recs = TrainLog::read_records(run + "/log.h5", 10);
+  REQUIRE(recs.size() == 3);
+  CHECK(std::isnan(recs[2].train_loss));
 }
