@@ -12,6 +12,7 @@
 #include "sim/error.hpp"
 #include "sim/conv/conv_map.hpp"
 #include "sim/fused_map.hpp"
+#include "sim/interrupt.hpp"
 #include "sim/random.hpp"
 
 // Trap (SPEC 2.5): odeint's Eigen infinity norm declares its result as the matrix scalar, which
@@ -304,6 +305,7 @@ class ColumnMonitor {
   }
 
   void report_progress(double t) {
+    throw_if_interrupted();  // a host's Ctrl-C (sim/interrupt.hpp): one relaxed atomic load per step
     if (!cfg_.progress || res_.steps % 256 != 0) return;
     RelaxProgress p;
     p.steps = res_.steps;

@@ -18,4 +18,5 @@
 #include "sim/random.hpp"
 #include "sim/readout.hpp"
 #include "sim/relax.hpp"
+#include "sim/interrupt.hpp"
 #include "sim/types.hpp"

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <cctype>
 #include <cerrno>
@@ -133,6 +134,10 @@ std::string stdout_failure(const std::string& what) {
 }  // namespace
 
 void print_json(const nlohmann::json& j) {
+  if (const CommandHooks* hooks = command_hooks(); hooks && hooks->result) {
+    *hooks->result = j;
+    return;
+  }
   // The result is the output: a write that fails (a full disk) is an error, not exit 0.
   errno = 0;
   std::cout << j.dump() << std::endl;
@@ -339,11 +344,8 @@ int run(int argc, char** argv) {
 }
 
 namespace {
-int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
-  // What every rank sees alike (flags, --help) is printed by rank 0 alone.
-  // (A build without MPI under mpirun: every process is a team of one; the launcher's rank 0 speaks.)
-  const bool speaker = team.rank() == 0 && (mpi_available() || launched_rank() == 0);
-  CLI::App app{"hepsim: equilibrium propagation on simulated neuromorphic and analog substrates"};
+// The application with every subcommand registered.
+void register_all(CLI::App& app) {
   app.set_version_flag("--version", std::string("hepsim ") + HEPSIM_VERSION);
   app.require_subcommand(1);
   register_relax(app);
@@ -352,21 +354,40 @@ int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
   register_train(app);
   register_eval(app);
   register_bench(app);
+}
+constexpr const char* kAppTitle = "hepsim: equilibrium propagation on simulated neuromorphic and analog substrates";
+
+// InputError naming `name` when it is not a subcommand of `app`.
+void require_subcommand(const CLI::App& app, const std::string& name) {
+  std::string names;
+  bool known = false;
+  for (const CLI::App* sub : app.get_subcommands({})) {
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+    known |= sub->get_name() == name;
+  }
+  if (!known) throw InputError(name, "unknown subcommand (expected one of: " + names + ")");
+}
+
+// One line: CLI11's messages may span several.
+std::string one_line(std::string msg) {
+  for (auto& c : msg)
+    if (c == '\n') c = ' ';
+  return msg;
+}
+
+int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
+  // What every rank sees alike (flags, --help) is printed by rank 0 alone.
+  // (A build without MPI under mpirun: every process is a team of one; the launcher's rank 0 speaks.)
+  const bool speaker = team.rank() == 0 && (mpi_available() || launched_rank() == 0);
+  CLI::App app{kAppTitle};
+  register_all(app);
   try {
     if (!mpi_available() && launched_by_mpi() && launched_ranks() > 1)
       throw InputError("mpirun", "this hepsim was built without MPI (HEPSIM_MPI off or MPI not found when it was "
                                  "configured): install it with tools/deps.sh and rebuild, or run without mpirun");
     if (team.size() > 1 && (argc < 2 || std::string(argv[1]) != "train"))
       throw InputError("mpirun", "only hepsim train runs on several ranks (the other subcommands use one process)");
-    if (argc > 1 && argv[1][0] != '-') {
-      std::string names;
-      bool known = false;
-      for (const CLI::App* sub : app.get_subcommands({})) {
-        names += (names.empty() ? "" : ", ") + sub->get_name();
-        known |= sub->get_name() == argv[1];
-      }
-      if (!known) throw InputError(argv[1], "unknown subcommand (expected one of: " + names + ")");
-    }
+    if (argc > 1 && argv[1][0] != '-') require_subcommand(app, argv[1]);
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     errno = 0;
@@ -379,10 +400,7 @@ int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
     return speaker ? printed(app.exit(e)) : 0;
   } catch (const CLI::ParseError& e) {
     // One line naming the flag (CLI11's messages do), exit 2.
-    std::string msg = e.what();
-    for (auto& c : msg)
-      if (c == '\n') c = ' ';
-    if (speaker) std::cerr << "hepsim: " << msg << "\n";
+    if (speaker) std::cerr << "hepsim: " << one_line(e.what()) << "\n";
     return 2;
   } catch (const QuietExit& e) {
     return e.code;
@@ -419,5 +437,46 @@ int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
   return 0;
 }
 }  // namespace
+
+namespace {
+std::mutex g_command_mutex;
+const CommandHooks* g_hooks = nullptr;
+}  // namespace
+
+const CommandHooks* command_hooks() { return g_hooks; }
+
+void run_command(const std::vector<std::string>& args, const CommandHooks& hooks) {
+  const std::lock_guard<std::mutex> one_at_a_time(g_command_mutex);
+  CLI::App app{kAppTitle};
+  register_all(app);
+  if (args.empty() || args[0].empty() || args[0][0] == '-')
+    throw InputError("hepsim", "a subcommand is required");
+  require_subcommand(app, args[0]);
+  std::vector<std::string> words{"hepsim"};
+  words.insert(words.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& w : words) argv.push_back(w.data());
+  struct Installed {  // the hooks for this command only, whatever it throws
+    explicit Installed(const CommandHooks& h) { g_hooks = &h; }
+    ~Installed() { g_hooks = nullptr; }
+  } installed(hooks);
+  try {
+    app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::CallForHelp&) {
+    throw InputError("--help", "the help of a subcommand is hepsim.help('" + args[0] + "')");
+  } catch (const CLI::ParseError& e) {
+    throw InputError("hepsim", one_line(e.what()));
+  } catch (const QuietExit& e) {  // one process: no other rank reports anything
+    throw std::runtime_error("hepsim " + args[0] + " ended with code " + std::to_string(e.code));
+  }
+}
+
+std::string command_help(const std::string& subcommand) {
+  CLI::App app{kAppTitle};
+  register_all(app);
+  require_subcommand(app, subcommand);
+  const CLI::App* sub = app.get_subcommand(subcommand);
+  return sub->help();
+}
 
 }  // namespace hepsim::tools

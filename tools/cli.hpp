@@ -6,8 +6,10 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "datasets/dataset.hpp"
 #include "ep/train.hpp"
@@ -27,6 +29,25 @@ void register_eval(CLI::App& app);
 void register_bench(CLI::App& app);
 // Registers `hepsim jacobian`.
 void register_jacobian(CLI::App& app);
+
+// ---- subcommands run inside another program (the Python module, tools/python) ------------------
+// What the host receives besides the effects of the command.
+struct CommandHooks {
+  nlohmann::json* result = nullptr;  // the JSON object the command prints (then not printed)
+  // `hepsim train`: each epoch's record (the log's /epochs columns, cos_delta_mean/std per
+  // layer) once it is logged and checkpointed; an exception thrown here ends the run there.
+  std::function<void(const nlohmann::json&)> on_epoch;
+};
+// Runs `hepsim <args...>` (args[0] is the subcommand) in this process, one command at a time.
+// Nothing is printed on stdout; errors are thrown, not turned into exit codes: InputError for bad
+// input (CLI11's parse errors too, with the CLI's text, "hepsim: …"), RunStopped for a run that
+// stopped on a signal with its checkpoint, Interrupted (sim/interrupt.hpp) for an interrupt. When a
+// command prints its result and then refuses it (e.g. too few samples settled), `result` holds it.
+void run_command(const std::vector<std::string>& args, const CommandHooks& hooks);
+// The help text of `hepsim <subcommand> --help` (InputError for an unknown subcommand).
+std::string command_help(const std::string& subcommand);
+// The hooks of the command running in this process through run_command (nullptr otherwise).
+const CommandHooks* command_hooks();
 
 // Runs the program; returns the process exit code. Under an MPI launcher (mpirun) MPI is
 // initialised here and `hepsim train` trains data-parallel over its ranks (ep/parallel/team.hpp).

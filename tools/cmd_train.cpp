@@ -226,6 +226,7 @@ nlohmann::json train(RunSetup& s, const DatasetSplits& data, const Model& model,
         progress.epoch(r);
         log.append(r);
         save(r.epoch, nullptr);
+        if (const CommandHooks* hooks = command_hooks(); hooks && hooks->on_epoch && writer) hooks->on_epoch(log.record_json(r));
       },
       [&](const EpochPosition& p) {
         int signal = StopSignals::received();

@@ -116,6 +116,21 @@ constexpr IntColumn kIntColumns[] = {
 
 }  // namespace
 
+nlohmann::json TrainLog::record_json(const EpochRecord& r) const {
+  nlohmann::json j;
+  for (const Column& c : kColumns) j[c.name] = r.*c.field;
+  for (const IntColumn& c : kIntColumns) j[c.name] = r.*c.field;
+  j["cos_grad_total"] = r.cos_grad_total;
+  nlohmann::json mean = nlohmann::json::object(), sd = nlohmann::json::object();
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    if (l < r.cos_delta_mean.size()) mean[layers_[l]] = r.cos_delta_mean[l];
+    if (l < r.cos_delta_std.size()) sd[layers_[l]] = r.cos_delta_std[l];
+  }
+  j["cos_delta_mean"] = mean;
+  j["cos_delta_std"] = sd;
+  return j;
+}
+
 namespace {
 constexpr const char* kLockName = ".hepsim.lock";
 

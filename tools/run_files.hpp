@@ -52,6 +52,9 @@ class TrainLog {
   static nlohmann::json read_stops(const std::string& path);
   void set_stops(nlohmann::json stops) { stops_ = std::move(stops); }
   void add_stop(const nlohmann::json& stop) { stops_.push_back(stop); }
+  // An epoch's record as the log stores it: every /epochs column by its name, and cos_delta_mean
+  // and cos_delta_std as {layer: value} (the log's per-layer datasets).
+  nlohmann::json record_json(const EpochRecord& r) const;
 
  private:
   std::string path_;

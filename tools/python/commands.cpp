@@ -1,0 +1,149 @@
+// hepsim.train/eval/relax/jacobian/gradcheck/bench: the CLI's subcommands as functions. The keyword
+// arguments become the flags (`samples=5` → `--samples 5`, `data_dir` → `--data-dir`, True → a
+// bare switch, False and None → left out, a dict → its JSON text) and the subcommand runs in this
+// process through tools::run_command, so the result is the CLI's JSON object with the CLI's
+// numbers; bad input raises ValueError with the CLI's message (its `result` attribute holds the
+// JSON when the command printed one before refusing it, e.g. too few samples settled).
+#include <cmath>
+
+#include "tools/cli.hpp"
+#include "tools/python/module.hpp"
+
+namespace hepsim::python {
+namespace {
+
+// nlohmann::json → Python (NaN, which the CLI prints as null, stays a float NaN).
+py::object to_python(const nlohmann::json& j) {
+  switch (j.type()) {
+    case nlohmann::json::value_t::null: return py::none();
+    case nlohmann::json::value_t::boolean: return py::bool_(j.get<bool>());
+    case nlohmann::json::value_t::number_integer: return py::int_(j.get<long long>());
+    case nlohmann::json::value_t::number_unsigned: return py::int_(j.get<unsigned long long>());
+    case nlohmann::json::value_t::number_float: return py::float_(j.get<double>());
+    case nlohmann::json::value_t::string: return py::str(j.get<std::string>());
+    case nlohmann::json::value_t::array: {
+      py::list l;
+      for (const auto& v : j) l.append(to_python(v));
+      return l;
+    }
+    default: {
+      py::dict d;
+      for (const auto& [k, v] : j.items()) d[py::str(k)] = to_python(v);
+      return d;
+    }
+  }
+}
+
+// One flag's text from a Python value (ValueError naming the flag for anything else).
+std::string flag_text(const std::string& flag, const py::handle& v) {
+  if (py::isinstance<py::str>(v)) return v.cast<std::string>();
+  if (PyIndex_Check(v.ptr())) return py::str(py::int_(py::reinterpret_borrow<py::object>(v))).cast<std::string>();
+  if (py::isinstance<py::float_>(v) || py::hasattr(v, "__float__")) {
+    // repr: the shortest text that reads back as the same double; inf and nan keep their names
+    // and are refused by the flag's own check, with the CLI's message.
+    return py::repr(py::float_(py::reinterpret_borrow<py::object>(v))).cast<std::string>();
+  }
+  if (py::isinstance<py::dict>(v) || py::isinstance<py::list>(v))
+    return py::module_::import("json").attr("dumps")(v).cast<std::string>();
+  refuse(flag, "cannot be given a " + py::str(py::type::of(v).attr("__name__")).cast<std::string>());
+}
+
+// The argument list of `hepsim <command>` from a dict of flags.
+std::vector<std::string> command_args(const std::string& command, const py::dict& flags) {
+  std::vector<std::string> args{command};
+  for (const auto& [key, value] : flags) {
+    std::string name = py::str(key).cast<std::string>();
+    for (char& c : name)
+      if (c == '_') c = '-';
+    const std::string flag = "--" + name;
+    if (value.is_none()) continue;
+    if (py::isinstance<py::bool_>(value)) {
+      if (value.cast<bool>()) args.push_back(flag);
+      continue;
+    }
+    args.push_back(flag);
+    args.push_back(flag_text(flag, value));
+  }
+  return args;
+}
+
+// Flags from an optional dict and keyword arguments (the keywords win).
+py::dict merged(const py::object& config, const py::kwargs& kw, const std::string& command) {
+  py::dict all;
+  if (!config.is_none()) {
+    if (!py::isinstance<py::dict>(config))
+      refuse("config", "hepsim." + command + " takes a dict of flags (or a path to a JSON file for train)");
+    for (const auto& [k, v] : py::reinterpret_borrow<py::dict>(config)) all[k] = v;
+  }
+  for (const auto& [k, v] : kw) all[k] = v;
+  return all;
+}
+
+py::object run(const std::vector<std::string>& args, const py::object& on_epoch) {
+  nlohmann::json result;
+  tools::CommandHooks hooks;
+  hooks.result = &result;
+  if (!on_epoch.is_none()) {
+    if (!PyCallable_Check(on_epoch.ptr())) refuse("on_epoch", "must be callable (it receives each epoch's record)");
+    hooks.on_epoch = [on_epoch](const nlohmann::json& record) {
+      py::gil_scoped_acquire gil;
+      on_epoch(to_python(record));
+    };
+  }
+  try {
+    native([&] { tools::run_command(args, hooks); });
+  } catch (const InputError& e) {
+    // The result the command printed before refusing it travels with the error.
+    if (result.is_null()) throw;
+    py::object error = py::reinterpret_borrow<py::object>(PyExc_ValueError)(e.what());
+    error.attr("result") = to_python(result);
+    PyErr_SetObject(PyExc_ValueError, error.ptr());
+    throw py::error_already_set();
+  }
+  return to_python(result);
+}
+
+void def_command(py::module_& m, const char* name, const char* doc) {
+  const std::string command = name;
+  m.def(
+      name,
+      [command](const py::object& config, const py::kwargs& kw) { return run(command_args(command, merged(config, kw, command)), py::none()); },
+      py::arg("config") = py::none(), doc);
+}
+
+}  // namespace
+
+void bind_commands(py::module_& m) {
+  m.def(
+      "train",
+      [](const py::object& config, const py::object& on_epoch, const py::kwargs& kw) {
+        // A path: the CLI's --config file; a dict: its keys as flags.
+        py::dict flags;
+        std::vector<std::string> extra;
+        if (py::isinstance<py::str>(config) || py::isinstance(config, py::module_::import("os").attr("PathLike"))) {
+          extra = {"--config", py::str(py::module_::import("os").attr("fspath")(config)).cast<std::string>()};
+          flags = merged(py::none(), kw, "train");
+        } else {
+          flags = merged(config, kw, "train");
+        }
+        std::vector<std::string> args = command_args("train", flags);
+        args.insert(args.begin() + 1, extra.begin(), extra.end());
+        return run(args, on_epoch);
+      },
+      py::arg("config") = py::none(), py::arg("on_epoch") = py::none(),
+      "hepsim train: trains a network and writes DIR/log.h5, DIR/checkpoint.h5, DIR/config.json like the CLI.\n"
+      "config: a dict of the configuration's keys (as flags: 'batch-size' or batch_size) or the path of a JSON\n"
+      "configuration file; keyword arguments override it. on_epoch(record) is called after each epoch is logged\n"
+      "and checkpointed, with the log's columns for that epoch (an exception raised there ends the run, which\n"
+      "can be resumed with resume=DIR). Returns the CLI's JSON summary. Ctrl-C stops the run after its current\n"
+      "step with a checkpoint (KeyboardInterrupt).");
+  def_command(m, "eval", "hepsim eval: evaluates a run's checkpoint (checkpoint=DIR or file); returns the CLI's JSON.");
+  def_command(m, "relax",
+              "hepsim relax: relaxes test samples with fresh weights by a solver and by the map; returns the CLI's JSON.");
+  def_command(m, "jacobian", "hepsim jacobian: Jacobian metrics of a fresh network or checkpoint; returns the CLI's JSON.");
+  def_command(m, "gradcheck", "hepsim gradcheck: estimators against the exact gradient; returns the CLI's JSON.");
+  def_command(m, "bench", "hepsim bench: FMA peak and engine speed; returns the CLI's JSON.");
+  m.def("help", &tools::command_help, py::arg("command"), "The CLI's help text of a subcommand (its flags).");
+}
+
+}  // namespace hepsim::python

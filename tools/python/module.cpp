@@ -1,0 +1,179 @@
+// The Python module `hepsim`: see tools/python/module.hpp for its parts.
+#include "tools/python/module.hpp"
+
+#include <csignal>
+#include <filesystem>
+#include <mutex>
+
+#include "tools/signals.hpp"
+
+namespace hepsim::python {
+
+void refuse(const std::string& argument, const std::string& message) { throw InputError(argument, message); }
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+bool theta_is_double(const py::handle& theta) {
+  if (!py::isinstance<py::array>(theta)) refuse("theta", "must be a NumPy array (float32 or float64)");
+  if (has_dtype<double>(theta)) return true;
+  if (has_dtype<float>(theta)) return false;
+  refuse("theta", "has dtype " + dtype_name(py::reinterpret_borrow<py::array>(theta)) +
+                      "; the parameters are float32 or float64");
+}
+
+namespace {
+std::mutex g_signal_mutex;
+int g_native_calls = 0;
+struct sigaction g_python_handler;
+
+extern "C" void on_interrupt(int) { request_interrupt(); }
+}  // namespace
+
+NativeCall::NativeCall() {
+  const std::lock_guard<std::mutex> lock(g_signal_mutex);
+  if (g_native_calls++ == 0) {
+    clear_interrupt();
+    struct sigaction action {};
+    action.sa_handler = on_interrupt;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &action, &g_python_handler);
+  }
+}
+
+NativeCall::~NativeCall() {
+  const std::lock_guard<std::mutex> lock(g_signal_mutex);
+  if (--g_native_calls == 0) sigaction(SIGINT, &g_python_handler, nullptr);
+}
+
+void NativeCall::finish() const { throw_if_interrupted(); }
+
+py::list status_list(const std::vector<RelaxStatus>& status) {
+  py::list l;
+  for (RelaxStatus s : status) l.append(to_string(s));
+  return l;
+}
+
+namespace {
+template <class T>
+T take(py::dict& kw, const std::string& key, T fallback) {
+  if (!kw.contains(key)) return fallback;
+  const py::object v = kw[py::str(key)];
+  PyDict_DelItemString(kw.ptr(), key.c_str());
+  try {
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (!py::isinstance<py::str>(v)) throw py::cast_error();
+    } else if constexpr (std::is_integral_v<T>) {
+      if (py::isinstance<py::bool_>(v) || !PyIndex_Check(v.ptr())) throw py::cast_error();
+    } else {
+      if (py::isinstance<py::bool_>(v) || py::isinstance<py::str>(v)) throw py::cast_error();
+    }
+    return v.cast<T>();
+  } catch (const py::cast_error&) {
+    refuse(key, std::string("must be ") +
+                    (std::is_same_v<T, std::string> ? "a string" : std::is_integral_v<T> ? "an integer" : "a number") +
+                    ", not " + py::str(py::type::of(v).attr("__name__")).cast<std::string>());
+  }
+}
+
+void require(bool ok, const std::string& key, const std::string& what) {
+  if (!ok) refuse(key, what);
+}
+}  // namespace
+
+RelaxArgs relax_args(py::dict& kw, const std::string& p, long default_steps) {
+  RelaxArgs a;
+  a.max_steps = default_steps;
+  a.solver = take(kw, p + "solver", a.solver);
+  a.max_steps = take(kw, p + "max_steps", a.max_steps);
+  a.tol = take(kw, p + "tol", a.tol);
+  a.dt = take(kw, p + "dt", a.dt);
+  a.report_tol = take(kw, p + "report_tol", a.report_tol);
+  a.rtol = take(kw, p + "rtol", a.rtol);
+  a.atol = take(kw, p + "atol", a.atol);
+  a.anderson_m = take(kw, p + "anderson_m", a.anderson_m);
+  a.stall_window = take(kw, p + "stall_window", a.stall_window);
+  a.cycle_period = take(kw, p + "cycle_period", a.cycle_period);
+  a.config(p);  // validated now, before any work
+  return a;
+}
+
+RelaxConfig RelaxArgs::config(const std::string& p) const {
+  RelaxConfig c;
+  c.solver = parse_solver(solver, p + "solver");
+  const auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0; };
+  require(max_steps >= 1, p + "max_steps", "must be at least 1");
+  require(finite_nonneg(tol), p + "tol", "must be a finite number ≥ 0 (0: run the whole budget)");
+  require(finite_nonneg(dt), p + "dt", "must be a finite number ≥ 0 (0: the solver's default)");
+  require(std::isfinite(report_tol) && report_tol > 0, p + "report_tol", "must be a finite positive number");
+  require(std::isfinite(rtol) && rtol > 0, p + "rtol", "must be a finite positive number");
+  require(std::isfinite(atol) && atol > 0, p + "atol", "must be a finite positive number");
+  require(anderson_m >= 1 && anderson_m <= 16, p + "anderson_m", "must be between 1 and 16");
+  require(finite_nonneg(stall_window), p + "stall_window", "must be a finite number ≥ 0 (0: never stall)");
+  require(cycle_period >= 0 && cycle_period <= 64, p + "cycle_period", "must be between 0 (no cycle test) and 64");
+  c.max_steps = max_steps;
+  c.tol = tol;
+  c.dt = dt;
+  c.report_tol = report_tol;
+  c.rtol = rtol;
+  c.atol = atol;
+  c.anderson_m = anderson_m;
+  c.stall_window = stall_window;
+  c.cycle_period = cycle_period;
+  return c;
+}
+
+void no_more_kwargs(const py::dict& kw, const std::string& function) {
+  for (const auto& item : kw)
+    refuse(py::str(item.first).cast<std::string>(), "is not a keyword argument of " + function);
+}
+
+template <class R>
+Samples<R> targets_in(const py::handle& y, const Network& net, Index samples, Mat<R>& zeros) {
+  if (!y.is_none()) return samples_in<R>(y, net.classes, "y", samples);
+  zeros = Mat<R>::Zero(net.classes, samples);
+  Samples<R> s;
+  new (&s.map) Eigen::Map<const Mat<R>>(zeros.data(), zeros.rows(), zeros.cols());
+  return s;
+}
+template Samples<float> targets_in<float>(const py::handle&, const Network&, Index, Mat<float>&);
+template Samples<double> targets_in<double>(const py::handle&, const Network&, Index, Mat<double>&);
+
+}  // namespace hepsim::python
+
+PYBIND11_MODULE(hepsim, m) {
+  namespace hp = hepsim::python;
+  namespace py = pybind11;
+  m.doc() =
+      "hepsim: equilibrium propagation on simulated neuromorphic and analog substrates.\n\n"
+      "The subcommands of the hepsim CLI are functions returning its JSON result as a dict: train, eval, relax,\n"
+      "jacobian, gradcheck, bench (flags as keyword arguments, '-' written '_'). Below them the library:\n"
+      "hepsim.sim (models, parameters, relaxation), hepsim.ep (estimators and exact references), hepsim.jac\n"
+      "(Jacobian metrics, homeostasis), hepsim.datasets (images and batches). Arrays have samples along the\n"
+      "first axis; bad input raises ValueError with the CLI's message; Ctrl-C interrupts a long call.";
+  m.attr("__version__") = HEPSIM_VERSION;
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const hepsim::InputError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const hepsim::Interrupted&) {
+      PyErr_SetString(PyExc_KeyboardInterrupt, "hepsim: interrupted");
+    } catch (const hepsim::tools::RunStopped& e) {
+      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+    } catch (const std::filesystem::filesystem_error& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "hepsim: out of memory: the requested sizes do not fit");
+    }
+  });
+  hp::bind_commands(m);
+  py::module_ sim = m.def_submodule("sim", "Models (architectures, parameters, angle) and relaxation");
+  hp::bind_sim(sim);
+  py::module_ ep = m.def_submodule("ep", "Free states, RBP, exact response, EP/hEP estimators, BPTT, gradients");
+  hp::bind_ep(ep);
+  py::module_ jac = m.def_submodule("jac", "Jacobian metrics: jac_sym, homeostasis, weight angle, spectrum");
+  hp::bind_jacobian(jac);
+  py::module_ data = m.def_submodule("datasets", "Datasets as uint8 images and labels; normalised batches");
+  hp::bind_datasets(data);
+}
