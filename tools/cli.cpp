@@ -456,9 +456,16 @@ void run_command(const std::vector<std::string>& args, const CommandHooks& hooks
   words.insert(words.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& w : words) argv.push_back(w.data());
-  struct Installed {  // the hooks for this command only, whatever it throws
+  // The hooks, and the thread counts the command sets (--threads), for this command only,
+  // whatever it throws: the host's own settings come back.
+  struct Installed {
     explicit Installed(const CommandHooks& h) { g_hooks = &h; }
-    ~Installed() { g_hooks = nullptr; }
+    ~Installed() {
+      g_hooks = nullptr;
+      omp_set_num_threads(omp_threads);
+      Eigen::setNbThreads(eigen_threads);
+    }
+    int omp_threads = omp_get_max_threads(), eigen_threads = Eigen::nbThreads();
   } installed(hooks);
   try {
     app.parse(static_cast<int>(argv.size()), argv.data());

@@ -143,6 +143,11 @@ void bind_commands(py::module_& m) {
   def_command(m, "jacobian", "hepsim jacobian: Jacobian metrics of a fresh network or checkpoint; returns the CLI's JSON.");
   def_command(m, "gradcheck", "hepsim gradcheck: estimators against the exact gradient; returns the CLI's JSON.");
   def_command(m, "bench", "hepsim bench: FMA peak and engine speed; returns the CLI's JSON.");
+  m.def(
+      "set_threads", [](int threads) { return tools::set_threads(threads); }, py::arg("threads"),
+      "The threads of the library's calls, like the CLI's --threads (0: all cores); returns the number set.\n"
+      "OpenMP runs hepsim's own chunks on them and Eigen its products (on at most the cores). The subcommands'\n"
+      "threads= applies to that command only.");
   m.def("help", &tools::command_help, py::arg("command"), "The CLI's help text of a subcommand (its flags).");
 }
 
