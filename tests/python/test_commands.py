@@ -76,6 +76,13 @@ def test_train_one_epoch_equals_cli_bit_for_bit(tmp_path):
             assert np.array_equal(py_cols[k], cli_cols[k], equal_nan=True), k
     with h5py.File(tmp_path / "py" / "checkpoint.h5") as a, h5py.File(tmp_path / "cli" / "checkpoint.h5") as b:
         assert np.array_equal(a["theta"][()], b["theta"][()])
+    # The checkpoint through the module: the run's model and θ.
+    ck = hepsim.load_checkpoint(str(tmp_path / "py" / "checkpoint.h5"))
+    with h5py.File(tmp_path / "py" / "checkpoint.h5") as a:
+        assert np.array_equal(ck["theta"], a["theta"][()])
+    assert ck["epoch"] == 1 and not ck["mid_epoch"] and ck["config"]["T1"] == 30
+    assert ck["model"].n_params == ck["theta"].size and ck["model"].activation == "sigmoid"
+    assert hepsim.jac.jac_sym(ck["model"], ck["theta"]) == pytest.approx(got["jac_sym"], rel=1e-12)
     # The callback saw the logged epoch.
     assert len(records) == 1
     rec = records[0]

@@ -1,8 +1,7 @@
 // hepsim.sim: Model (an architecture compiled for an input shape, with its activation and loss),
 // parameters (init with the SPEC 5 angle, named blocks as NumPy views, the weight angle) and the
 // relaxation with every solver and β real or complex.
-#include <fstream>
-#include <sstream>
+#include <chrono>
 
 #include "tools/python/module.hpp"
 
@@ -54,9 +53,21 @@ const ParamBlock& block_named(const Network& net, const std::string& name) {
   refuse("name", "'" + name + "' is not a parameter block (" + names + ")");
 }
 
+// What hepsim.sim.relax runs: the drive, the field and the relaxation of u.
+template <class S>
+RelaxResult relax_core(const PyModel& pm, const Vec<RealOf<S>>& theta, const Eigen::Map<const Mat<RealOf<S>>>& x,
+                       const Eigen::Map<const Mat<RealOf<S>>>& y, const Vec<S>& beta, Mat<S>& u, const RelaxConfig& cfg) {
+  using R = RealOf<S>;
+  Mat<R> drive(pm.net().neurons, x.cols());
+  input_drive<R>(pm.net(), theta, x, drive);
+  Field<S> field(pm.model, theta, drive, y, beta);
+  return relax(field, u, cfg);
+}
+
+// hepsim.sim.relax; with timings > 0 instead the seconds of that many runs of relax_core alone.
 template <class S>
 py::dict relax_impl(const PyModel& pm, const py::handle& theta_obj, const py::handle& x_obj, const py::handle& y_obj,
-                    const py::handle& beta_obj, const py::handle& u0, const RelaxConfig& cfg) {
+                    const py::handle& beta_obj, const py::handle& u0, const RelaxConfig& cfg, long timings = 0) {
   using R = RealOf<S>;
   const Network& net = pm.net();
   const Theta<R> theta(theta_obj, net.n_params);
@@ -83,12 +94,19 @@ py::dict relax_impl(const PyModel& pm, const py::handle& theta_obj, const py::ha
     const Samples<S> start = samples_in<S>(u0, net.neurons, "u0", B);
     u = start.map;
   }
-  RelaxResult r = native([&] {
-    Mat<R> drive(net.neurons, B);
-    input_drive<R>(net, *theta, x.map, drive);
-    Field<S> field(pm.model, *theta, drive, y.map, beta);
-    return relax(field, u, cfg);
-  });
+  if (timings) {  // the benchmark of the binding's cost: the library's own work, timed inside
+    const Mat<S> start = u;
+    py::list seconds;
+    for (long k = 0; k < timings; ++k) {
+      u = start;
+      const auto t0 = std::chrono::steady_clock::now();
+      const RelaxResult r = relax_core(pm, *theta, x.map, y.map, beta, u, cfg);
+      seconds.append(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      (void)r;
+    }
+    return py::dict(py::arg("seconds") = seconds);
+  }
+  RelaxResult r = native([&] { return relax_core(pm, *theta, x.map, y.map, beta, u, cfg); });
   py::dict out;
   out["states"] = samples_out(std::move(u));
   out["residual"] = vector_out(Vec<double>(r.residual));
@@ -201,19 +219,25 @@ void bind_sim(py::module_& m) {
           },
           py::arg("theta"), "The angle between feedforward and feedback kernels in degrees (NaN without reciprocal pairs).");
 
+  const auto relax_fn = [](long timings) {
+    return [timings](const PyModel& model, const py::array& theta, const py::object& x, const py::object& y,
+                     const py::object& beta, const py::object& u0, py::kwargs kw) {
+      py::dict opts(kw);
+      const RelaxConfig cfg = relax_args(opts, "", 150).config();
+      no_more_kwargs(opts, "hepsim.sim.relax");
+      const bool dbl = theta_is_double(theta), cplx = complex_beta(beta);
+      if (dbl) return cplx ? relax_impl<std::complex<double>>(model, theta, x, y, beta, u0, cfg, timings)
+                           : relax_impl<double>(model, theta, x, y, beta, u0, cfg, timings);
+      return cplx ? relax_impl<std::complex<float>>(model, theta, x, y, beta, u0, cfg, timings)
+                  : relax_impl<float>(model, theta, x, y, beta, u0, cfg, timings);
+    };
+  };
+  m.def("_relax_native_seconds", relax_fn(1), py::arg("model"), py::arg("theta"), py::arg("x"), py::arg("y") = py::none(),
+        py::arg("beta") = 0.0, py::arg("u0") = py::none(),
+        "For tools/bench/python_overhead.py: the seconds of the library's work of one hepsim.sim.relax call with\n"
+        "these arguments (timed in C++, without the binding's conversions), as {'seconds': [s]}.");
   m.def(
-      "relax",
-      [](const PyModel& model, const py::array& theta, const py::object& x, const py::object& y, const py::object& beta,
-         const py::object& u0, py::kwargs kw) {
-        py::dict opts(kw);
-        const RelaxConfig cfg = relax_args(opts, "", 150).config();
-        no_more_kwargs(opts, "hepsim.sim.relax");
-        const bool dbl = theta_is_double(theta), cplx = complex_beta(beta);
-        if (dbl) return cplx ? relax_impl<std::complex<double>>(model, theta, x, y, beta, u0, cfg)
-                             : relax_impl<double>(model, theta, x, y, beta, u0, cfg);
-        return cplx ? relax_impl<std::complex<float>>(model, theta, x, y, beta, u0, cfg)
-                    : relax_impl<float>(model, theta, x, y, beta, u0, cfg);
-      },
+      "relax", relax_fn(0),
       py::arg("model"), py::arg("theta"), py::arg("x"), py::arg("y") = py::none(), py::arg("beta") = 0.0,
       py::arg("u0") = py::none(),
       "Relaxes the batch x (samples, input_size) to a fixed point of M(u) = G(σ(u), x) + β e from u0 (default 0).\n"

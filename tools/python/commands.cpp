@@ -8,6 +8,7 @@
 
 #include "tools/cli.hpp"
 #include "tools/python/module.hpp"
+#include "tools/run_files.hpp"
 
 namespace hepsim::python {
 namespace {
@@ -143,6 +144,40 @@ void bind_commands(py::module_& m) {
   def_command(m, "jacobian", "hepsim jacobian: Jacobian metrics of a fresh network or checkpoint; returns the CLI's JSON.");
   def_command(m, "gradcheck", "hepsim gradcheck: estimators against the exact gradient; returns the CLI's JSON.");
   def_command(m, "bench", "hepsim bench: FMA peak and engine speed; returns the CLI's JSON.");
+  m.def(
+      "load_checkpoint",
+      [](const std::string& path, const py::object& input_shape) {
+        tools::Checkpoint ck = native([&] { return tools::read_checkpoint(path); });
+        // The input's shape: given, or that of the run's dataset (a flat input for h5 files).
+        MapShape shape{0, 0, 0};
+        if (!input_shape.is_none()) {
+          const auto dims = input_shape.cast<std::vector<Index>>();
+          if (dims.size() == 3) shape = {dims[0], dims[1], dims[2]};
+          else if (dims.size() != 1) refuse("input_shape", "must be (n,) or (C, H, W)");
+        } else {
+          const std::string dataset = ck.config.value("dataset", "");
+          if (dataset == "fmnist" || dataset == "mnist") shape = {1, 28, 28};
+          else if (dataset == "cifar10" || dataset == "cifar100" || dataset == "imagenet32") shape = {3, 32, 32};
+          else if (dataset == "imagenet64") shape = {3, 64, 64};
+        }
+        if (shape.c > 0 && shape.c * shape.h * shape.w != ck.input_size)
+          refuse("input_shape", "does not hold the checkpoint's " + std::to_string(ck.input_size) + " inputs");
+        PyModel pm;
+        pm.model.net = compile(parse_architecture(ck.architecture, path, ck.input_size, ck.classes, shape), path);
+        pm.model.activation = parse_activation(ck.config.value("activation", "sigmoid"), path);
+        pm.model.loss = parse_loss(ck.config.value("loss", "xent"), path);
+        py::dict d;
+        d["model"] = py::cast(std::move(pm));
+        d["theta"] = vector_out(std::move(ck.theta));
+        d["config"] = to_python(ck.config);
+        d["epoch"] = ck.epoch;
+        d["mid_epoch"] = ck.mid_epoch;
+        d["optimizer_steps"] = ck.optimizer_steps;
+        return d;
+      },
+      py::arg("path"), py::arg("input_shape") = py::none(),
+      "A run's checkpoint (DIR/checkpoint.h5): {'model', 'theta' (float64), 'config', 'epoch', 'mid_epoch',\n"
+      "'optimizer_steps'}; the model takes the run's dataset's image shape unless input_shape is given.");
   m.def(
       "set_threads", [](int threads) { return tools::set_threads(threads); }, py::arg("threads"),
       "The threads of the library's calls, like the CLI's --threads (0: all cores); returns the number set.\n"
