@@ -55,6 +55,7 @@ Mat<R> dense_solve(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_
   Mat<R> v(u_star.rows(), u_star.cols());
   const Mat<R> I = Mat<R>::Identity(model.net.neurons, model.net.neurons);
   for (Index b = 0; b < u_star.cols(); ++b) {
+    throw_if_interrupted();
     if (per_sample) H = jacobian_at<R>(model.net, theta, S.col(b));
     const Mat<R> A = transposed ? Mat<R>(I - D.col(b).asDiagonal() * H.transpose()) : Mat<R>(I - D.col(b).asDiagonal() * H);
     v.col(b) = A.partialPivLu().solve(D.col(b).cwiseProduct(g.col(b)));
@@ -130,6 +131,7 @@ IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CM
   const bool damped = cfg.dt != 1;
   const R h = static_cast<R>(cfg.dt);
   for (long k = 0; k < cfg.steps; ++k) {
+    throw_if_interrupted();  // a host's Ctrl-C (sim/interrupt.hpp)
     t.setZero();
     add_vjp<R>(net, theta, s_star, cache, res.v, t);
     next = D.cwiseProduct(t) + Dg;
@@ -156,6 +158,7 @@ IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const
   const bool damped = cfg.dt != 1;
   const R h = static_cast<R>(cfg.dt);
   for (long k = 0; k < cfg.steps; ++k) {
+    throw_if_interrupted();  // a host's Ctrl-C (sim/interrupt.hpp)
     activate<R>(model.activation, u, s);
     activate_deriv<R>(model.activation, u, d);
     // u' = M₀(u) = C + G(s);   ú' = J_G(s) (σ'(u) ⊙ ú) + e(s)  (d(βe)/dβ at β = 0 is e)
@@ -224,6 +227,7 @@ BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMat
   traj[0] = u_start;
   Mat<R> s(n, B), d(n, B), t(n, B);
   for (long k = 0; k < steps; ++k) {
+    throw_if_interrupted();  // a host's Ctrl-C (sim/interrupt.hpp)
     activate<R>(model.activation, traj[static_cast<std::size_t>(k)], s);
     Mat<R>& next = traj[static_cast<std::size_t>(k + 1)];
     next = drive;
@@ -241,6 +245,7 @@ BpttResult<R> truncated_bptt(const Model& model, const Vec<R>& theta, const CMat
   add_readout_gradient<R>(net, theta, model.loss, s.middleRows(o.offset, o.size), y, w, res.grad);
   Mat<R> a = d.cwiseProduct(loss_gradient_s<R>(model, theta, uT, y));  // ∂ℓ/∂u_T
   for (long k = steps - 1; k >= 0; --k) {
+    throw_if_interrupted();  // a host's Ctrl-C (sim/interrupt.hpp)
     const Mat<R>& uk = traj[static_cast<std::size_t>(k)];
     activate<R>(model.activation, uk, s);
     activate_deriv<R>(model.activation, uk, d);

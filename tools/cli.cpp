@@ -446,7 +446,17 @@ const CommandHooks* g_hooks = nullptr;
 const CommandHooks* command_hooks() { return g_hooks; }
 
 void run_command(const std::vector<std::string>& args, const CommandHooks& hooks) {
+  // A hook (on_epoch) runs on the command's thread, which holds the lock: a command from there
+  // would wait for itself.
+  static thread_local bool in_command = false;
+  if (in_command)
+    throw InputError("hepsim", "a subcommand cannot run inside another one (e.g. from train's on_epoch); the library's "
+                               "functions can");
   const std::lock_guard<std::mutex> one_at_a_time(g_command_mutex);
+  in_command = true;
+  struct Leave {
+    ~Leave() { in_command = false; }
+  } leave;
   CLI::App app{kAppTitle};
   register_all(app);
   if (args.empty() || args[0].empty() || args[0][0] == '-')
@@ -476,6 +486,16 @@ void run_command(const std::vector<std::string>& args, const CommandHooks& hooks
   } catch (const QuietExit& e) {  // one process: no other rank reports anything
     throw std::runtime_error("hepsim " + args[0] + " ended with code " + std::to_string(e.code));
   }
+}
+
+bool command_flag_is_switch(const std::string& subcommand, const std::string& flag) {
+  CLI::App app{kAppTitle};
+  register_all(app);
+  require_subcommand(app, subcommand);
+  const CLI::App* sub = app.get_subcommand(subcommand);
+  for (const CLI::Option* o : sub->get_options())
+    if (o->check_lname(flag.size() > 2 ? flag.substr(2) : flag)) return o->get_expected_min() == 0;
+  return false;
 }
 
 std::string command_help(const std::string& subcommand) {

@@ -38,12 +38,16 @@ struct CommandHooks {
   // layer) once it is logged and checkpointed; an exception thrown here ends the run there.
   std::function<void(const nlohmann::json&)> on_epoch;
 };
-// Runs `hepsim <args...>` (args[0] is the subcommand) in this process, one command at a time.
+// Runs `hepsim <args...>` (args[0] is the subcommand) in this process, one command at a time (a
+// command started from a hook of another, e.g. from on_epoch, is refused: InputError).
 // Nothing is printed on stdout; errors are thrown, not turned into exit codes: InputError for bad
 // input (CLI11's parse errors too, with the CLI's text, "hepsim: …"), RunStopped for a run that
 // stopped on a signal with its checkpoint, Interrupted (sim/interrupt.hpp) for an interrupt. When a
 // command prints its result and then refuses it (e.g. too few samples settled), `result` holds it.
 void run_command(const std::vector<std::string>& args, const CommandHooks& hooks);
+// Whether `flag` ("--quiet") of `subcommand` is a switch taking no value (false for options with a
+// value and for names the subcommand does not have: its parser reports those).
+bool command_flag_is_switch(const std::string& subcommand, const std::string& flag);
 // The help text of `hepsim <subcommand> --help` (InputError for an unknown subcommand).
 std::string command_help(const std::string& subcommand);
 // The hooks of the command running in this process through run_command (nullptr otherwise).

@@ -315,7 +315,7 @@ void register_train(CLI::App& app) {
   cmd->callback([cmd, flags, config_path, resume_dir, quiet] {
     const Team& team = launch_team();
     // From the start: a signal while the data load is noted, and the run stops after its first step.
-    const StopSignals signals;
+    const StopSignals signals(command_hooks() != nullptr);
     Prepared p;
     // Every rank prepares the run (its own copy of the data and checkpoint); a refusal on any
     // rank ends all of them: the lowest refusing rank prints its line, the others exit quietly.

@@ -1,5 +1,7 @@
 #include "tools/signals.hpp"
 
+#include "sim/interrupt.hpp"
+
 #include <unistd.h>
 
 #include <csignal>
@@ -8,9 +10,14 @@ namespace hepsim::tools {
 namespace {
 
 volatile std::sig_atomic_t g_received = 0;
+volatile std::sig_atomic_t g_hosted = 0;
 
 extern "C" void on_stop_signal(int signal) {
-  if (g_received != 0) ::_exit(128 + signal);  // the second: at once (async-signal-safe)
+  if (g_received != 0) {  // the second: at once (async-signal-safe)
+    if (!g_hosted) ::_exit(128 + signal);
+    request_interrupt();
+    return;
+  }
   g_received = signal;
 }
 
@@ -19,8 +26,9 @@ constexpr int kSignals[2] = {SIGTERM, SIGINT};
 
 }  // namespace
 
-StopSignals::StopSignals() {
+StopSignals::StopSignals(bool hosted) {
   g_received = 0;
+  g_hosted = hosted ? 1 : 0;
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);

@@ -14,7 +14,11 @@ constexpr int kExitStopped = 3;
 
 class StopSignals {
  public:
-  StopSignals();   // installs the handlers
+  // Installs the handlers. `hosted`: the run is a call of a host program (the Python module,
+  // tools::run_command) that must survive: a second signal raises hepsim's interrupt flag
+  // (sim/interrupt.hpp: the step in progress ends by an exception, the files stay as they were)
+  // instead of ending the process.
+  explicit StopSignals(bool hosted = false);
   ~StopSignals();  // restores the previous ones
   StopSignals(const StopSignals&) = delete;
   StopSignals& operator=(const StopSignals&) = delete;

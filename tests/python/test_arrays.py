@@ -61,7 +61,7 @@ def test_dtypes_and_shapes_are_refused_not_reinterpreted(mlp, batch):
         (dict(x=x.tolist()), "x: must be a NumPy array"),
         (dict(x=x, y=y[:10]), "y: has 10 samples; the other arrays of this call have 50"),
         (dict(x=x, y=y.astype(np.float32)), "y: has dtype float32"),
-        (dict(x=x, beta=np.ones(3)), "beta: must be a number or a 1-D array of one nudge per sample"),
+        (dict(x=x, beta=np.ones(3)), "beta: must be a number or a 1-D numeric array of one nudge per sample"),
         (dict(x=x, beta=0.1), "y: is needed for a nudged phase"),
         (dict(x=x, u0=np.zeros((50, 10))), "u0: has shape"),
         (dict(x=x, max_steps=0), "max_steps: must be at least 1"),
@@ -75,7 +75,7 @@ def test_dtypes_and_shapes_are_refused_not_reinterpreted(mlp, batch):
         hepsim.sim.relax(mlp, theta[:-1], x)
     with pytest.raises(ValueError, match="theta: has dtype int64"):
         hepsim.sim.relax(mlp, theta.astype(np.int64), x)
-    with pytest.raises(ValueError, match="--arch: 'nope' is neither a built-in"):
+    with pytest.raises(ValueError, match="arch: .nope. is neither a built-in"):
         hepsim.sim.Model("nope", 784, 10)
     with pytest.raises(ValueError, match="angle"):
         mlp.init(angle=200)
@@ -130,3 +130,46 @@ def test_complex_nudges_and_angle(mlp, batch):
     t = mlp.init(seed=2, angle=90)
     mlp.apply_angle(t, 0)
     assert mlp.weight_angle(t) == pytest.approx(0, abs=1e-5)
+
+
+def test_mismatched_and_degenerate_inputs_are_refused(mlp, tiny, batch):
+    x, y = batch
+    theta = mlp.init()
+    # A free state of another network (it would index past its arrays).
+    free = hepsim.ep.free_phase(tiny.model, tiny.theta, tiny.x, tiny.y, max_steps=50)
+    for f in (hepsim.ep.rbp, hepsim.ep.exact_response, hepsim.ep.loss_gradient):
+        with pytest.raises(ValueError, match="free: is a state of another network"):
+            f(mlp, theta, free)
+    with pytest.raises(ValueError, match="free: is a state of another network"):
+        hepsim.ep.bptt(mlp, theta, free, steps=3)
+    with pytest.raises(ValueError, match="free: holds float64 states"):
+        hepsim.ep.rbp(tiny.model, tiny.theta.astype(np.float32), free)
+    # θ of the wrong size, layout or dtype where it is changed in place.
+    for bad in (np.zeros(10), np.zeros(mlp.n_params + 1), np.zeros((2, mlp.n_params)), theta.copy()[::1][None, :]):
+        with pytest.raises(ValueError, match="theta"):
+            mlp.apply_angle(bad, 30)
+    strided = np.zeros(2 * mlp.n_params)[::2]
+    with pytest.raises(ValueError, match="writable contiguous"):
+        mlp.apply_angle(strided, 30)
+    # A θ view with other strides than the vector it views is not taken for that vector.
+    t = mlp.init(seed=1)
+    view = np.lib.stride_tricks.as_strided(t, shape=t.shape, strides=(0,))
+    assert not np.array_equal(hepsim.sim.relax(mlp, view, x[:2], max_steps=5)["states"],
+                              hepsim.sim.relax(mlp, t, x[:2], max_steps=5)["states"])
+    # No samples; a spectrum of a number; β of bools or text; a complex NumPy scalar is complex.
+    with pytest.raises(ValueError, match="x: has no samples"):
+        hepsim.sim.relax(mlp, theta, x[:0])
+    with pytest.raises(ValueError, match="J: must be a square"):
+        hepsim.jac.spectrum(2)
+    with pytest.raises(ValueError, match="beta"):
+        hepsim.sim.relax(mlp, theta, x[:2], y[:2], beta=np.array([True, False]))
+    with pytest.raises(ValueError, match="beta"):
+        hepsim.sim.relax(mlp, theta, x[:2], y[:2], beta="a")
+    r = hepsim.sim.relax(mlp, theta, x[:2], y[:2], beta=np.complex64(0.05j), max_steps=5)
+    assert r["states"].dtype == np.complex128
+    with pytest.raises(ValueError, match="max_steps: is out of range"):
+        hepsim.sim.relax(mlp, theta, x[:2], max_steps=2 ** 70)
+    with pytest.raises(ValueError, match="activation"):
+        hepsim.sim.Model("mlp_2-256", 784, 10, activation=5)
+    with pytest.raises(ValueError, match="input_shape"):
+        hepsim.sim.Model("mlp_2-256", 1.5, 10)

@@ -139,6 +139,40 @@ def test_a_refused_result_travels_with_the_error():
     assert e.value.result["max_steps"] == 5
 
 
+def test_flag_spellings_and_booleans():
+    # 'max_steps' and 'max-steps' are one flag: the keyword overrides the dict.
+    a = hepsim.relax({"max-steps": 100, "samples": 2, "tol": 1e-3}, max_steps=70, threads=1)
+    b = cli("relax", "--max-steps", 70, "--samples", 2, "--tol", 1e-3, "--threads", 1)[1]
+    assert a["field_evals"] < 100 * 2
+    same_json(a, b)
+    # A switch is given or left out; a flag with a value takes on/off.
+    with pytest.raises(ValueError, match="--warm-start"):
+        hepsim.train(warm_start=True, algo="bp", out="/tmp/never")  # on: refused for bp, as the CLI does
+    code, _, err = cli("train", "--warm-start", "on", "--algo", "bp", "--out", "/tmp/never", check=False)
+    assert code == 2 and "--warm-start" in err
+
+
+def test_no_command_inside_a_command(tmp_path):
+    def nested(record):
+        hepsim.relax(samples=2, max_steps=5)
+
+    with pytest.raises(ValueError, match="a subcommand cannot run inside another one"):
+        hepsim.train(arch="loop_mnist", train_limit=50, test_limit=20, epochs=1, T1=5, T2=2, quiet=True, threads=1,
+                     out=str(tmp_path / "run"), on_epoch=nested)
+    # Library calls from the callback are fine.
+    seen = []
+    ck = tmp_path / "run2"
+
+    def library(record):
+        seen.append(hepsim.jac.jac_sym(model, theta))
+
+    model = hepsim.sim.Model("mlp_2-256", 784, 10)
+    theta = model.init()
+    hepsim.train(arch="loop_mnist", train_limit=50, test_limit=20, epochs=1, T1=5, T2=2, quiet=True, threads=1,
+                 out=str(ck), on_epoch=library)
+    assert len(seen) == 1
+
+
 def test_wrong_keyword_values():
     with pytest.raises(ValueError, match="--samples"):
         hepsim.relax(samples=object())

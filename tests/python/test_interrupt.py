@@ -23,6 +23,10 @@ CHILD = textwrap.dedent("""
             hepsim.sim.relax(m, th, x, max_steps=100_000_000)
         elif what == "command":
             hepsim.relax(samples=1000, max_steps=10_000_000, tol=1e-300, stall_window=0, threads=1)
+        elif what == "ignored":   # SIGINT ignored by the program: hepsim leaves it so
+            import signal
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            hepsim.sim.relax(m, th, x, max_steps=4000)
         else:
             hepsim.train(out=sys.argv[2], epochs=50, train_limit=6000, test_limit=100, quiet=True, threads=1)
         print("finished", flush=True)
@@ -34,12 +38,17 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("what", ["library", "command", "train"])
-def test_ctrl_c_interrupts(what, tmp_path):
+def start(what, tmp_path):
     p = subprocess.Popen([sys.executable, "-c", CHILD, what, str(tmp_path / "run")], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "started"
     time.sleep(2.0)
+    return p
+
+
+@pytest.mark.parametrize("what", ["library", "command", "train"])
+def test_ctrl_c_interrupts(what, tmp_path):
+    p = start(what, tmp_path)
     sent = time.time()
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
@@ -51,3 +60,24 @@ def test_ctrl_c_interrupts(what, tmp_path):
     if what == "train":
         assert "stopped by SIGINT" in lines[0]
         assert os.path.exists(tmp_path / "run" / "checkpoint.h5")
+
+
+def test_a_second_ctrl_c_in_training_does_not_end_python(tmp_path):
+    # The CLI ends at once on a second signal; inside Python the step in progress is abandoned
+    # instead (the last checkpoint stays as it was) and Python goes on.
+    p = start("train", tmp_path)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert out.splitlines()[0].startswith("interrupted"), out + err
+    assert out.splitlines()[1] == "then (2, 522)"
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    p = start("ignored", tmp_path)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert out.splitlines()[0] == "finished", out + err

@@ -15,6 +15,7 @@
 #include <pybind11/stl.h>
 
 #include <complex>
+#include <optional>
 #include <csignal>
 #include <string>
 #include <type_traits>
@@ -65,6 +66,7 @@ Samples<S> samples_in(const py::handle& obj, Index features, const std::string& 
   Index width = 1;
   for (py::ssize_t d = 1; d < a.ndim(); ++d) width *= static_cast<Index>(a.shape(d));
   const Index n = static_cast<Index>(a.shape(0));
+  if (n == 0) refuse(name, "has no samples");
   auto shape_text = [&] {
     std::string t = "(";
     for (py::ssize_t d = 0; d < a.ndim(); ++d) t += (d ? ", " : "") + std::to_string(a.shape(d));
@@ -116,11 +118,13 @@ template <class R>
 class Theta {
  public:
   Theta(const py::handle& obj, Index n) {
+    if (!has_dtype<R>(obj)) refuse("theta", std::string("must be a NumPy array of dtype ") + dtype_of<R>());
     py::array a = py::reinterpret_borrow<py::array>(obj);
     if (a.ndim() != 1 || static_cast<Index>(a.shape(0)) != n)
       refuse("theta", "must be a 1-D array of the network's " + std::to_string(n) + " parameters");
     const py::handle base = a.base();
-    if (base && PyCapsule_CheckExact(base.ptr()) && std::string(PyCapsule_GetName(base.ptr()) ? PyCapsule_GetName(base.ptr()) : "") == kVectorCapsule) {
+    const char* capsule = base && PyCapsule_CheckExact(base.ptr()) ? PyCapsule_GetName(base.ptr()) : nullptr;
+    if (capsule && std::string(capsule) == kVectorCapsule && a.strides(0) == static_cast<py::ssize_t>(sizeof(R))) {
       auto* v = static_cast<Vec<R>*>(PyCapsule_GetPointer(base.ptr(), kVectorCapsule));
       if (v && v->size() == n && static_cast<const void*>(v->data()) == a.data()) {
         ref_ = v;
@@ -132,6 +136,8 @@ class Theta {
     copy_ = Eigen::Map<const Vec<R>>(c.data(), n);
     ref_ = &copy_;
   }
+  Theta(const Theta&) = delete;  // ref_ may point into this object
+  Theta& operator=(const Theta&) = delete;
   const Vec<R>& operator*() const { return *ref_; }
 
  private:
@@ -143,13 +149,15 @@ class Theta {
 // Whether θ is float64 (true) or float32 (false); anything else is refused.
 bool theta_is_double(const py::handle& theta);
 
-// For the duration of a call into the library: the GIL released (other Python threads run) and
-// Ctrl-C turned into hepsim's interrupt flag (sim/interrupt.hpp), which every relaxation polls;
-// after the call the interrupt becomes KeyboardInterrupt. Nested or concurrent calls share one
-// handler (installed by the first, restored by the last).
+// For the duration of a call into the library: the GIL released (other Python threads run) and,
+// for a call from the main thread while Python's own SIGINT handler is in place (not SIG_IGN or a
+// user's handler), Ctrl-C turned into hepsim's interrupt flag (sim/interrupt.hpp), which the
+// relaxations and the estimators' iterations poll; the interrupt becomes KeyboardInterrupt. Calls
+// nested in it (a library call from train's on_epoch) and calls from other threads keep that
+// handler; a Ctrl-C interrupts every hepsim call running at the time.
 class NativeCall {
  public:
-  NativeCall();
+  NativeCall();  // with the GIL held
   ~NativeCall();
   NativeCall(const NativeCall&) = delete;
   NativeCall& operator=(const NativeCall&) = delete;
@@ -157,8 +165,11 @@ class NativeCall {
   void finish() const;
 
  private:
-  py::gil_scoped_release release_;
+  bool installed_ = false;
+  std::optional<py::gil_scoped_release> release_;
 };
+// Records the interpreter's main thread (at import).
+void note_main_thread();
 
 // Runs f() inside a NativeCall (GIL released, interruptible) and returns its result.
 template <class F>

@@ -72,7 +72,7 @@ void bind_datasets(py::module_& m) {
         const auto make = [&](auto r) {
           using R = decltype(r);
           Mat<R> x(d.dim(), d.n), y(classes, d.n);
-          make_batch<R>(d, idx.data(), d.n, norm, Augmentation{}, nullptr, x, y);
+          native([&] { make_batch<R>(d, idx.data(), d.n, norm, Augmentation{}, nullptr, x, y); });
           return py::make_tuple(samples_out(std::move(x)), samples_out(std::move(y)));
         };
         if (dtype == "float64") return make(double{});

@@ -15,11 +15,19 @@ struct PyFree {
   std::variant<FreeState<float>, FreeState<double>> fs;
 };
 
+// The free state of `p` for a call on `net`: of θ's precision and of this network's sizes.
 template <class R>
-FreeState<R>& free_of(PyFree& p, const std::string& what) {
-  if (auto* f = std::get_if<FreeState<R>>(&p.fs)) return *f;
-  refuse("free", std::string("holds ") + (std::is_same_v<R, float> ? "float64" : "float32") + " states; " + what +
-                     " was given " + dtype_of<R>() + " parameters");
+FreeState<R>& free_of(PyFree& p, const Network& net, const std::string& what) {
+  auto* f = std::get_if<FreeState<R>>(&p.fs);
+  if (!f)
+    refuse("free", std::string("holds ") + (std::is_same_v<R, float> ? "float64" : "float32") + " states; " + what +
+                       " was given " + dtype_of<R>() + " parameters");
+  if (f->u.rows() != net.neurons || f->x.rows() != net.input_size || f->y.rows() != net.classes)
+    refuse("free", "is a state of another network (" + std::to_string(f->u.rows()) + " neurons, " +
+                       std::to_string(f->x.rows()) + " inputs, " + std::to_string(f->y.rows()) + " classes; the model has " +
+                       std::to_string(net.neurons) + ", " + std::to_string(net.input_size) + ", " +
+                       std::to_string(net.classes) + ")");
+  return *f;
 }
 
 template <class R>
@@ -37,14 +45,18 @@ void relaxed(PyFree& out, const PyModel& pm, const py::handle& theta_obj, const 
     fs.y = y.map;
     fs.u = u.map;
     fs.drive.resize(net.neurons, x.count());
-    input_drive<R>(net, *theta, fs.x, fs.drive);
     fs.relax.status.assign(static_cast<std::size_t>(x.count()), RelaxStatus::converged);
     fs.relax.residual = native([&] {
+      input_drive<R>(net, *theta, fs.x, fs.drive);
       const Vec<R> zero = Vec<R>::Zero(x.count());
       Field<R> field(pm.model, *theta, fs.drive, fs.y, zero);
       return residual(field, fs.u);
     });
     fs.relax.col_steps.assign(static_cast<std::size_t>(x.count()), 0);
+    // A given state is "converged" where it is a fixed point to the relaxations' reporting
+    // tolerance (RelaxConfig::report_tol), else "max_steps".
+    for (Index j = 0; j < x.count(); ++j)
+      if (!(fs.relax.residual[j] <= RelaxConfig{}.report_tol)) fs.relax.status[static_cast<std::size_t>(j)] = RelaxStatus::max_steps;
   } else {
     fs = native([&] { return free_phase<R>(pm.model, *theta, x.map, y.map, cfg); });
   }
@@ -122,7 +134,8 @@ void bind_ep(py::module_& m) {
       },
       py::arg("model"), py::arg("theta"), py::arg("x"), py::arg("y"), py::arg("u") = py::none(),
       "The free state of the batch (x, y): relaxed from u = 0 (keywords as hepsim.sim.relax: solver, max_steps\n"
-      "= T1, tol, dt, …), or, with u given (samples, neurons), that state as it is (e.g. a reference u*).");
+      "= T1, tol, dt, …), or, with u given (samples, neurons), that state as it is (e.g. a reference u*; its\n"
+      "residual is measured, and a sample counts as converged where it is below 1e-3).");
 
   m.def(
       "rbp",
@@ -130,7 +143,7 @@ void bind_ep(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          FreeState<R>& fs = free_of<R>(free, "rbp");
+          FreeState<R>& fs = free_of<R>(free, model.net(), "rbp");
           if (dense) return samples_out(native([&] { return rbp_dense<R>(model.model, *th, fs.u, fs.y); }));
           const IterationConfig ic = iteration_config(steps, tol, dt);
           return iteration_out(native([&] { return rbp_adjoint<R>(model.model, *th, fs.u, fs.y, ic); }));
@@ -147,7 +160,7 @@ void bind_ep(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          FreeState<R>& fs = free_of<R>(free, "exact_response");
+          FreeState<R>& fs = free_of<R>(free, model.net(), "exact_response");
           if (dense) return samples_out(native([&] { return exact_response_dense<R>(model.model, *th, fs.u, fs.y); }));
           const IterationConfig ic = iteration_config(steps, tol, dt);
           return iteration_out(native([&] { return exact_response<R>(model.model, *th, fs.drive, fs.u, fs.y, ic); }));
@@ -173,7 +186,7 @@ void bind_ep(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          FreeState<R>& fs = free_of<R>(free, "estimate");
+          FreeState<R>& fs = free_of<R>(free, model.net(), "estimate");
           EstimateResult<R> e = native([&] { return ep_estimate<R>(model.model, *th, fs, ec); });
           py::dict d;
           d["v"] = samples_out(std::move(e.v));
@@ -203,7 +216,7 @@ void bind_ep(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          FreeState<R>& fs = free_of<R>(free, "bptt");
+          FreeState<R>& fs = free_of<R>(free, model.net(), "bptt");
           BpttResult<R> b = native([&] { return truncated_bptt<R>(model.model, *th, fs.x, fs.drive, fs.u, fs.y, steps, dt); });
           py::dict d;
           d["grad"] = vector_out(std::move(b.grad));
@@ -221,7 +234,7 @@ void bind_ep(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          FreeState<R>& fs = free_of<R>(free, "parameter_gradient");
+          FreeState<R>& fs = free_of<R>(free, model.net(), "parameter_gradient");
           const Samples<R> err = samples_in<R>(v, model.net().neurons, "v", fs.u.cols());
           return vector_out(native([&] { return parameter_gradient<R>(model.model, *th, fs, err.map); }));
         });
@@ -235,7 +248,7 @@ void bind_ep(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          FreeState<R>& fs = free_of<R>(free, "loss_gradient");
+          FreeState<R>& fs = free_of<R>(free, model.net(), "loss_gradient");
           return samples_out(native([&] { return loss_gradient_s<R>(model.model, *th, fs.u, fs.y); }));
         });
       },

@@ -41,7 +41,7 @@ void bind_jacobian(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          return norms_out(exact_norms<R>(model.net(), *th));
+          return norms_out(native([&] { return exact_norms<R>(model.net(), *th); }));
         });
       },
       py::arg("model"), py::arg("theta"),
@@ -53,7 +53,8 @@ void bind_jacobian(py::module_& m) {
         require_dense(model.net(), "hepsim.jac.jac_sym (conv networks: norms_at_states)");
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
-          return py::float_(exact_norms<R>(model.net(), *Theta<R>(theta, model.net().n_params)).jac_sym());
+          const Theta<R> th(theta, model.net().n_params);
+          return py::float_(native([&] { return exact_norms<R>(model.net(), *th).jac_sym(); }));
         });
       },
       py::arg("model"), py::arg("theta"), "jac_sym = ‖S‖_F / (‖S‖_F + ‖A‖_F), exact (dense networks).");
@@ -63,7 +64,8 @@ void bind_jacobian(py::module_& m) {
         require_dense(model.net(), "hepsim.jac.homeo_loss");
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
-          return py::float_(homeo_exact<R>(model.net(), *Theta<R>(theta, model.net().n_params)));
+          const Theta<R> th(theta, model.net().n_params);
+          return py::float_(native([&] { return homeo_exact<R>(model.net(), *th); }));
         });
       },
       py::arg("model"), py::arg("theta"), "The homeostatic loss L_h = ½‖H − Hᵀ‖²_F / n, exact (dense networks).");
@@ -75,7 +77,7 @@ void bind_jacobian(py::module_& m) {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
           Vec<R> grad = Vec<R>::Zero(model.net().n_params);
-          add_homeo_exact_gradient<R>(model.net(), *th, static_cast<R>(weight), grad);
+          native([&] { add_homeo_exact_gradient<R>(model.net(), *th, static_cast<R>(weight), grad); });
           return vector_out(std::move(grad));
         });
       },
@@ -93,7 +95,7 @@ void bind_jacobian(py::module_& m) {
           Probes<R> p(model.net().neurons, e.count());
           p.probes() = e.map;
           Vec<R> grad = Vec<R>::Zero(model.net().n_params);
-          const Estimate est = homeo_hutchinson<R>(model.net(), *th, p, static_cast<R>(weight), &grad);
+          const Estimate est = native([&] { return homeo_hutchinson<R>(model.net(), *th, p, static_cast<R>(weight), &grad); });
           py::dict d = estimate_out(est);
           d["grad"] = vector_out(std::move(grad));
           return d;
@@ -113,7 +115,7 @@ void bind_jacobian(py::module_& m) {
           if (e.count() < 2) refuse("probes", "needs at least two probes (a standard error)");
           Probes<R> p(model.net().neurons, e.count());
           p.probes() = e.map;
-          return estimate_out(jac_sym_estimate<R>(model.net(), *th, p));
+          return estimate_out(native([&] { return jac_sym_estimate<R>(model.net(), *th, p); }));
         });
       },
       py::arg("model"), py::arg("theta"), py::arg("probes"), "jac_sym estimated from probe vectors (probes, neurons).");
@@ -140,8 +142,12 @@ void bind_jacobian(py::module_& m) {
                               std::to_string(kMaxDenseNeurons));
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
-          Mat<R> H = dense_jacobian<R>(model.net(), *Theta<R>(theta, model.net().n_params));
-          H.transposeInPlace();  // rows of the returned (C-order) array are rows of H
+          const Theta<R> th(theta, model.net().n_params);
+          Mat<R> H = native([&] {
+            Mat<R> h = dense_jacobian<R>(model.net(), *th);
+            h.transposeInPlace();  // rows of the returned (C-order) array are rows of H
+            return h;
+          });
           return samples_out(std::move(H));
         });
       },
@@ -149,10 +155,9 @@ void bind_jacobian(py::module_& m) {
   m.def(
       "spectrum",
       [](const py::object& J) {
-        const Samples<double> j = samples_in<double>(J, py::reinterpret_borrow<py::array>(J).ndim() == 2
-                                                           ? static_cast<Index>(py::reinterpret_borrow<py::array>(J).shape(1))
-                                                           : 0,
-                                                     "J");
+        if (!py::isinstance<py::array>(J) || py::reinterpret_borrow<py::array>(J).ndim() != 2)
+          refuse("J", "must be a square 2-D NumPy array of dtype float64");
+        const Samples<double> j = samples_in<double>(J, static_cast<Index>(py::reinterpret_borrow<py::array>(J).shape(1)), "J");
         if (j.map.rows() != j.map.cols()) refuse("J", "must be square");
         Spectrum s = native([&] { return spectrum(Mat<double>(j.map.transpose())); });
         py::dict d;

@@ -14,7 +14,12 @@ MapShape input_shape_of(const py::handle& shape, Index& size) {
     if (size <= 0) refuse("input_shape", "must be positive");
     return {0, 0, 0};
   }
-  const auto dims = shape.cast<std::vector<Index>>();
+  std::vector<Index> dims;
+  try {
+    dims = shape.cast<std::vector<Index>>();
+  } catch (const py::cast_error&) {
+    refuse("input_shape", "must be a size n or a shape (C, H, W) of positive integers");
+  }
   if (dims.size() == 1) return input_shape_of(py::int_(dims[0]), size);
   if (dims.size() != 3 || dims[0] <= 0 || dims[1] <= 0 || dims[2] <= 0)
     refuse("input_shape", "must be a size n or a shape (C, H, W) of positive values");
@@ -34,11 +39,18 @@ PyModel make_model(const py::object& arch, const py::object& input_shape, Index 
     m.model.net = compile(parse_architecture(text, "arch", size, classes, shape));
   } else if (py::isinstance<py::str>(arch) || py::isinstance(arch, py::module_::import("os").attr("PathLike"))) {
     const std::string name = py::str(py::module_::import("os").attr("fspath")(arch)).cast<std::string>();
-    m.model.net = compile(load_architecture(name, size, classes, shape));
+    try {
+      m.model.net = compile(load_architecture(name, size, classes, shape));
+    } catch (const InputError& e) {  // the loader names the CLI's flag; here it is the argument
+      if (e.where() != "--arch") throw;
+      const std::string what = e.what();
+      throw InputError("arch", what.substr(std::min(what.size(), e.where().size() + 2)));
+    }
     activation_default = default_activation(name);
   } else {
     refuse("arch", "must be a built-in name, a JSON file or a dict");
   }
+  if (!activation.is_none() && !py::isinstance<py::str>(activation)) refuse("activation", "must be 'sigmoid' or 'dsilu'");
   m.model.activation = parse_activation(activation.is_none() ? activation_default : activation.cast<std::string>(), "activation");
   m.model.loss = parse_loss(loss, "loss");
   check_loss(m.model.net, m.model.loss, "loss");
@@ -78,12 +90,18 @@ py::dict relax_impl(const PyModel& pm, const py::handle& theta_obj, const py::ha
   Vec<S> beta(B);
   if (py::isinstance<py::array>(beta_obj)) {
     const py::array b = py::reinterpret_borrow<py::array>(beta_obj);
-    if (b.ndim() != 1 || static_cast<Index>(b.shape(0)) != B)
-      refuse("beta", "must be a number or a 1-D array of one nudge per sample (" + std::to_string(B) + ")");
+    const char kind = b.dtype().kind();
+    if (b.ndim() != 1 || static_cast<Index>(b.shape(0)) != B || (kind != 'f' && kind != 'c' && kind != 'i' && kind != 'u'))
+      refuse("beta", "must be a number or a 1-D numeric array of one nudge per sample (" + std::to_string(B) + ")");
     const auto c = py::array_t<S, py::array::c_style | py::array::forcecast>(b);
     beta = Eigen::Map<const Vec<S>>(c.data(), B);
   } else {
-    beta.setConstant(beta_obj.cast<S>());
+    if (py::isinstance<py::bool_>(beta_obj) || py::isinstance<py::str>(beta_obj)) refuse("beta", "must be a number");
+    try {
+      beta.setConstant(beta_obj.cast<S>());
+    } catch (const py::cast_error&) {
+      refuse("beta", "must be a number (real or complex)");
+    }
   }
   if (!beta.allFinite()) refuse("beta", "must be finite");
   if (y_obj.is_none() && (beta.array() != S(0)).any()) refuse("y", "is needed for a nudged phase (beta ≠ 0)");
@@ -96,14 +114,16 @@ py::dict relax_impl(const PyModel& pm, const py::handle& theta_obj, const py::ha
   }
   if (timings) {  // the benchmark of the binding's cost: the library's own work, timed inside
     const Mat<S> start = u;
-    py::list seconds;
-    for (long k = 0; k < timings; ++k) {
-      u = start;
-      const auto t0 = std::chrono::steady_clock::now();
-      const RelaxResult r = relax_core(pm, *theta, x.map, y.map, beta, u, cfg);
-      seconds.append(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      (void)r;
-    }
+    std::vector<double> seconds(static_cast<std::size_t>(timings));
+    native([&] {
+      for (double& t : seconds) {
+        u = start;
+        const auto t0 = std::chrono::steady_clock::now();
+        const RelaxResult r = relax_core(pm, *theta, x.map, y.map, beta, u, cfg);
+        t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        (void)r;
+      }
+    });
     return py::dict(py::arg("seconds") = seconds);
   }
   RelaxResult r = native([&] { return relax_core(pm, *theta, x.map, y.map, beta, u, cfg); });
@@ -117,10 +137,20 @@ py::dict relax_impl(const PyModel& pm, const py::handle& theta_obj, const py::ha
   return out;
 }
 
-// Whether a β (a number or an array) is complex.
+// Whether a β (a number, a NumPy scalar or an array) is complex.
 bool complex_beta(const py::handle& beta) {
   if (py::isinstance<py::array>(beta)) return py::reinterpret_borrow<py::array>(beta).dtype().kind() == 'c';
-  return PyComplex_Check(beta.ptr());
+  return PyComplex_Check(beta.ptr()) || py::module_::import("numpy").attr("iscomplexobj")(beta).cast<bool>();
+}
+
+// θ as a writable, contiguous array of the network's parameters (apply_angle changes it in place).
+template <class R>
+Eigen::Map<Vec<R>> theta_in_place(py::array& theta, Index n) {
+  if (theta.ndim() != 1 || static_cast<Index>(theta.shape(0)) != n)
+    refuse("theta", "must be a 1-D array of the network's " + std::to_string(n) + " parameters");
+  if (!(theta.flags() & py::array::c_style) || !theta.writeable())
+    refuse("theta", "must be a writable contiguous array (it is changed in place)");
+  return {static_cast<R*>(theta.mutable_data()), n};
 }
 
 }  // namespace
@@ -196,26 +226,28 @@ void bind_sim(py::module_& m) {
           "apply_angle",
           [](const PyModel& p, py::array theta, double angle) {
             if (!(angle >= 0 && angle <= 180)) refuse("angle", "must be between 0 and 180 degrees");
-            if (theta_is_double(theta)) {
-              auto t = theta.cast<py::array_t<double, py::array::c_style>>();
-              Eigen::Map<Vec<double>> v(t.mutable_data(), t.size());
-              Vec<double> w = v;
-              apply_angle<double>(p.net(), w, angle);
-              v = w;
-            } else {
-              auto t = theta.cast<py::array_t<float, py::array::c_style>>();
-              Eigen::Map<Vec<float>> v(t.mutable_data(), t.size());
-              Vec<float> w = v;
-              apply_angle<float>(p.net(), w, angle);
-              v = w;
-            }
+            const auto mix = [&](auto r) {
+              using R = decltype(r);
+              Eigen::Map<Vec<R>> v = theta_in_place<R>(theta, p.net().n_params);
+              native([&] {
+                Vec<R> w = v;
+                apply_angle<R>(p.net(), w, angle);
+                v = w;
+              });
+            };
+            if (theta_is_double(theta)) mix(double{});
+            else mix(float{});
           },
           py::arg("theta"), py::arg("angle"), "Mixes every feedback kernel in place: K_fb ← sin α K_fb + cos α K_ffᵀ (SPEC 5).")
       .def(
           "weight_angle",
           [](const PyModel& p, const py::array& theta) {
-            if (theta_is_double(theta)) return weight_angle_deg<double>(p.net(), *Theta<double>(theta, p.net().n_params));
-            return weight_angle_deg<float>(p.net(), *Theta<float>(theta, p.net().n_params));
+            if (theta_is_double(theta)) {
+              const Theta<double> t(theta, p.net().n_params);
+              return native([&] { return weight_angle_deg<double>(p.net(), *t); });
+            }
+            const Theta<float> t(theta, p.net().n_params);
+            return native([&] { return weight_angle_deg<float>(p.net(), *t); });
           },
           py::arg("theta"), "The angle between feedforward and feedback kernels in degrees (NaN without reciprocal pairs).");
 

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "tools/cli.hpp"
+#include "tools/signals.hpp"
 #include "tools/python/module.hpp"
 #include "tools/run_files.hpp"
 
@@ -59,7 +60,13 @@ std::vector<std::string> command_args(const std::string& command, const py::dict
     const std::string flag = "--" + name;
     if (value.is_none()) continue;
     if (py::isinstance<py::bool_>(value)) {
-      if (value.cast<bool>()) args.push_back(flag);
+      // A switch (--quiet) is given or left out; a flag with a value (--warm-start) takes on/off.
+      if (tools::command_flag_is_switch(command, flag)) {
+        if (value.cast<bool>()) args.push_back(flag);
+      } else {
+        args.push_back(flag);
+        args.push_back(value.cast<bool>() ? "on" : "off");
+      }
       continue;
     }
     args.push_back(flag);
@@ -68,15 +75,23 @@ std::vector<std::string> command_args(const std::string& command, const py::dict
   return args;
 }
 
-// Flags from an optional dict and keyword arguments (the keywords win).
+// Flags from an optional dict and keyword arguments (the keywords win), keyed by the flag's
+// name ('max_steps' and 'max-steps' are one flag).
 py::dict merged(const py::object& config, const py::kwargs& kw, const std::string& command) {
   py::dict all;
+  const auto put = [&](const py::handle& key, const py::handle& value) {
+    if (!py::isinstance<py::str>(key)) refuse("config", "its keys must be flag names (strings)");
+    std::string name = key.cast<std::string>();
+    for (char& c : name)
+      if (c == '_') c = '-';
+    all[py::str(name)] = value;
+  };
   if (!config.is_none()) {
     if (!py::isinstance<py::dict>(config))
       refuse("config", "hepsim." + command + " takes a dict of flags (or a path to a JSON file for train)");
-    for (const auto& [k, v] : py::reinterpret_borrow<py::dict>(config)) all[k] = v;
+    for (const auto& [k, v] : py::reinterpret_borrow<py::dict>(config)) put(k, v);
   }
-  for (const auto& [k, v] : kw) all[k] = v;
+  for (const auto& [k, v] : kw) put(k, v);
   return all;
 }
 
@@ -91,15 +106,22 @@ py::object run(const std::vector<std::string>& args, const py::object& on_epoch)
       on_epoch(to_python(record));
     };
   }
+  // The result a command printed before refusing it (too few samples settled) or before it
+  // stopped on Ctrl-C (train: the summary with "stopped") travels with the exception.
+  const auto with_result = [&](PyObject* type, const char* what) {
+    py::object error = py::reinterpret_borrow<py::object>(type)(what);
+    error.attr("result") = to_python(result);
+    PyErr_SetObject(type, error.ptr());
+    throw py::error_already_set();
+  };
   try {
     native([&] { tools::run_command(args, hooks); });
   } catch (const InputError& e) {
-    // The result the command printed before refusing it travels with the error.
     if (result.is_null()) throw;
-    py::object error = py::reinterpret_borrow<py::object>(PyExc_ValueError)(e.what());
-    error.attr("result") = to_python(result);
-    PyErr_SetObject(PyExc_ValueError, error.ptr());
-    throw py::error_already_set();
+    with_result(PyExc_ValueError, e.what());
+  } catch (const tools::RunStopped& e) {
+    if (result.is_null()) throw;
+    with_result(PyExc_KeyboardInterrupt, e.what());
   }
   return to_python(result);
 }
@@ -151,9 +173,17 @@ void bind_commands(py::module_& m) {
         // The input's shape: given, or that of the run's dataset (a flat input for h5 files).
         MapShape shape{0, 0, 0};
         if (!input_shape.is_none()) {
-          const auto dims = input_shape.cast<std::vector<Index>>();
+          std::vector<Index> dims;
+          try {
+            dims = input_shape.cast<std::vector<Index>>();
+          } catch (const py::cast_error&) {
+            refuse("input_shape", "must be (n,) or (C, H, W)");
+          }
+          for (Index d : dims)
+            if (d <= 0) refuse("input_shape", "must hold positive sizes");
           if (dims.size() == 3) shape = {dims[0], dims[1], dims[2]};
-          else if (dims.size() != 1) refuse("input_shape", "must be (n,) or (C, H, W)");
+          else if (dims.size() != 1 || dims[0] != ck.input_size)
+            refuse("input_shape", "must be (n,) or (C, H, W) holding the checkpoint's " + std::to_string(ck.input_size) + " inputs");
         } else {
           const std::string dataset = ck.config.value("dataset", "");
           if (dataset == "fmnist" || dataset == "mnist") shape = {1, 28, 28};

@@ -1,6 +1,7 @@
 // The Python module `hepsim`: see tools/python/module.hpp for its parts.
 #include "tools/python/module.hpp"
 
+#include <cerrno>
 #include <csignal>
 #include <filesystem>
 #include <mutex>
@@ -23,27 +24,46 @@ bool theta_is_double(const py::handle& theta) {
 
 namespace {
 std::mutex g_signal_mutex;
-int g_native_calls = 0;
+bool g_handler_installed = false;
+unsigned long g_main_thread = 0;
 struct sigaction g_python_handler;
 
 extern "C" void on_interrupt(int) { request_interrupt(); }
+
+// Python's own SIGINT handler is in place (what raises KeyboardInterrupt).
+bool python_handles_sigint() {
+  const py::module_ signal = py::module_::import("signal");
+  return signal.attr("getsignal")(SIGINT).is(signal.attr("default_int_handler"));
+}
 }  // namespace
 
+void note_main_thread() {
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+}
+
 NativeCall::NativeCall() {
-  const std::lock_guard<std::mutex> lock(g_signal_mutex);
-  if (g_native_calls++ == 0) {
-    clear_interrupt();
-    struct sigaction action {};
-    action.sa_handler = on_interrupt;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &action, &g_python_handler);
+  if (PyThread_get_thread_ident() == g_main_thread && python_handles_sigint()) {
+    const std::lock_guard<std::mutex> lock(g_signal_mutex);
+    if (!g_handler_installed) {
+      clear_interrupt();
+      struct sigaction action {};
+      action.sa_handler = on_interrupt;
+      sigemptyset(&action.sa_mask);
+      action.sa_flags = SA_RESTART;
+      sigaction(SIGINT, &action, &g_python_handler);
+      g_handler_installed = installed_ = true;
+    }
   }
+  release_.emplace();
 }
 
 NativeCall::~NativeCall() {
+  release_.reset();
+  if (!installed_) return;
   const std::lock_guard<std::mutex> lock(g_signal_mutex);
-  if (--g_native_calls == 0) sigaction(SIGINT, &g_python_handler, nullptr);
+  sigaction(SIGINT, &g_python_handler, nullptr);
+  g_handler_installed = false;
+  clear_interrupt();  // this call has reported it (finish) or is unwinding from it
 }
 
 void NativeCall::finish() const { throw_if_interrupted(); }
@@ -70,6 +90,8 @@ T take(py::dict& kw, const std::string& key, T fallback) {
     }
     return v.cast<T>();
   } catch (const py::cast_error&) {
+    if constexpr (std::is_integral_v<T>)
+      if (PyIndex_Check(v.ptr()) && !py::isinstance<py::bool_>(v)) refuse(key, "is out of range");
     refuse(key, std::string("must be ") +
                     (std::is_same_v<T, std::string> ? "a string" : std::is_integral_v<T> ? "an integer" : "a number") +
                     ", not " + py::str(py::type::of(v).attr("__name__")).cast<std::string>());
@@ -152,6 +174,7 @@ PYBIND11_MODULE(hepsim, m) {
       "(Jacobian metrics, homeostasis), hepsim.datasets (images and batches). Arrays have samples along the\n"
       "first axis; bad input raises ValueError with the CLI's message; Ctrl-C interrupts a long call.";
   m.attr("__version__") = HEPSIM_VERSION;
+  hp::note_main_thread();
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -162,7 +185,14 @@ PYBIND11_MODULE(hepsim, m) {
     } catch (const hepsim::tools::RunStopped& e) {
       PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
     } catch (const std::filesystem::filesystem_error& e) {
-      PyErr_SetString(PyExc_OSError, e.what());
+      // As the CLI: a path the user named that cannot be resolved is bad input (ValueError naming
+      // it); anything else is the machine's failure (OSError).
+      const int code = e.code().value();
+      const bool users = (e.code().category() == std::generic_category() || e.code().category() == std::system_category()) &&
+                         (code == ELOOP || code == ENOENT || code == ENOTDIR || code == EACCES || code == ENAMETOOLONG ||
+                          code == EISDIR || code == EPERM);
+      const std::string path = e.path1().empty() ? std::string("hepsim") : e.path1().string();
+      PyErr_SetString(users ? PyExc_ValueError : PyExc_OSError, hepsim::InputError(path, e.code().message()).what());
     } catch (const std::bad_alloc&) {
       PyErr_SetString(PyExc_MemoryError, "hepsim: out of memory: the requested sizes do not fit");
     }
