@@ -40,3 +40,14 @@ for dtype in ("float32", "float64"):
     med = statistics.median(ratios)
     print(f"{dtype}: python call {statistics.median(py_times) * 1e3:.3f} ms, library {statistics.median(c_times) * 1e3:.3f} ms, "
           f"overhead (median of ratios) {100 * (med - 1):+.2f} %")
+
+# The binding's fixed cost per call, where the work is smallest: one map step.
+theta = model.init(seed=0, dtype="float32")
+x, y = hepsim.datasets.batch(images, labels, "fmnist", 10, dtype="float32")
+diffs = []
+for r in range(rounds):
+    t0 = time.perf_counter()
+    hepsim.sim.relax(model, theta, x, y, max_steps=1)
+    t_py = time.perf_counter() - t0
+    diffs.append(t_py - hepsim.sim._relax_native_seconds(model, theta, x, y, max_steps=1)["seconds"][0])
+print(f"fixed cost of a call (one step, float32): {statistics.median(diffs) * 1e6:.1f} µs")
