@@ -27,8 +27,11 @@ CHILD = textwrap.dedent("""
             import signal
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             hepsim.sim.relax(m, th, x, max_steps=4000)
-        else:
+        elif what == "train":
             hepsim.train(out=sys.argv[2], epochs=50, train_limit=6000, test_limit=100, quiet=True, threads=1)
+        else:                      # steps of several seconds: a second signal lands inside one
+            hepsim.train(out=sys.argv[2], epochs=50, train_limit=6000, test_limit=100, batch_size=3000, T1=400,
+                         quiet=True, threads=1)
         print("finished", flush=True)
     except KeyboardInterrupt as e:
         print("interrupted after %.1f s: %s" % (time.time() - t0, e), flush=True)
@@ -65,7 +68,7 @@ def test_ctrl_c_interrupts(what, tmp_path):
 def test_a_second_ctrl_c_in_training_does_not_end_python(tmp_path):
     # The CLI ends at once on a second signal; inside Python the step in progress is abandoned
     # instead (the last checkpoint stays as it was) and Python goes on.
-    p = start("train", tmp_path)
+    p = start("long steps", tmp_path)
     p.send_signal(signal.SIGINT)
     time.sleep(0.05)
     p.send_signal(signal.SIGINT)

@@ -149,6 +149,13 @@ class Theta {
 // Whether θ is float64 (true) or float32 (false); anything else is refused.
 bool theta_is_double(const py::handle& theta);
 
+// f(R{}) with R = θ's precision (a generic lambda taking `auto r`, using R = decltype(r)).
+template <class F>
+py::object by_precision(const py::handle& theta, F&& f) {
+  if (theta_is_double(theta)) return f(double{});
+  return f(float{});
+}
+
 // For the duration of a call into the library: the GIL released (other Python threads run) and,
 // for a call from the main thread while Python's own SIGINT handler is in place (not SIG_IGN or a
 // user's handler), Ctrl-C turned into hepsim's interrupt flag (sim/interrupt.hpp), which the

@@ -70,12 +70,6 @@ py::array view(const py::object& self, const Mat<R>& m) {
                    {rows * static_cast<py::ssize_t>(sizeof(R)), static_cast<py::ssize_t>(sizeof(R))}, m.data(), self);
 }
 
-// Calls f.template operator()<R>() with R = θ's precision.
-template <class F>
-py::object by_precision(const py::handle& theta, F&& f) {
-  if (theta_is_double(theta)) return f(double{});
-  return f(float{});
-}
 
 IterationConfig iteration_config(long steps, double tol, double dt) {
   if (steps < 1) refuse("steps", "must be at least 1");
@@ -137,39 +131,34 @@ void bind_ep(py::module_& m) {
       "= T1, tol, dt, …), or, with u given (samples, neurons), that state as it is (e.g. a reference u*; its\n"
       "residual is measured, and a sample counts as converged where it is below 1e-3).");
 
-  m.def(
-      "rbp",
-      [](const PyModel& model, const py::array& theta, PyFree& free, long steps, double tol, double dt, bool dense) {
-        return by_precision(theta, [&](auto r) -> py::object {
-          using R = decltype(r);
-          const Theta<R> th(theta, model.net().n_params);
-          FreeState<R>& fs = free_of<R>(free, model.net(), "rbp");
-          if (dense) return samples_out(native([&] { return rbp_dense<R>(model.model, *th, fs.u, fs.y); }));
-          const IterationConfig ic = iteration_config(steps, tol, dt);
-          return iteration_out(native([&] { return rbp_adjoint<R>(model.model, *th, fs.u, fs.y, ic); }));
-        });
-      },
-      py::arg("model"), py::arg("theta"), py::arg("free"), py::arg("steps") = 20, py::arg("tol") = 0.0, py::arg("dt") = 1.0,
-      py::arg("dense") = false,
-      "The RBP adjoint δ = (I − D J_Gᵀ)⁻¹ D g_s at the free state: by `steps` iterations (until tol, damped by dt),\n"
-      "returning {'v', 'steps', 'last_update'}, or with dense=True by a linear solve per sample (an array).");
-
-  m.def(
-      "exact_response",
-      [](const PyModel& model, const py::array& theta, PyFree& free, long steps, double tol, double dt, bool dense) {
-        return by_precision(theta, [&](auto r) -> py::object {
-          using R = decltype(r);
-          const Theta<R> th(theta, model.net().n_params);
-          FreeState<R>& fs = free_of<R>(free, model.net(), "exact_response");
-          if (dense) return samples_out(native([&] { return exact_response_dense<R>(model.model, *th, fs.u, fs.y); }));
-          const IterationConfig ic = iteration_config(steps, tol, dt);
-          return iteration_out(native([&] { return exact_response<R>(model.model, *th, fs.drive, fs.u, fs.y, ic); }));
-        });
-      },
-      py::arg("model"), py::arg("theta"), py::arg("free"), py::arg("steps") = 20, py::arg("tol") = 0.0, py::arg("dt") = 1.0,
-      py::arg("dense") = false,
-      "The exact EP response v* = dσ(u*_β)/dβ at β = 0 = (I − D J_G)⁻¹ D g_s: by forward-mode iteration of the\n"
-      "nudged map ({'v', 'steps', 'last_update'}), or with dense=True by a linear solve per sample (an array).");
+  // δ (RBP, `transposed`) or v* (the exact response): iterated, or by dense solves.
+  const auto linear_response = [](bool transposed) {
+    return [transposed](const PyModel& model, const py::array& theta, PyFree& free, long steps, double tol, double dt,
+                        bool dense) {
+      return by_precision(theta, [&](auto r) -> py::object {
+        using R = decltype(r);
+        const Theta<R> th(theta, model.net().n_params);
+        FreeState<R>& fs = free_of<R>(free, model.net(), transposed ? "rbp" : "exact_response");
+        if (dense)
+          return samples_out(native([&] {
+            return transposed ? rbp_dense<R>(model.model, *th, fs.u, fs.y) : exact_response_dense<R>(model.model, *th, fs.u, fs.y);
+          }));
+        const IterationConfig ic = iteration_config(steps, tol, dt);
+        return iteration_out(native([&] {
+          return transposed ? rbp_adjoint<R>(model.model, *th, fs.u, fs.y, ic)
+                            : exact_response<R>(model.model, *th, fs.drive, fs.u, fs.y, ic);
+        }));
+      });
+    };
+  };
+  m.def("rbp", linear_response(true), py::arg("model"), py::arg("theta"), py::arg("free"), py::arg("steps") = 20,
+        py::arg("tol") = 0.0, py::arg("dt") = 1.0, py::arg("dense") = false,
+        "The RBP adjoint δ = (I − D J_Gᵀ)⁻¹ D g_s at the free state: by `steps` iterations (until tol, damped by dt),\n"
+        "returning {'v', 'steps', 'last_update'}, or with dense=True by a linear solve per sample (an array).");
+  m.def("exact_response", linear_response(false), py::arg("model"), py::arg("theta"), py::arg("free"),
+        py::arg("steps") = 20, py::arg("tol") = 0.0, py::arg("dt") = 1.0, py::arg("dense") = false,
+        "The exact EP response v* = dσ(u*_β)/dβ at β = 0 = (I − D J_G)⁻¹ D g_s: by forward-mode iteration of the\n"
+        "nudged map ({'v', 'steps', 'last_update'}), or with dense=True by a linear solve per sample (an array).");
 
   m.def(
       "estimate",

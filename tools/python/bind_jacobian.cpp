@@ -25,10 +25,15 @@ py::dict norms_out(const JacobianNorms& n) {
   return d;
 }
 
-template <class F>
-py::object by_precision(const py::handle& theta, F&& f) {
-  if (theta_is_double(theta)) return f(double{});
-  return f(float{});
+
+// Probe vectors (probes, neurons) as the estimators' buffers: at least `least` of them.
+template <class R>
+Probes<R> probes_in(const py::object& probes, const Network& net, Index least, const char* why) {
+  const Samples<R> e = samples_in<R>(probes, net.neurons, "probes");
+  if (e.count() < least) refuse("probes", why);
+  Probes<R> p(net.neurons, e.count());
+  p.probes() = e.map;
+  return p;
 }
 
 }  // namespace
@@ -90,10 +95,7 @@ void bind_jacobian(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          const Samples<R> e = samples_in<R>(probes, model.net().neurons, "probes");
-          if (e.count() < 1) refuse("probes", "needs at least one probe");
-          Probes<R> p(model.net().neurons, e.count());
-          p.probes() = e.map;
+          Probes<R> p = probes_in<R>(probes, model.net(), 1, "needs at least one probe");
           Vec<R> grad = Vec<R>::Zero(model.net().n_params);
           const Estimate est = native([&] { return homeo_hutchinson<R>(model.net(), *th, p, static_cast<R>(weight), &grad); });
           py::dict d = estimate_out(est);
@@ -111,10 +113,7 @@ void bind_jacobian(py::module_& m) {
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
-          const Samples<R> e = samples_in<R>(probes, model.net().neurons, "probes");
-          if (e.count() < 2) refuse("probes", "needs at least two probes (a standard error)");
-          Probes<R> p(model.net().neurons, e.count());
-          p.probes() = e.map;
+          Probes<R> p = probes_in<R>(probes, model.net(), 2, "needs at least two probes (a standard error)");
           return estimate_out(native([&] { return jac_sym_estimate<R>(model.net(), *th, p); }));
         });
       },
