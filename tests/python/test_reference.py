@@ -91,3 +91,24 @@ def test_jacobian_metrics(tiny):
     assert e["value"] == pytest.approx(tiny.j["homeo_exact"], rel=1e-12)
     spec = hepsim.jac.spectrum(H - np.eye(12))
     assert np.allclose(np.sort_complex(spec["eigenvalues"]), np.sort_complex(np.linalg.eigvals(H - np.eye(12))), atol=1e-12)
+
+
+def test_loss_gradient_and_estimates_at_states(tiny, free):
+    # g_s = ∂ℓ/∂s on `out`: the reference's nudge vector e (the map adds β e; trap 2's sign is in β).
+    g = hepsim.ep.loss_gradient(tiny.model, tiny.theta, free)
+    assert rel_err(g, tiny.samples("nudge_e")) < 1e-10
+    # Hutchinson estimates are unbiased: many Gaussian probes land within a few standard errors.
+    rng = np.random.default_rng(1)
+    est = hepsim.jac.jac_sym_estimate(tiny.model, tiny.theta, rng.standard_normal((20000, 12)))
+    assert abs(est["value"] - tiny.j["jac_sym"]) < 5 * est["std_error"] + 1e-12
+    # A dense network's H does not depend on the state: the estimate at states is the exact norm.
+    n = hepsim.jac.norms(tiny.model, tiny.theta)
+    s = 1 / (1 + np.exp(-4 * free.u + 2))
+    at = hepsim.jac.norms_at_states(tiny.model, tiny.theta, s, draws=20000, seed=3)
+    assert at["jac_sym"] == pytest.approx(n["jac_sym"], rel=2e-2)
+    assert at["homeo"] == pytest.approx(n["homeo"], rel=5e-2)
+    # The contour points: |β| e^{2πik/N}, k = 0 … ⌊N/2⌋.
+    assert np.allclose(hepsim.ep.contour_points(4, 0.5), [0.5, 0.5j, -0.5])
+    # hEP's coefficients: c_1 is the estimate.
+    est = hepsim.ep.estimate(tiny.model, tiny.theta, free, N=4, beta=0.05, coefficients=True, **TIGHT)
+    assert len(est["coefficients"]) == 4 and np.array_equal(est["coefficients"][1], est["v"])
