@@ -413,12 +413,7 @@ int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
     std::cerr << e.what() << "\n";
     return kExitStopped;
   } catch (const std::filesystem::filesystem_error& e) {
-    // A path the user named that cannot be resolved (a symlink loop, a missing or unreadable
-    // directory, a name too long) is bad input; anything else is the machine's failure.
-    const int code = e.code().value();
-    const bool input = e.code().category() == std::generic_category() || e.code().category() == std::system_category();
-    const bool users = input && (code == ELOOP || code == ENOENT || code == ENOTDIR || code == EACCES ||
-                                 code == ENAMETOOLONG || code == EISDIR || code == EPERM);
+    const bool users = is_users_path_error(e);
     const std::string path = e.path1().empty() ? std::string("hepsim") : e.path1().string();
     std::cerr << rank_prefix(team) << InputError(path, e.code().message()).what() << "\n";
     unexpected = true;
@@ -437,6 +432,13 @@ int run_app(int argc, char** argv, const Team& team, bool& unexpected) {
   return 0;
 }
 }  // namespace
+
+bool is_users_path_error(const std::filesystem::filesystem_error& e) {
+  const int code = e.code().value();
+  const bool input = e.code().category() == std::generic_category() || e.code().category() == std::system_category();
+  return input && (code == ELOOP || code == ENOENT || code == ENOTDIR || code == EACCES || code == ENAMETOOLONG ||
+                   code == EISDIR || code == EPERM);
+}
 
 namespace {
 std::mutex g_command_mutex;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -50,6 +51,9 @@ void run_command(const std::vector<std::string>& args, const CommandHooks& hooks
 bool command_flag_is_switch(const std::string& subcommand, const std::string& flag);
 // The help text of `hepsim <subcommand> --help` (InputError for an unknown subcommand).
 std::string command_help(const std::string& subcommand);
+// A path the user named that cannot be resolved (a symlink loop, a missing or unreadable
+// directory, a name too long) is bad input; any other filesystem failure is the machine's.
+bool is_users_path_error(const std::filesystem::filesystem_error& e);
 // The hooks of the command running in this process through run_command (nullptr otherwise).
 const CommandHooks* command_hooks();
 

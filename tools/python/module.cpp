@@ -1,11 +1,11 @@
 // The Python module `hepsim`: see tools/python/module.hpp for its parts.
 #include "tools/python/module.hpp"
 
-#include <cerrno>
 #include <csignal>
 #include <filesystem>
 #include <mutex>
 
+#include "tools/cli.hpp"
 #include "tools/signals.hpp"
 
 namespace hepsim::python {
@@ -187,10 +187,7 @@ PYBIND11_MODULE(hepsim, m) {
     } catch (const std::filesystem::filesystem_error& e) {
       // As the CLI: a path the user named that cannot be resolved is bad input (ValueError naming
       // it); anything else is the machine's failure (OSError).
-      const int code = e.code().value();
-      const bool users = (e.code().category() == std::generic_category() || e.code().category() == std::system_category()) &&
-                         (code == ELOOP || code == ENOENT || code == ENOTDIR || code == EACCES || code == ENAMETOOLONG ||
-                          code == EISDIR || code == EPERM);
+      const bool users = hepsim::tools::is_users_path_error(e);
       const std::string path = e.path1().empty() ? std::string("hepsim") : e.path1().string();
       PyErr_SetString(users ? PyExc_ValueError : PyExc_OSError, hepsim::InputError(path, e.code().message()).what());
     } catch (const std::bad_alloc&) {
