@@ -45,9 +45,10 @@ inline std::string attribute(const std::string& file, const char* name) {
   return f.valid() ? h5::read_string_attribute(f.get(), name) : std::string();
 }
 
-// Waits (up to a minute) until the run's checkpoint is a mid-epoch one.
+// Waits (up to five minutes: two oversubscribed ranks beside other tests on a loaded machine took
+// more than one) until the run's checkpoint is a mid-epoch one.
 inline bool wait_for_mid_epoch_checkpoint(const std::string& run) {
-  for (int i = 0; i < 6000; ++i) {
+  for (int i = 0; i < 30000; ++i) {
     if (std::filesystem::exists(run + "/checkpoint.h5") && !attribute(run + "/checkpoint.h5", "position").empty()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
