@@ -178,17 +178,26 @@ class NativeCall {
 // Records the interpreter's main thread (at import).
 void note_main_thread();
 
-// Runs f() inside a NativeCall (GIL released, interruptible) and returns its result.
+// An InputError of the library that names a CLI flag ("--weight-bits: …") named as the keyword
+// argument of the Python call ("weight_bits: …").
+[[noreturn]] void rethrow_as_keyword(const InputError& e);
+
+// Runs a library call f() inside a NativeCall (GIL released, interruptible) and returns its
+// result; the flags its errors name become keywords (the subcommands keep the CLI's flags).
 template <class F>
 auto native(F&& f) {
   NativeCall call;
-  if constexpr (std::is_void_v<decltype(f())>) {
-    f();
-    call.finish();
-  } else {
-    auto r = f();
-    call.finish();
-    return r;
+  try {
+    if constexpr (std::is_void_v<decltype(f())>) {
+      f();
+      call.finish();
+    } else {
+      auto r = f();
+      call.finish();
+      return r;
+    }
+  } catch (const InputError& e) {
+    rethrow_as_keyword(e);
   }
 }
 

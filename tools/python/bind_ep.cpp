@@ -119,7 +119,7 @@ void bind_ep(py::module_& m) {
       [](const PyModel& model, const py::array& theta, const py::object& x, const py::object& y, const py::object& u,
          py::kwargs kw) {
         py::dict opts(kw);
-        const RelaxConfig cfg = relax_args(opts, "", 150).config();
+        const RelaxConfig cfg = relax_config(opts, "", 150, model.net());
         no_more_kwargs(opts, "hepsim.ep.free_phase");
         PyFree out;
         if (theta_is_double(theta)) relaxed<double>(out, model, theta, x, y, u, cfg);
@@ -165,7 +165,7 @@ void bind_ep(py::module_& m) {
       [](const PyModel& model, const py::array& theta, PyFree& free, int N, double beta, bool coefficients, py::kwargs kw) {
         py::dict opts(kw);
         EstimatorConfig ec;
-        ec.nudged = relax_args(opts, "", 20).config();
+        ec.nudged = relax_config(opts, "", 20, model.net());
         no_more_kwargs(opts, "hepsim.ep.estimate");
         if (N < 1 || N > 64) refuse("N", "must be between 1 and 64");
         if (!(std::isfinite(beta) && beta != 0)) refuse("beta", "must be a finite nonzero number");
@@ -196,6 +196,44 @@ void bind_ep(py::module_& m) {
       "holomorphic with β_k = |β| e^{2πik/N}. Keywords set the nudged phase (solver, max_steps = T2 (20), tol,\n"
       "dt, …). Returns {'v', 'curvature' (N ≥ 3), 'coefficients' (c_0 … c_{N−1} when requested), 'status',\n"
       "'relaxations', 'max_residual', 'steps'}.");
+
+  m.def(
+      "online_estimate",
+      [](const PyModel& model, const py::array& theta, const py::object& x, const py::object& y, int N, double beta,
+         long periods, py::kwargs kw) {
+        py::dict opts(kw);
+        OnlineConfig oc;
+        oc.phase = relax_config(opts, "", 20, model.net());
+        no_more_kwargs(opts, "hepsim.ep.online_estimate");
+        if (N < 2 || N > 64) refuse("N", "must be between 2 and 64");
+        if (!(std::isfinite(beta) && beta > 0)) refuse("beta", "must be a finite positive number (|β|)");
+        if (periods < 2) refuse("periods", "must be at least 2 (the first is the settling transient)");
+        oc.N = N;
+        oc.beta = beta;
+        oc.periods = periods;
+        return by_precision(theta, [&](auto r) -> py::object {
+          using R = decltype(r);
+          const Theta<R> th(theta, model.net().n_params);
+          const Samples<R> xs = samples_in<R>(x, model.net().input_size, "x");
+          const Samples<R> ys = samples_in<R>(y, model.net().classes, "y", xs.count());
+          OnlineResult<R> o = native([&] { return online_estimate<R>(model.model, *th, xs.map, ys.map, oc); });
+          py::dict d;
+          d["v"] = samples_out(std::move(o.v));
+          d["curvature"] = o.curvature.size() ? py::object(samples_out(std::move(o.curvature))) : py::none();
+          d["imag"] = samples_out(std::move(o.imag));
+          d["n_diverged"] = o.n_diverged;
+          d["steps"] = o.steps;
+          d["free"] = PyFree{std::move(o.free)};
+          return d;
+        });
+      },
+      py::arg("model"), py::arg("theta"), py::arg("x"), py::arg("y"), py::arg("N") = 4, py::arg("beta") = 0.1,
+      py::arg("periods") = 3,
+      "Online (oscillating) holomorphic EP (SPEC 3.3): from u = 0 the network runs `periods` periods while β\n"
+      "rotates through N phase points of |β| e^{2πik/N}, T2 steps each (keywords: the phase's solver, max_steps\n"
+      "= T2 (20), dt, noise, noise_seed, tau, …), and the trajectory is demodulated. Returns {'v' (the error\n"
+      "vector), 'curvature' (N ≥ 3), 'imag' (lag/noise indicator), 'free' (the averaged free state),\n"
+      "'n_diverged', 'steps'}.");
 
   m.def(
       "bptt",

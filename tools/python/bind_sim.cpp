@@ -251,11 +251,34 @@ void bind_sim(py::module_& m) {
           },
           py::arg("theta"), "The angle between feedforward and feedback kernels in degrees (NaN without reciprocal pairs).");
 
+  m.def(
+      "device_theta",
+      [](const PyModel& model, const py::array& theta, double mismatch, int weight_bits, double weight_clip,
+         std::uint64_t seed) {
+        DeviceConfig dc;
+        dc.mismatch = mismatch;
+        dc.weight_bits = weight_bits;
+        dc.weight_clip = weight_clip;
+        dc.seed = seed;
+        const Device device = native([&] { return Device(model.net(), dc); });
+        return by_precision(theta, [&](auto r) -> py::object {
+          using R = decltype(r);
+          const Theta<R> th(theta, model.net().n_params);
+          Vec<R> out(model.net().n_params);
+          native([&] { device.apply<R>(*th, out); });
+          return vector_out(std::move(out));
+        });
+      },
+      py::arg("model"), py::arg("theta"), py::arg("mismatch") = 0.0, py::arg("weight_bits") = 0,
+      py::arg("weight_clip") = 0.0, py::arg("seed") = 0,
+      "The parameters an analog device realises (sim/analog/substrate.hpp, the CLI's --mismatch, --weight-bits,\n"
+      "--weight-clip, --seed): Q(θ) ⊙ (1 + c ξ) on the substrate's kernels and biases, the readout exact.");
+
   const auto relax_fn = [](long timings) {
     return [timings](const PyModel& model, const py::array& theta, const py::object& x, const py::object& y,
                      const py::object& beta, const py::object& u0, py::kwargs kw) {
       py::dict opts(kw);
-      const RelaxConfig cfg = relax_args(opts, "", 150).config();
+      const RelaxConfig cfg = relax_config(opts, "", 150, model.net());
       no_more_kwargs(opts, "hepsim.sim.relax");
       const bool dbl = theta_is_double(theta), cplx = complex_beta(beta);
       if (dbl) return cplx ? relax_impl<std::complex<double>>(model, theta, x, y, beta, u0, cfg, timings)
@@ -276,7 +299,8 @@ void bind_sim(py::module_& m) {
       "beta: a number or one per sample, real or complex (complex: complex states); y: one-hot targets\n"
       "(samples, classes), needed when beta ≠ 0. Keywords: solver ('map', 'rk4', 'dopri5', 'anderson'), max_steps\n"
       "(150), tol (0: run the whole budget), dt (0: the solver's default), report_tol, rtol, atol, anderson_m,\n"
-      "stall_window, cycle_period. Returns {'states': (samples, neurons), 'residual', 'status', 'steps',\n"
+      "stall_window, cycle_period; an analog substrate's noise (σ; map or rk4), noise_seed, noise_key, tau\n"
+      "({layer: τ}: per-layer time constants) and max_time (settling time). Returns {'states': (samples, neurons), 'residual', 'status', 'steps',\n"
       "'field_evals', 't'} (sim/relax.hpp: statuses converged, max_steps, diverged, cycling, stalled).");
 }
 

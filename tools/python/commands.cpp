@@ -115,7 +115,9 @@ py::object run(const std::vector<std::string>& args, const py::object& on_epoch)
     throw py::error_already_set();
   };
   try {
-    native([&] { tools::run_command(args, hooks); });
+    const NativeCall call;  // not native(): a subcommand's errors name the CLI's flags
+    tools::run_command(args, hooks);
+    call.finish();
   } catch (const InputError& e) {
     if (result.is_null()) throw;
     with_result(PyExc_ValueError, e.what());

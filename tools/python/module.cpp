@@ -12,6 +12,16 @@ namespace hepsim::python {
 
 void refuse(const std::string& argument, const std::string& message) { throw InputError(argument, message); }
 
+void rethrow_as_keyword(const InputError& e) {
+  const std::string& where = e.where();
+  if (where.size() < 3 || where.compare(0, 2, "--") != 0) throw e;
+  std::string keyword = where.substr(2);
+  for (char& c : keyword)
+    if (c == '-') c = '_';
+  const std::string what = e.what();
+  throw InputError(keyword, what.substr(std::min(what.size(), where.size() + 2)));
+}
+
 std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 bool theta_is_double(const py::handle& theta) {
@@ -103,45 +113,46 @@ void require(bool ok, const std::string& key, const std::string& what) {
 }
 }  // namespace
 
-RelaxArgs relax_args(py::dict& kw, const std::string& p, long default_steps) {
-  RelaxArgs a;
-  a.max_steps = default_steps;
-  a.solver = take(kw, p + "solver", a.solver);
-  a.max_steps = take(kw, p + "max_steps", a.max_steps);
-  a.tol = take(kw, p + "tol", a.tol);
-  a.dt = take(kw, p + "dt", a.dt);
-  a.report_tol = take(kw, p + "report_tol", a.report_tol);
-  a.rtol = take(kw, p + "rtol", a.rtol);
-  a.atol = take(kw, p + "atol", a.atol);
-  a.anderson_m = take(kw, p + "anderson_m", a.anderson_m);
-  a.stall_window = take(kw, p + "stall_window", a.stall_window);
-  a.cycle_period = take(kw, p + "cycle_period", a.cycle_period);
-  a.config(p);  // validated now, before any work
-  return a;
-}
-
-RelaxConfig RelaxArgs::config(const std::string& p) const {
+RelaxConfig relax_config(py::dict& kw, const std::string& p, long default_steps, const Network& net) {
   RelaxConfig c;
-  c.solver = parse_solver(solver, p + "solver");
+  c.solver = parse_solver(take(kw, p + "solver", std::string("map")), p + "solver");
+  c.max_steps = take(kw, p + "max_steps", default_steps);
+  c.tol = take(kw, p + "tol", c.tol);
+  c.dt = take(kw, p + "dt", c.dt);
+  c.report_tol = take(kw, p + "report_tol", c.report_tol);
+  c.rtol = take(kw, p + "rtol", c.rtol);
+  c.atol = take(kw, p + "atol", c.atol);
+  c.anderson_m = take(kw, p + "anderson_m", c.anderson_m);
+  c.stall_window = take(kw, p + "stall_window", c.stall_window);
+  c.cycle_period = take(kw, p + "cycle_period", c.cycle_period);
+  c.noise.sigma = take(kw, p + "noise", c.noise.sigma);
+  c.noise.seed = take(kw, p + "noise_seed", c.noise.seed);
+  c.noise.key = take(kw, p + "noise_key", c.noise.key);
+  c.max_time = take(kw, p + "max_time", c.max_time);
   const auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0; };
-  require(max_steps >= 1, p + "max_steps", "must be at least 1");
-  require(finite_nonneg(tol), p + "tol", "must be a finite number ≥ 0 (0: run the whole budget)");
-  require(finite_nonneg(dt), p + "dt", "must be a finite number ≥ 0 (0: the solver's default)");
-  require(std::isfinite(report_tol) && report_tol > 0, p + "report_tol", "must be a finite positive number");
-  require(std::isfinite(rtol) && rtol > 0, p + "rtol", "must be a finite positive number");
-  require(std::isfinite(atol) && atol > 0, p + "atol", "must be a finite positive number");
-  require(anderson_m >= 1 && anderson_m <= 16, p + "anderson_m", "must be between 1 and 16");
-  require(finite_nonneg(stall_window), p + "stall_window", "must be a finite number ≥ 0 (0: never stall)");
-  require(cycle_period >= 0 && cycle_period <= 64, p + "cycle_period", "must be between 0 (no cycle test) and 64");
-  c.max_steps = max_steps;
-  c.tol = tol;
-  c.dt = dt;
-  c.report_tol = report_tol;
-  c.rtol = rtol;
-  c.atol = atol;
-  c.anderson_m = anderson_m;
-  c.stall_window = stall_window;
-  c.cycle_period = cycle_period;
+  require(c.max_steps >= 1, p + "max_steps", "must be at least 1");
+  require(finite_nonneg(c.tol), p + "tol", "must be a finite number ≥ 0 (0: run the whole budget)");
+  require(finite_nonneg(c.dt), p + "dt", "must be a finite number ≥ 0 (0: the solver's default)");
+  require(std::isfinite(c.report_tol) && c.report_tol > 0, p + "report_tol", "must be a finite positive number");
+  require(std::isfinite(c.rtol) && c.rtol > 0, p + "rtol", "must be a finite positive number");
+  require(std::isfinite(c.atol) && c.atol > 0, p + "atol", "must be a finite positive number");
+  require(c.anderson_m >= 1 && c.anderson_m <= 16, p + "anderson_m", "must be between 1 and 16");
+  require(finite_nonneg(c.stall_window), p + "stall_window", "must be a finite number ≥ 0 (0: never stall)");
+  require(c.cycle_period >= 0 && c.cycle_period <= 64, p + "cycle_period", "must be between 0 (no cycle test) and 64");
+  require(finite_nonneg(c.noise.sigma), p + "noise", "must be a finite number ≥ 0 (0: no noise)");
+  require(finite_nonneg(c.max_time), p + "max_time", "must be a finite number ≥ 0 (0: no limit)");
+  if (kw.contains(p + "tau")) {
+    const py::object tau = kw[py::str(p + "tau")];
+    PyDict_DelItemString(kw.ptr(), (p + "tau").c_str());
+    if (!py::isinstance<py::dict>(tau)) refuse(p + "tau", "must be a dict {layer: time constant}");
+    std::vector<std::pair<std::string, double>> pairs;
+    for (const auto& [layer, value] : py::reinterpret_borrow<py::dict>(tau)) {
+      if (!py::isinstance<py::str>(layer) || py::isinstance<py::bool_>(value) || py::isinstance<py::str>(value))
+        refuse(p + "tau", "must map layer names to numbers");
+      pairs.emplace_back(layer.cast<std::string>(), value.cast<double>());
+    }
+    c.rate = time_constant_rates(net, pairs, p + "tau");
+  }
   return c;
 }
 

@@ -17,21 +17,12 @@ struct PyModel {
   const Network& net() const { return model.net; }
 };
 
-// The relaxation settings every relaxing call takes as keyword arguments (RelaxConfig).
-struct RelaxArgs {
-  std::string solver = "map";
-  long max_steps = 150;
-  double tol = 0, dt = 0, report_tol = 1e-3, rtol = 1e-6, atol = 1e-8;
-  int anderson_m = 5;
-  double stall_window = RelaxConfig{}.stall_window;
-  int cycle_period = RelaxConfig{}.cycle_period;
-  // The validated RelaxConfig (ValueError naming the keyword otherwise).
-  RelaxConfig config(const std::string& prefix = "") const;
-};
-// Registers RelaxArgs' keywords (with `prefix`, e.g. "nudged_") on a pybind11 function's
-// argument list is not possible generically: the functions take **kwargs and read them here,
-// refusing unknown keywords. `kwargs` keys consumed are removed.
-RelaxArgs relax_args(py::dict& kwargs, const std::string& prefix, long default_steps);
+// The relaxation settings every relaxing call takes as keyword arguments (with `prefix`), read
+// from and removed from `kwargs`, validated (ValueError naming the keyword): solver, max_steps
+// (default `default_steps`), tol, dt, report_tol, rtol, atol, anderson_m, stall_window,
+// cycle_period, and the analog substrate's noise (σ of du = (M(u) − u) dt + σ dW), noise_seed,
+// noise_key, tau ({layer: τ}, per-layer time constants of the ODE solvers) and max_time.
+RelaxConfig relax_config(py::dict& kwargs, const std::string& prefix, long default_steps, const Network& net);
 // ValueError naming the first keyword left in `kwargs` (unknown to the call).
 void no_more_kwargs(const py::dict& kwargs, const std::string& function);
 
