@@ -5,6 +5,7 @@
 #include <variant>
 
 #include "ep/estimators.hpp"
+#include "tools/progress.hpp"
 #include "tools/python/module.hpp"
 
 namespace hepsim::python {
@@ -58,7 +59,10 @@ void relaxed(PyFree& out, const PyModel& pm, const py::handle& theta_obj, const 
     for (Index j = 0; j < x.count(); ++j)
       if (!(fs.relax.residual[j] <= RelaxConfig{}.report_tol)) fs.relax.status[static_cast<std::size_t>(j)] = RelaxStatus::max_steps;
   } else {
-    fs = native([&] { return free_phase<R>(pm.model, *theta, x.map, y.map, cfg); });
+    tools::PhaseProgress progress("hepsim.ep.free_phase");  // as the CLI's: after 3 s, on stderr
+    RelaxConfig shown = cfg;
+    shown.progress = progress.phase("free phase");
+    fs = native([&] { return free_phase<R>(pm.model, *theta, x.map, y.map, shown); });
   }
   out.fs = std::move(fs);
 }
@@ -176,7 +180,10 @@ void bind_ep(py::module_& m) {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
           FreeState<R>& fs = free_of<R>(free, model.net(), "estimate");
-          EstimateResult<R> e = native([&] { return ep_estimate<R>(model.model, *th, fs, ec); });
+          tools::PhaseProgress progress("hepsim.ep.estimate");
+          EstimatorConfig shown = ec;
+          shown.nudged.progress = progress.phase("nudged phases");
+          EstimateResult<R> e = native([&] { return ep_estimate<R>(model.model, *th, fs, shown); });
           py::dict d;
           d["v"] = samples_out(std::move(e.v));
           d["curvature"] = e.curvature.size() ? py::object(samples_out(std::move(e.curvature))) : py::none();
@@ -216,7 +223,10 @@ void bind_ep(py::module_& m) {
           const Theta<R> th(theta, model.net().n_params);
           const Samples<R> xs = samples_in<R>(x, model.net().input_size, "x");
           const Samples<R> ys = samples_in<R>(y, model.net().classes, "y", xs.count());
-          OnlineResult<R> o = native([&] { return online_estimate<R>(model.model, *th, xs.map, ys.map, oc); });
+          tools::PhaseProgress progress("hepsim.ep.online_estimate");
+          OnlineConfig shown = oc;
+          shown.phase.progress = progress.phase("phase points");
+          OnlineResult<R> o = native([&] { return online_estimate<R>(model.model, *th, xs.map, ys.map, shown); });
           py::dict d;
           d["v"] = samples_out(std::move(o.v));
           d["curvature"] = o.curvature.size() ? py::object(samples_out(std::move(o.curvature))) : py::none();

@@ -3,6 +3,7 @@
 // relaxation with every solver and β real or complex.
 #include <chrono>
 
+#include "tools/progress.hpp"
 #include "tools/python/module.hpp"
 
 namespace hepsim::python {
@@ -126,7 +127,11 @@ py::dict relax_impl(const PyModel& pm, const py::handle& theta_obj, const py::ha
     });
     return py::dict(py::arg("seconds") = seconds);
   }
-  RelaxResult r = native([&] { return relax_core(pm, *theta, x.map, y.map, beta, u, cfg); });
+  // As the CLI: a relaxation longer than 3 s shows where it stands on stderr.
+  tools::PhaseProgress progress("hepsim.sim.relax");
+  RelaxConfig shown = cfg;
+  shown.progress = progress.phase("relaxation");
+  RelaxResult r = native([&] { return relax_core(pm, *theta, x.map, y.map, beta, u, shown); });
   py::dict out;
   out["states"] = samples_out(std::move(u));
   out["residual"] = vector_out(Vec<double>(r.residual));
