@@ -12,6 +12,8 @@ def test_state_noise_is_keyed_and_needs_a_fixed_step_solver(tiny):
     a = hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, **kw)
     b = hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, **kw)
     c = hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, noise_key=1, **kw)
+    other_seed = hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, max_steps=300, noise=0.01, noise_seed=6)
+    assert not np.array_equal(a["states"], other_seed["states"])
     clean = hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, max_steps=300)
     assert np.array_equal(a["states"], b["states"])            # the same key: the same noise
     assert not np.array_equal(a["states"], c["states"])        # another relaxation: other noise
@@ -30,8 +32,11 @@ def test_time_constants_keep_the_fixed_points(tiny):
     assert slow["status"] == ["converged"] * 2
     assert np.abs(slow["states"] - ref["states"]).max() < 1e-9
     assert min(slow["steps"]) > max(ref["steps"])                # a slower layer takes longer
-    with pytest.raises(ValueError, match="tau"):
-        hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, solver="rk4", tau={"nope": 2.0})
+    for tau in ({"nope": 2.0}, {"l1": None}, {"l1": [2.0]}, {"l1": 2j}, {"l1": np.True_}, {"l1": 0.0}, [2.0]):
+        with pytest.raises(ValueError, match="^tau"):
+            hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, solver="rk4", tau=tau)
+    with pytest.raises(ValueError, match="^noise: must be a number, not a bool"):
+        hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, noise=np.True_)
     # A settling time ends the phase where it stands.
     short = hepsim.sim.relax(tiny.model, tiny.theta, tiny.x, solver="rk4", dt=0.5, max_steps=20000, tol=1e-12,
                              max_time=3.0)
@@ -47,10 +52,18 @@ def test_device_mismatch_and_quantization(tiny):
     m1 = hepsim.sim.device_theta(tiny.model, tiny.theta, mismatch=0.1, seed=1)
     m2 = hepsim.sim.device_theta(tiny.model, tiny.theta, mismatch=0.1, seed=1)
     assert np.array_equal(m1, m2) and not np.array_equal(m1, tiny.theta)
+    assert not np.array_equal(m1, hepsim.sim.device_theta(tiny.model, tiny.theta, mismatch=0.1, seed=2))
     ratio = m1[:n_edges][tiny.theta[:n_edges] != 0] / tiny.theta[:n_edges][tiny.theta[:n_edges] != 0]
     assert 0.02 < np.std(ratio) < 0.2                            # factors 1 + c ξ, c = 0.1
-    with pytest.raises(ValueError, match="^weight_clip"):
+    # Library errors name the keyword arguments, in the message too.
+    with pytest.raises(ValueError, match="^weight_clip") as e:
         hepsim.sim.device_theta(tiny.model, tiny.theta, weight_bits=3)
+    assert "--" not in str(e.value) and "weight_bits" in str(e.value)
+    for kw, name in ((dict(seed=-1), "seed"), (dict(weight_bits=2 ** 40), "weight_bits"), (dict(seed=True), "seed")):
+        with pytest.raises(ValueError, match="^" + name):
+            hepsim.sim.device_theta(tiny.model, tiny.theta, **kw)
+    with pytest.raises(ValueError, match="^seed"):
+        tiny.model.init(seed=-1)
 
 
 def test_online_hep_equals_the_phased_estimate_when_every_point_settles(tiny):
@@ -63,3 +76,16 @@ def test_online_hep_equals_the_phased_estimate_when_every_point_settles(tiny):
     assert rel_err(est["free"].u, tiny.samples("u_star")) < 1e-5
     with pytest.raises(ValueError, match="periods"):
         hepsim.ep.online_estimate(tiny.model, tiny.theta, tiny.x, tiny.y, periods=1)
+    with pytest.raises(ValueError, match="^tol: does not apply"):
+        hepsim.ep.online_estimate(tiny.model, tiny.theta, tiny.x, tiny.y, tol=1e-3)
+
+
+def test_library_refusals_name_the_arguments(tiny):
+    free = hepsim.ep.free_phase(tiny.model, tiny.theta, tiny.x, tiny.y, max_steps=50)
+    with pytest.raises(ValueError, match="^beta: must be a finite positive number"):
+        hepsim.ep.estimate(tiny.model, tiny.theta, free, beta=-0.05)
+    with pytest.raises(ValueError, match="^solver: does not apply: with u given"):
+        hepsim.ep.free_phase(tiny.model, tiny.theta, tiny.x, tiny.y, u=free.u, solver="rk4")
+    cnn = hepsim.sim.Model("cnn_small", (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="^model: cnn_small has convolutional edges"):
+        hepsim.jac.norms(cnn, cnn.init())

@@ -140,10 +140,10 @@ def test_a_refused_result_travels_with_the_error():
 
 
 def test_flag_spellings_and_booleans():
-    # 'max_steps' and 'max-steps' are one flag: the keyword overrides the dict.
-    a = hepsim.relax({"max-steps": 100, "samples": 2, "tol": 1e-3}, max_steps=70, threads=1)
-    b = cli("relax", "--max-steps", 70, "--samples", 2, "--tol", 1e-3, "--threads", 1)[1]
-    same_json(a, b)
+    # 'batch_size' and 'batch-size' are one flag, and the keyword overrides the dict.
+    a = hepsim.relax({"batch-size": 100, "samples": 5, "max-steps": 100, "tol": 1e-3}, samples=2, threads=1)
+    assert a["samples"] == 2
+    same_json(a, cli("relax", "--batch-size", 100, "--samples", 2, "--max-steps", 100, "--tol", 1e-3, "--threads", 1)[1])
     # A switch is given or left out; a flag with a value takes on/off.
     with pytest.raises(ValueError, match="--warm-start"):
         hepsim.train(warm_start=True, algo="bp", out="/tmp/never")  # on: refused for bp, as the CLI does

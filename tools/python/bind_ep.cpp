@@ -123,6 +123,8 @@ void bind_ep(py::module_& m) {
       [](const PyModel& model, const py::array& theta, const py::object& x, const py::object& y, const py::object& u,
          py::kwargs kw) {
         py::dict opts(kw);
+        if (!u.is_none() && py::len(opts) > 0)
+          refuse(py::str(opts.begin()->first).cast<std::string>(), "does not apply: with u given nothing is relaxed");
         const RelaxConfig cfg = relax_config(opts, "", 150, model.net());
         no_more_kwargs(opts, "hepsim.ep.free_phase");
         PyFree out;
@@ -172,7 +174,7 @@ void bind_ep(py::module_& m) {
         ec.nudged = relax_config(opts, "", 20, model.net());
         no_more_kwargs(opts, "hepsim.ep.estimate");
         if (N < 1 || N > 64) refuse("N", "must be between 1 and 64");
-        if (!(std::isfinite(beta) && beta != 0)) refuse("beta", "must be a finite nonzero number");
+        if (!(std::isfinite(beta) && beta > 0)) refuse("beta", "must be a finite positive number (|β|)");
         ec.N = N;
         ec.beta = beta;
         ec.keep_coefficients = coefficients;
@@ -201,7 +203,8 @@ void bind_ep(py::module_& m) {
       py::arg("coefficients") = false,
       "The EP estimate of v* from nudged phases restarted at the free state: N = 1 classic, 2 symmetric, ≥ 3\n"
       "holomorphic with β_k = |β| e^{2πik/N}. Keywords set the nudged phase (solver, max_steps = T2 (20), tol,\n"
-      "dt, …). Returns {'v', 'curvature' (N ≥ 3), 'coefficients' (c_0 … c_{N−1} when requested), 'status',\n"
+      "dt, noise, …; with noise give it another noise_key than the free phase's: the CLI keys each step's\n"
+      "phases apart). Returns {'v', 'curvature' (N ≥ 3), 'coefficients' (c_0 … c_{N−1} when requested), 'status',\n"
       "'relaxations', 'max_residual', 'steps'}.");
 
   m.def(
@@ -210,6 +213,7 @@ void bind_ep(py::module_& m) {
          long periods, py::kwargs kw) {
         py::dict opts(kw);
         OnlineConfig oc;
+        if (opts.contains("tol")) refuse("tol", "does not apply: every phase point runs its max_steps (T2) steps");
         oc.phase = relax_config(opts, "", 20, model.net());
         no_more_kwargs(opts, "hepsim.ep.online_estimate");
         if (N < 2 || N > 64) refuse("N", "must be between 2 and 64");
@@ -241,7 +245,8 @@ void bind_ep(py::module_& m) {
       py::arg("periods") = 3,
       "Online (oscillating) holomorphic EP (SPEC 3.3): from u = 0 the network runs `periods` periods while β\n"
       "rotates through N phase points of |β| e^{2πik/N}, T2 steps each (keywords: the phase's solver, max_steps\n"
-      "= T2 (20), dt, noise, noise_seed, tau, …), and the trajectory is demodulated. Returns {'v' (the error\n"
+      "= T2 (20), dt, noise, noise_seed, tau, …; max_time ends each phase point earlier), and the trajectory is\n"
+      "demodulated. Returns {'v' (the error\n"
       "vector), 'curvature' (N ≥ 3), 'imag' (lag/noise indicator), 'free' (the averaged free state),\n"
       "'n_diverged', 'steps'}.");
 

@@ -42,7 +42,7 @@ void bind_jacobian(py::module_& m) {
   m.def(
       "norms",
       [](const PyModel& model, const py::array& theta) {
-        require_dense(model.net(), "hepsim.jac.norms (conv networks: norms_at_states)");
+        require_dense_model(model, "hepsim.jac.norms", "conv networks: hepsim.jac.norms_at_states at their states");
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
@@ -55,7 +55,7 @@ void bind_jacobian(py::module_& m) {
   m.def(
       "jac_sym",
       [](const PyModel& model, const py::array& theta) {
-        require_dense(model.net(), "hepsim.jac.jac_sym (conv networks: norms_at_states)");
+        require_dense_model(model, "hepsim.jac.jac_sym", "conv networks: hepsim.jac.norms_at_states at their states");
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
@@ -66,7 +66,7 @@ void bind_jacobian(py::module_& m) {
   m.def(
       "homeo_loss",
       [](const PyModel& model, const py::array& theta) {
-        require_dense(model.net(), "hepsim.jac.homeo_loss");
+        require_dense_model(model, "hepsim.jac.homeo_loss", "conv networks: hepsim.jac.norms_at_states at their states");
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
@@ -77,7 +77,7 @@ void bind_jacobian(py::module_& m) {
   m.def(
       "homeo_gradient",
       [](const PyModel& model, const py::array& theta, double weight) {
-        require_dense(model.net(), "hepsim.jac.homeo_gradient");
+        require_dense_model(model, "hepsim.jac.homeo_gradient", "conv networks: hepsim.jac.norms_at_states at their states");
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
@@ -91,7 +91,7 @@ void bind_jacobian(py::module_& m) {
   m.def(
       "homeo_hutchinson",
       [](const PyModel& model, const py::array& theta, const py::object& probes, double weight) {
-        require_dense(model.net(), "hepsim.jac.homeo_hutchinson");
+        require_dense_model(model, "hepsim.jac.homeo_hutchinson", "conv networks: hepsim.jac.norms_at_states at their states");
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
@@ -109,7 +109,7 @@ void bind_jacobian(py::module_& m) {
   m.def(
       "jac_sym_estimate",
       [](const PyModel& model, const py::array& theta, const py::object& probes) {
-        require_dense(model.net(), "hepsim.jac.jac_sym_estimate");
+        require_dense_model(model, "hepsim.jac.jac_sym_estimate", "conv networks: hepsim.jac.norms_at_states at their states");
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
           const Theta<R> th(theta, model.net().n_params);
@@ -135,7 +135,7 @@ void bind_jacobian(py::module_& m) {
   m.def(
       "dense_jacobian",
       [](const PyModel& model, const py::array& theta) {
-        require_dense(model.net(), "hepsim.jac.dense_jacobian");
+        require_dense_model(model, "hepsim.jac.dense_jacobian", "conv networks: hepsim.jac.norms_at_states at their states");
         if (model.net().neurons > kMaxDenseNeurons)
           refuse("model", "has " + std::to_string(model.net().neurons) + " neurons; the dense H is formed up to " +
                               std::to_string(kMaxDenseNeurons));

@@ -2,6 +2,7 @@
 // parameters (init with the SPEC 5 angle, named blocks as NumPy views, the weight angle) and the
 // relaxation with every solver and β real or complex.
 #include <chrono>
+#include <limits>
 
 #include "tools/progress.hpp"
 #include "tools/python/module.hpp"
@@ -207,7 +208,9 @@ void bind_sim(py::module_& m) {
       }, "The parameter blocks of θ: name ('l1-l2.K', 'readout.b', …), offset, rows, cols, bias.")
       .def(
           "init",
-          [](const PyModel& p, std::uint64_t seed, double angle, const std::string& dtype) -> py::array {
+          [](const PyModel& p, const py::object& seed_arg, double angle, const std::string& dtype) -> py::array {
+            // The range of the CLI's --seed.
+            const auto seed = static_cast<std::uint64_t>(integer_arg(seed_arg, "seed", 0, std::numeric_limits<long long>::max()));
             if (!(angle >= 0 && angle <= 180)) refuse("angle", "must be between 0 and 180 degrees");
             if (dtype == "float64") return vector_out(init_params<double>(p.net(), seed, angle));
             if (dtype == "float32") return vector_out(init_params<float>(p.net(), seed, angle));
@@ -258,13 +261,13 @@ void bind_sim(py::module_& m) {
 
   m.def(
       "device_theta",
-      [](const PyModel& model, const py::array& theta, double mismatch, int weight_bits, double weight_clip,
-         std::uint64_t seed) {
+      [](const PyModel& model, const py::array& theta, double mismatch, const py::object& weight_bits,
+         double weight_clip, const py::object& seed) {
         DeviceConfig dc;
         dc.mismatch = mismatch;
-        dc.weight_bits = weight_bits;
+        dc.weight_bits = static_cast<int>(integer_arg(weight_bits, "weight_bits", 0, 16));
         dc.weight_clip = weight_clip;
-        dc.seed = seed;
+        dc.seed = static_cast<std::uint64_t>(integer_arg(seed, "seed", 0, std::numeric_limits<long long>::max()));
         const Device device = native([&] { return Device(model.net(), dc); });
         return by_precision(theta, [&](auto r) -> py::object {
           using R = decltype(r);
@@ -305,7 +308,8 @@ void bind_sim(py::module_& m) {
       "(samples, classes), needed when beta ≠ 0. Keywords: solver ('map', 'rk4', 'dopri5', 'anderson'), max_steps\n"
       "(150), tol (0: run the whole budget), dt (0: the solver's default), report_tol, rtol, atol, anderson_m,\n"
       "stall_window, cycle_period; an analog substrate's noise (σ; map or rk4), noise_seed, noise_key, tau\n"
-      "({layer: τ}: per-layer time constants) and max_time (settling time). Returns {'states': (samples, neurons), 'residual', 'status', 'steps',\n"
+      "({layer: τ}: per-layer time constants) and max_time (settling time; the map and rk4 take whole steps of\n"
+      "dt, at least one). Returns {'states': (samples, neurons), 'residual', 'status', 'steps',\n"
       "'field_evals', 't'} (sim/relax.hpp: statuses converged, max_steps, diverged, cycling, stalled).");
 }
 

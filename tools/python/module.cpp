@@ -1,6 +1,7 @@
 // The Python module `hepsim`: see tools/python/module.hpp for its parts.
 #include "tools/python/module.hpp"
 
+#include <cctype>
 #include <csignal>
 #include <filesystem>
 #include <mutex>
@@ -12,14 +13,46 @@ namespace hepsim::python {
 
 void refuse(const std::string& argument, const std::string& message) { throw InputError(argument, message); }
 
+namespace {
+// "--weight-bits" → "weight_bits" wherever a flag appears in `text`.
+std::string flags_as_keywords(const std::string& text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size();) {
+    const bool flag = text.compare(i, 2, "--") == 0 && i + 2 < text.size() && std::islower(static_cast<unsigned char>(text[i + 2])) &&
+                      (i == 0 || !std::isalnum(static_cast<unsigned char>(text[i - 1])));
+    if (!flag) {
+      out += text[i++];
+      continue;
+    }
+    for (i += 2; i < text.size() && (std::isalnum(static_cast<unsigned char>(text[i])) || text[i] == '-'); ++i)
+      out += text[i] == '-' ? '_' : text[i];
+  }
+  return out;
+}
+}  // namespace
+
 void rethrow_as_keyword(const InputError& e) {
   const std::string& where = e.where();
   if (where.size() < 3 || where.compare(0, 2, "--") != 0) throw e;
-  std::string keyword = where.substr(2);
-  for (char& c : keyword)
-    if (c == '-') c = '_';
   const std::string what = e.what();
-  throw InputError(keyword, what.substr(std::min(what.size(), where.size() + 2)));
+  throw InputError(flags_as_keywords(where), flags_as_keywords(what.substr(std::min(what.size(), where.size() + 2))));
+}
+
+long long integer_arg(const py::handle& v, const std::string& name, long long lo, long long hi) {
+  const bool numpy_bool = py::hasattr(v, "dtype") && py::str(v.attr("dtype").attr("kind")).cast<std::string>() == "b";
+  if (py::isinstance<py::bool_>(v) || numpy_bool || !PyIndex_Check(v.ptr())) refuse(name, "must be an integer");
+  const py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(v.ptr()));
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow != 0 || x < lo || x > hi)
+    refuse(name, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+  return x;
+}
+
+void require_dense_model(const PyModel& model, const std::string& what, const std::string& instead) {
+  if (model.net().has_conv())
+    refuse("model", model.net().name + " has convolutional edges: " + what + " needs a state-independent Jacobian (" +
+                        instead + ")");
 }
 
 std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
@@ -90,6 +123,8 @@ T take(py::dict& kw, const std::string& key, T fallback) {
   if (!kw.contains(key)) return fallback;
   const py::object v = kw[py::str(key)];
   PyDict_DelItemString(kw.ptr(), key.c_str());
+  if (py::hasattr(v, "dtype") && py::str(v.attr("dtype").attr("kind")).cast<std::string>() == "b")
+    refuse(key, "must be a number, not a bool");
   try {
     if constexpr (std::is_same_v<T, std::string>) {
       if (!py::isinstance<py::str>(v)) throw py::cast_error();
@@ -147,9 +182,15 @@ RelaxConfig relax_config(py::dict& kw, const std::string& p, long default_steps,
     if (!py::isinstance<py::dict>(tau)) refuse(p + "tau", "must be a dict {layer: time constant}");
     std::vector<std::pair<std::string, double>> pairs;
     for (const auto& [layer, value] : py::reinterpret_borrow<py::dict>(tau)) {
-      if (!py::isinstance<py::str>(layer) || py::isinstance<py::bool_>(value) || py::isinstance<py::str>(value))
+      const bool numpy_bool = py::hasattr(value, "dtype") && py::str(value.attr("dtype").attr("kind")).cast<std::string>() == "b";
+      if (!py::isinstance<py::str>(layer) || py::isinstance<py::bool_>(value) || numpy_bool || py::isinstance<py::str>(value) ||
+          PyComplex_Check(value.ptr()))
         refuse(p + "tau", "must map layer names to numbers");
-      pairs.emplace_back(layer.cast<std::string>(), value.cast<double>());
+      try {
+        pairs.emplace_back(layer.cast<std::string>(), value.cast<double>());
+      } catch (const py::cast_error&) {
+        refuse(p + "tau", "must map layer names to numbers");
+      }
     }
     c.rate = time_constant_rates(net, pairs, p + "tau");
   }
@@ -183,7 +224,8 @@ PYBIND11_MODULE(hepsim, m) {
       "jacobian, gradcheck, bench (flags as keyword arguments, '-' written '_'). Below them the library:\n"
       "hepsim.sim (models, parameters, relaxation), hepsim.ep (estimators and exact references), hepsim.jac\n"
       "(Jacobian metrics, homeostasis), hepsim.datasets (images and batches). Arrays have samples along the\n"
-      "first axis; bad input raises ValueError with the CLI's message; Ctrl-C interrupts a long call.";
+      "first axis; bad input raises ValueError with the CLI's message (library calls name the keyword argument);\n"
+      "Ctrl-C interrupts a long call.";
   m.attr("__version__") = HEPSIM_VERSION;
   hp::note_main_thread();
   py::register_exception_translator([](std::exception_ptr p) {

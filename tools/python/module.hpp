@@ -23,6 +23,11 @@ struct PyModel {
 // cycle_period, and the analog substrate's noise (σ of du = (M(u) − u) dt + σ dW), noise_seed,
 // noise_key, tau ({layer: τ}, per-layer time constants of the ODE solvers) and max_time.
 RelaxConfig relax_config(py::dict& kwargs, const std::string& prefix, long default_steps, const Network& net);
+// An integer argument within [lo, hi] (ValueError naming it: not an integer, a bool, out of range).
+long long integer_arg(const py::handle& value, const std::string& name, long long lo, long long hi);
+// ValueError naming `model` when the network has convolutional edges (`what` assumes a
+// state-independent Jacobian; `instead`: what a conv network uses).
+void require_dense_model(const PyModel& model, const std::string& what, const std::string& instead);
 // ValueError naming the first keyword left in `kwargs` (unknown to the call).
 void no_more_kwargs(const py::dict& kwargs, const std::string& function);
 
