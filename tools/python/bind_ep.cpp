@@ -75,6 +75,16 @@ py::array view(const py::object& self, const Mat<R>& m) {
 }
 
 
+// A FreeState property: the matrix `pick` selects, as a (samples, features) view kept alive by
+// the FreeState object.
+template <class Pick>
+auto free_view(Pick pick) {
+  return [pick](py::object self) {
+    PyFree& p = self.cast<PyFree&>();
+    return std::visit([&](auto& f) { return view(self, pick(f)); }, p.fs);
+  };
+}
+
 IterationConfig iteration_config(long steps, double tol, double dt) {
   if (steps < 1) refuse("steps", "must be at least 1");
   if (!(std::isfinite(tol) && tol >= 0)) refuse("tol", "must be a finite number ≥ 0");
@@ -96,22 +106,10 @@ py::dict iteration_out(IterationResult<R>&& r) {
 void bind_ep(py::module_& m) {
   py::class_<PyFree>(m, "FreeState", "A batch at its free state: x, y, drive, u (samples along the first axis), and\n"
                                      "per sample the free phase's residual and status.")
-      .def_property_readonly("u", [](py::object self) {
-        PyFree& p = self.cast<PyFree&>();
-        return std::visit([&](auto& f) { return view(self, f.u); }, p.fs);
-      })
-      .def_property_readonly("x", [](py::object self) {
-        PyFree& p = self.cast<PyFree&>();
-        return std::visit([&](auto& f) { return view(self, f.x); }, p.fs);
-      })
-      .def_property_readonly("y", [](py::object self) {
-        PyFree& p = self.cast<PyFree&>();
-        return std::visit([&](auto& f) { return view(self, f.y); }, p.fs);
-      })
-      .def_property_readonly("drive", [](py::object self) {
-        PyFree& p = self.cast<PyFree&>();
-        return std::visit([&](auto& f) { return view(self, f.drive); }, p.fs);
-      })
+      .def_property_readonly("u", free_view([](auto& f) -> auto& { return f.u; }))
+      .def_property_readonly("x", free_view([](auto& f) -> auto& { return f.x; }))
+      .def_property_readonly("y", free_view([](auto& f) -> auto& { return f.y; }))
+      .def_property_readonly("drive", free_view([](auto& f) -> auto& { return f.drive; }))
       .def_property_readonly("residual", [](PyFree& p) {
         return std::visit([](auto& f) { return vector_out(Vec<double>(f.relax.residual)); }, p.fs);
       })
