@@ -89,3 +89,11 @@ def test_library_refusals_name_the_arguments(tiny):
     cnn = hepsim.sim.Model("cnn_small", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="^model: cnn_small has convolutional edges"):
         hepsim.jac.norms(cnn, cnn.init())
+
+
+def test_nudged_noise_is_keyed_apart_from_the_free_phase(tiny):
+    free = hepsim.ep.free_phase(tiny.model, tiny.theta, tiny.x, tiny.y, max_steps=2000, noise=0.01)
+    a = hepsim.ep.estimate(tiny.model, tiny.theta, free, N=2, beta=0.05, max_steps=200, noise=0.01)
+    b = hepsim.ep.estimate(tiny.model, tiny.theta, free, N=2, beta=0.05, max_steps=200, noise=0.01, noise_key=1)
+    c = hepsim.ep.estimate(tiny.model, tiny.theta, free, N=2, beta=0.05, max_steps=200, noise=0.01, noise_key=0)
+    assert np.array_equal(a["v"], b["v"]) and not np.array_equal(a["v"], c["v"])

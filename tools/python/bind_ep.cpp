@@ -169,7 +169,11 @@ void bind_ep(py::module_& m) {
       [](const PyModel& model, const py::array& theta, PyFree& free, int N, double beta, bool coefficients, py::kwargs kw) {
         py::dict opts(kw);
         EstimatorConfig ec;
+        const bool keyed = opts.contains("noise_key");
         ec.nudged = relax_config(opts, "", 20, model.net());
+        // Noise of the nudged phases apart from the free phase's (key 0 by default), as the CLI keys
+        // each step's phases apart.
+        if (!keyed) ec.nudged.noise.key = 1;
         no_more_kwargs(opts, "hepsim.ep.estimate");
         if (N < 1 || N > 64) refuse("N", "must be between 1 and 64");
         if (!(std::isfinite(beta) && beta > 0)) refuse("beta", "must be a finite positive number (|β|)");
@@ -201,8 +205,7 @@ void bind_ep(py::module_& m) {
       py::arg("coefficients") = false,
       "The EP estimate of v* from nudged phases restarted at the free state: N = 1 classic, 2 symmetric, ≥ 3\n"
       "holomorphic with β_k = |β| e^{2πik/N}. Keywords set the nudged phase (solver, max_steps = T2 (20), tol,\n"
-      "dt, noise, …; with noise give it another noise_key than the free phase's: the CLI keys each step's\n"
-      "phases apart). Returns {'v', 'curvature' (N ≥ 3), 'coefficients' (c_0 … c_{N−1} when requested), 'status',\n"
+      "dt, noise, …; noise_key defaults to 1, apart from the free phase's 0). Returns {'v', 'curvature' (N ≥ 3), 'coefficients' (c_0 … c_{N−1} when requested), 'status',\n"
       "'relaxations', 'max_residual', 'steps'}.");
 
   m.def(
