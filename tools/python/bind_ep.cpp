@@ -106,6 +106,17 @@ py::dict iteration_out(IterationResult<R>&& r) {
 void bind_ep(py::module_& m) {
   py::class_<PyFree>(m, "FreeState", "A batch at its free state: x, y, drive, u (samples along the first axis), and\n"
                                      "per sample the free phase's residual and status.")
+      .def("__repr__",
+           [](PyFree& p) {
+             return std::visit(
+                 [](auto& f) {
+                   using R = typename std::decay_t<decltype(f.u)>::Scalar;
+                   return "hepsim.ep.FreeState(samples=" + std::to_string(f.u.cols()) + ", neurons=" +
+                          std::to_string(f.u.rows()) + ", " + dtype_of<R>() + ", converged=" +
+                          std::to_string(f.relax.converged()) + ")";
+                 },
+                 p.fs);
+           })
       .def_property_readonly("u", free_view([](auto& f) -> auto& { return f.u; }))
       .def_property_readonly("x", free_view([](auto& f) -> auto& { return f.x; }))
       .def_property_readonly("y", free_view([](auto& f) -> auto& { return f.y; }))

@@ -171,6 +171,12 @@ void bind_sim(py::module_& m) {
            "arch: a built-in name ('mlp_2-256', 'loop_mnist', 'cnn', 'cnn_small'), a JSON file or a dict in the\n"
            "architecture format; input_shape: n or (C, H, W); activation: 'sigmoid' or 'dsilu' (default: the\n"
            "built-in's); loss: 'xent' or 'mse'.")
+      .def("__repr__",
+           [](const PyModel& p) {
+             return "hepsim.sim.Model('" + p.net().name + "', neurons=" + std::to_string(p.net().neurons) +
+                    ", params=" + std::to_string(p.net().n_params) + ", activation='" + to_string(p.model.activation) +
+                    "', loss='" + to_string(p.model.loss) + "')";
+           })
       .def_property_readonly("name", [](const PyModel& p) { return p.net().name; })
       .def_property_readonly("neurons", [](const PyModel& p) { return p.net().neurons; })
       .def_property_readonly("n_params", [](const PyModel& p) { return p.net().n_params; })
