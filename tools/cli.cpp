@@ -357,15 +357,14 @@ void register_all(CLI::App& app) {
 }
 constexpr const char* kAppTitle = "hepsim: equilibrium propagation on simulated neuromorphic and analog substrates";
 
-// InputError naming `name` when it is not a subcommand of `app`.
-void require_subcommand(const CLI::App& app, const std::string& name) {
+// The subcommand `name` of `app`; InputError naming it when there is none.
+const CLI::App* require_subcommand(const CLI::App& app, const std::string& name) {
   std::string names;
-  bool known = false;
   for (const CLI::App* sub : app.get_subcommands({})) {
+    if (sub->get_name() == name) return sub;
     names += (names.empty() ? "" : ", ") + sub->get_name();
-    known |= sub->get_name() == name;
   }
-  if (!known) throw InputError(name, "unknown subcommand (expected one of: " + names + ")");
+  throw InputError(name, "unknown subcommand (expected one of: " + names + ")");
 }
 
 // One line: CLI11's messages may span several.
@@ -493,9 +492,7 @@ void run_command(const std::vector<std::string>& args, const CommandHooks& hooks
 bool command_flag_is_switch(const std::string& subcommand, const std::string& flag) {
   CLI::App app{kAppTitle};
   register_all(app);
-  require_subcommand(app, subcommand);
-  const CLI::App* sub = app.get_subcommand(subcommand);
-  for (const CLI::Option* o : sub->get_options())
+  for (const CLI::Option* o : require_subcommand(app, subcommand)->get_options())
     if (o->check_lname(flag.size() > 2 ? flag.substr(2) : flag)) return o->get_expected_min() == 0;
   return false;
 }
@@ -503,9 +500,7 @@ bool command_flag_is_switch(const std::string& subcommand, const std::string& fl
 std::string command_help(const std::string& subcommand) {
   CLI::App app{kAppTitle};
   register_all(app);
-  require_subcommand(app, subcommand);
-  const CLI::App* sub = app.get_subcommand(subcommand);
-  return sub->help();
+  return require_subcommand(app, subcommand)->help();
 }
 
 }  // namespace hepsim::tools

@@ -5,6 +5,7 @@
 #include <variant>
 
 #include "ep/estimators.hpp"
+#include "tools/cli.hpp"
 #include "tools/progress.hpp"
 #include "tools/python/module.hpp"
 
@@ -186,7 +187,7 @@ void bind_ep(py::module_& m) {
         // each step's phases apart.
         if (!keyed) ec.nudged.noise.key = 1;
         no_more_kwargs(opts, "hepsim.ep.estimate");
-        if (N < 1 || N > 64) refuse("N", "must be between 1 and 64");
+        if (N < 1 || N > tools::kMaxContourPoints) refuse("N", "must be between 1 and " + std::to_string(tools::kMaxContourPoints));
         if (!(std::isfinite(beta) && beta > 0)) refuse("beta", "must be a finite positive number (|β|)");
         ec.N = N;
         ec.beta = beta;
@@ -228,7 +229,7 @@ void bind_ep(py::module_& m) {
         if (opts.contains("tol")) refuse("tol", "does not apply: every phase point runs its max_steps (T2) steps");
         oc.phase = relax_config(opts, "", 20, model.net());
         no_more_kwargs(opts, "hepsim.ep.online_estimate");
-        if (N < 2 || N > 64) refuse("N", "must be between 2 and 64");
+        if (N < 2 || N > tools::kMaxContourPoints) refuse("N", "must be between 2 and " + std::to_string(tools::kMaxContourPoints));
         if (!(std::isfinite(beta) && beta > 0)) refuse("beta", "must be a finite positive number (|β|)");
         if (periods < 2) refuse("periods", "must be at least 2 (the first is the settling transient)");
         oc.N = N;
@@ -311,7 +312,7 @@ void bind_ep(py::module_& m) {
   m.def(
       "contour_points",
       [](int N, double beta) {
-        if (N < 2 || N > 64) refuse("N", "must be between 2 and 64");
+        if (N < 2 || N > tools::kMaxContourPoints) refuse("N", "must be between 2 and " + std::to_string(tools::kMaxContourPoints));
         return contour_points(N, beta);
       },
       py::arg("N"), py::arg("beta"), "The contour points relaxed for N ≥ 2: β_k = |β| e^{2πik/N}, k = 0 … ⌊N/2⌋.");
