@@ -84,6 +84,7 @@ TEST_CASE("run directories: foreign ones refused, one run at a time, nothing lef
   const RunResult second = run_hepsim("train " + flags(data, arch) + " --epochs 1 --out " + out, tmp);
   int status = 0;
   waitpid(pid, &status, 0);
+  CAPTURE(second.err);  // failed once on a loaded machine with another message: say which
   CHECK(second.code == 2);
   CHECK(second.err.find("in use by another hepsim run") != std::string::npos);
   REQUIRE(WIFEXITED(status));
