@@ -4,6 +4,7 @@
 
 #include <Eigen/LU>
 
+#include "ep/krylov.hpp"
 #include "jacobian/jacobian.hpp"
 #include <stdexcept>
 
@@ -183,6 +184,48 @@ IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const
   activate_deriv<R>(model.activation, u, d);
   res.v = d.cwiseProduct(du);
   return res;
+}
+
+namespace {
+// Per column: solves (I − D M) v = D g_s by GMRES, with M = J_Gᵀ (transposed) or J_G at the state.
+template <class R>
+IterationResult<R> krylov_solve(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y,
+                                const IterationConfig& cfg, bool transposed) {
+  const Network& net = model.net;
+  Mat<R> D(u_star.rows(), u_star.cols()), s_star(u_star.rows(), u_star.cols());
+  activate_deriv<R>(model.activation, u_star, D);
+  activate<R>(model.activation, u_star, s_star);
+  ConvCache<R> cache;
+  linearize<R>(net, theta, s_star, cache);
+  const Mat<R> Dg = D.cwiseProduct(loss_gradient_s<R>(model, theta, u_star, y));
+  Mat<R> t(u_star.rows(), u_star.cols());
+  const auto apply = [&](const Mat<R>& v, Mat<R>& out) {  // (I − D M) v, M = J_Gᵀ or J_G
+    t.setZero();
+    if (transposed)
+      add_vjp<R>(net, theta, s_star, cache, v, t);
+    else
+      add_jvp<R>(net, theta, s_star, cache, v, t);
+    out = v - D.cwiseProduct(t);
+  };
+  KrylovResult<R> k = gmres<R>(apply, Dg, KrylovConfig{cfg.steps, cfg.tol});
+  IterationResult<R> res;
+  res.v = std::move(k.x);
+  res.steps = k.products;
+  res.last_update = k.residual;
+  return res;
+}
+}  // namespace
+
+template <class R>
+IterationResult<R> rbp_krylov(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y,
+                              const IterationConfig& cfg) {
+  return krylov_solve<R>(model, theta, u_star, y, cfg, true);
+}
+
+template <class R>
+IterationResult<R> exact_response_krylov(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star,
+                                         const CMatRef<R>& y, const IterationConfig& cfg) {
+  return krylov_solve<R>(model, theta, u_star, y, cfg, false);
 }
 
 template <class R>
@@ -371,6 +414,10 @@ EstimateResult<R> ep_estimate(const Model& model, const Vec<R>& theta, const Fre
                                              const IterationConfig&);                                            \
   template IterationResult<R> exact_response<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&, \
                                                 const CMatRef<R>&, const IterationConfig&);                      \
+  template IterationResult<R> rbp_krylov<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,     \
+                                            const IterationConfig&);                                             \
+  template IterationResult<R> exact_response_krylov<R>(const Model&, const Vec<R>&, const CMatRef<R>&,             \
+                                                       const CMatRef<R>&, const IterationConfig&);               \
   template Mat<R> rbp_dense<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);                \
   template Mat<R> exact_response_dense<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&);     \
   template BpttResult<R> truncated_bptt<R>(const Model&, const Vec<R>&, const CMatRef<R>&, const CMatRef<R>&,     \

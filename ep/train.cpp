@@ -561,11 +561,12 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
     rec.jac_sym = norms.jac_sym();
     rec.homeo_loss = norms.homeo();
   }
-  // The exact δ at this state: a dense solve for small networks (exact even where the adjoint
-  // iteration would not converge), else the adjoint iteration to 1e-10 (a conv network's H is
-  // per sample: its dense solves would cost n JVPs and an LU each). An adjoint that does not
-  // converge (the free states are no fixed points the map contracts to) gives no δ: the
-  // alignment metrics stay NaN rather than compare with an unconverged or overflowed vector.
+  // The exact δ at this state: a dense solve for small networks, else GMRES to 1e-10 (a conv
+  // network's H is per sample: its dense solves would cost n JVPs and an LU each). Both are exact
+  // where the adjoint iteration is not: at free states the map does not contract to, e.g. a conv
+  // network's after T1 steps (the iteration left every epoch's metrics of such a run NaN). A solve
+  // that misses 1e-10 within its budget gives no δ: the alignment metrics stay NaN rather than
+  // compare with an unconverged vector.
   Mat<double> delta;
   if (net.neurons <= 2048 && !net.has_conv()) {
     delta = rbp_dense<double>(model_, th, fs.u, fs.y);
@@ -580,7 +581,7 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
     std::vector<char> converged(static_cast<std::size_t>(std::max(1, layout.count)), 1);
     for_my_chunks(layout, P, [&](int j, int, Index first, Index count) {
       IterationResult<double> it =
-          rbp_adjoint<double>(model_, th, fs.u.middleCols(first, count), fs.y.middleCols(first, count), {steps, 1e-10});
+          rbp_krylov<double>(model_, th, fs.u.middleCols(first, count), fs.y.middleCols(first, count), {steps, 1e-10});
       converged[static_cast<std::size_t>(j)] = it.last_update <= 1e-10;
       delta.middleCols(first, count) = it.v;
     });

@@ -39,6 +39,12 @@ def test_rbp_and_exact_response(tiny, free):
     v = hepsim.ep.exact_response(tiny.model, tiny.theta, free, steps=100000, tol=1e-15)
     assert rel_err(v["v"], vstar) < 1e-10
     assert rel_err(vstar, delta) > 1e-2  # the asymmetry bias is visible
+    for fn, want in ((hepsim.ep.rbp, delta), (hepsim.ep.exact_response, vstar)):  # GMRES
+        k = fn(tiny.model, tiny.theta, free, steps=1000, tol=1e-14, krylov=True)
+        assert k["last_update"] <= 1e-14 and k["steps"] < 1000
+        assert rel_err(k["v"], want) < 1e-10
+    with pytest.raises(ValueError, match="tol"):
+        hepsim.ep.rbp(tiny.model, tiny.theta, free, krylov=True)
 
 
 @pytest.mark.parametrize("beta", [0.05, 0.5])

@@ -147,10 +147,12 @@ void bind_ep(py::module_& m) {
       "= T1, tol, dt, …), or, with u given (samples, neurons), that state as it is (e.g. a reference u*; its\n"
       "residual is measured, and a sample counts as converged where it is below 1e-3).");
 
-  // δ (RBP, `transposed`) or v* (the exact response): iterated, or by dense solves.
+  // δ (RBP, `transposed`) or v* (the exact response): iterated, by GMRES, or by dense solves.
   const auto linear_response = [](bool transposed) {
     return [transposed](const PyModel& model, const py::array& theta, PyFree& free, long steps, double tol, double dt,
-                        bool dense) {
+                        bool dense, bool krylov) {
+      if (dense && krylov) refuse("krylov", "dense=True and krylov=True exclude each other");
+      if (krylov && !(tol > 0)) refuse("tol", "must be > 0 with krylov=True (the residual GMRES stops at)");
       return by_precision(theta, [&](auto r) -> py::object {
         using R = decltype(r);
         const Theta<R> th(theta, model.net().n_params);
@@ -161,6 +163,9 @@ void bind_ep(py::module_& m) {
           }));
         const IterationConfig ic = iteration_config(steps, tol, dt);
         return iteration_out(native([&] {
+          if (krylov)
+            return transposed ? rbp_krylov<R>(model.model, *th, fs.u, fs.y, ic)
+                              : exact_response_krylov<R>(model.model, *th, fs.u, fs.y, ic);
           return transposed ? rbp_adjoint<R>(model.model, *th, fs.u, fs.y, ic)
                             : exact_response<R>(model.model, *th, fs.drive, fs.u, fs.y, ic);
         }));
@@ -168,13 +173,17 @@ void bind_ep(py::module_& m) {
     };
   };
   m.def("rbp", linear_response(true), py::arg("model"), py::arg("theta"), py::arg("free"), py::arg("steps") = 20,
-        py::arg("tol") = 0.0, py::arg("dt") = 1.0, py::arg("dense") = false,
+        py::arg("tol") = 0.0, py::arg("dt") = 1.0, py::arg("dense") = false, py::arg("krylov") = false,
         "The RBP adjoint δ = (I − D J_Gᵀ)⁻¹ D g_s at the free state: by `steps` iterations (until tol, damped by dt),\n"
-        "returning {'v', 'steps', 'last_update'}, or with dense=True by a linear solve per sample (an array).");
+        "returning {'v', 'steps', 'last_update'}; with krylov=True by GMRES (one VJP per iteration, `steps` of them\n"
+        "at most, until the residual is below tol; converges where the iteration does not); or with dense=True by a\n"
+        "linear solve per sample (an array).");
   m.def("exact_response", linear_response(false), py::arg("model"), py::arg("theta"), py::arg("free"),
         py::arg("steps") = 20, py::arg("tol") = 0.0, py::arg("dt") = 1.0, py::arg("dense") = false,
+        py::arg("krylov") = false,
         "The exact EP response v* = dσ(u*_β)/dβ at β = 0 = (I − D J_G)⁻¹ D g_s: by forward-mode iteration of the\n"
-        "nudged map ({'v', 'steps', 'last_update'}), or with dense=True by a linear solve per sample (an array).");
+        "nudged map ({'v', 'steps', 'last_update'}), with krylov=True by GMRES (JVPs; as rbp), or with dense=True by\n"
+        "a linear solve per sample (an array).");
 
   m.def(
       "estimate",
