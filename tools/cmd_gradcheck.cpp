@@ -17,6 +17,7 @@
 
 #include "datasets/dataset.hpp"
 #include "ep/estimators.hpp"
+#include "ep/krylov.hpp"
 #include <omp.h>
 
 #include "tools/cli.hpp"
@@ -50,6 +51,7 @@ struct GradcheckOptions {
   long fd_directions = 4;         // 1 .. kMaxFdDirections
   double fd_step = 1e-5;
   std::string activation = "sigmoid";
+  std::string reference = "auto";  // auto (dense up to kMaxDenseReference neurons, else gmres), dense, gmres
   long input_size = 784, classes = 10;  // for --dataset random: 1 .. kMaxInputSize, kMinClasses .. kMaxClasses
   int threads = 0;
 };
@@ -82,6 +84,15 @@ constexpr long kMaxFdDirections = 10000;
 constexpr double kMaxBatchValues = 1 << 26, kMaxStackedValues = 1 << 26, kMaxTrajectoryValues = 1 << 28;
 // Networks up to this many neurons get dense-solve references (one n × n LU per sample).
 constexpr long kMaxDenseReference = 4096;
+
+// Whether the exact references are dense solves (--reference dense, or auto on a network of at most
+// kMaxDenseReference neurons) rather than GMRES.
+bool use_dense_reference(const GradcheckOptions& o, const Network& net) {
+  if (o.reference == "dense" && net.neurons > kMaxDenseReference)
+    throw InputError("--reference", "dense solves are for networks of at most " + std::to_string(kMaxDenseReference) +
+                                        " neurons (this one has " + std::to_string(net.neurons) + "): use gmres or auto");
+  return o.reference == "dense" || (o.reference == "auto" && net.neurons <= kMaxDenseReference);
+}
 
 // InputError naming `flag` when a matrix of `values` entries (a product of flags, computed in
 // double so that it cannot overflow) exceeds `limit`.
@@ -173,14 +184,15 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
            " parameters, double)",
        "--fd-directions",
        8.0 * static_cast<double>(net.n_params) * (static_cast<double>(o.fd_directions) + 2.0 * omp_get_max_threads())}};
-  if (!net.has_conv() && net.neurons <= kMaxDenseReference) {
+  const bool dense = use_dense_reference(o, net);
+  if (!net.has_conv() && dense) {
     // The dense references of a dense network: H, and per sample and thread its n x n system and LU.
     const double nn = static_cast<double>(net.neurons);
     extra.push_back({"the dense references (" + std::to_string(net.neurons) + " x " + std::to_string(net.neurons) +
                          " matrices)",
                      "--arch", (2 + 3 * static_cast<double>(std::min<long>(o.batch, omp_get_max_threads()))) * nn * nn * 8});
   }
-  if (net.has_conv() && net.neurons <= kMaxDenseReference) {
+  if (net.has_conv() && dense) {
     // The dense references of a conv network: each sample's H from n JVPs (the replicated state,
     // the identity, H, its LU and the n columns' pre-pool products), one sample per thread.
     const double nn = static_cast<double>(net.neurons);
@@ -190,6 +202,11 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
                      (8 * nn * nn + 2 * conv_product_values(net) * nn) * 8 *
                          static_cast<double>(std::min<long>(o.batch, omp_get_max_threads()))});
   }
+  if (!dense)  // GMRES's Krylov basis and work matrices for the batch, one solve at a time
+    extra.push_back({"GMRES's Krylov basis (" + std::to_string(KrylovConfig{}.restart + 3) + " x " +
+                         std::to_string(net.neurons) + " neurons x --batch, double)",
+                     "--batch",
+                     (KrylovConfig{}.restart + 3) * static_cast<double>(net.neurons) * static_cast<double>(o.batch) * 8});
   // The estimators run one (N, |β|) per thread at a time, each with its own states.
   const double parallel = static_cast<double>(std::min<std::size_t>(
       parse_list<int>(o.N_list, "--N").size() * parse_list<double>(o.beta_list, "--beta").size(),
@@ -306,15 +323,29 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
     // it is unrolled.
     check_memory({{what, "--batch", 8 * values}}, 0);
   }
-  const bool dense = net.neurons <= kMaxDenseReference;
-  // The references: dense solves when the network is small and the phases converged; otherwise
-  // the iterations (which is what a truncated run computes).
-  const Mat<double> delta = dense && !truncated ? rbp_dense<double>(model, theta, fs.u, fs.y) : delta_it.v;
-  const Mat<double> vstar = dense && !truncated ? exact_response_dense<double>(model, theta, fs.u, fs.y) : vstar_it.v;
+  nlohmann::json exact;
+  // The references: dense solves (small networks) or GMRES to --tol when the phases converged; in
+  // a truncated run the T2 iterations themselves.
+  Mat<double> delta = delta_it.v, vstar = vstar_it.v;
+  bool references_converged = true;
+  if (!truncated && dense) {
+    delta = rbp_dense<double>(model, theta, fs.u, fs.y);
+    vstar = exact_response_dense<double>(model, theta, fs.u, fs.y);
+  } else if (!truncated) {
+    const IterationConfig kc{o.max_steps, o.tol};
+    const IterationResult<double> dk = rbp_krylov<double>(model, theta, fs.u, fs.y, kc);
+    const IterationResult<double> vk = exact_response_krylov<double>(model, theta, fs.u, fs.y, kc);
+    delta = dk.v;
+    vstar = vk.v;
+    references_converged = dk.last_update <= o.tol && vk.last_update <= o.tol;
+    exact["gmres_products"] = {{"rbp", dk.steps}, {"response", vk.steps}};
+    exact["gmres_residual"] = std::max(dk.last_update, vk.last_update);
+  }
+  exact["reference"] = truncated ? "iterations" : dense ? "dense" : "gmres";
+  exact["references_converged"] = references_converged;
   const Vec<double> g_rbp = parameter_gradient<double>(model, theta, fs, delta);
   const Vec<double> g_vstar = parameter_gradient<double>(model, theta, fs, vstar);
 
-  nlohmann::json exact;
   exact["cos_vstar_delta"] = per_layer(net, vstar, delta, true);
   exact["rel_err_vstar_delta"] = per_layer(net, vstar, delta, false);
   exact["grad_cos_vstar_rbp"] = cosine(g_vstar, g_rbp);
@@ -322,9 +353,10 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   exact["response_iterations"] = vstar_it.steps;
   exact["iteration_dt"] = iter_dt;
   exact["iterations_converged"] = iterations_converged;
-  if (dense && !truncated) {
-    exact["rbp_iter_vs_dense_rel_err"] = (delta_it.v - delta).norm() / delta.norm();
-    exact["vstar_iter_vs_dense_rel_err"] = (vstar_it.v - vstar).norm() / vstar.norm();
+  if (!truncated) {  // the iterations against the references
+    const std::string ref = dense ? "dense" : "gmres";
+    exact["rbp_iter_vs_" + ref + "_rel_err"] = (delta_it.v - delta).norm() / delta.norm();
+    exact["vstar_iter_vs_" + ref + "_rel_err"] = (vstar_it.v - vstar).norm() / vstar.norm();
   }
   // Central finite differences of the batch-mean loss along random unit directions, each loss
   // at the fixed point re-relaxed to --tol.
@@ -468,16 +500,18 @@ void check_outcome(const nlohmann::json& j, const std::vector<RelaxStatus>& free
     throw InputError("--beta", "every one of the " + std::to_string(measured) +
                                    " measured samples diverged or cycled in the nudged phases (" + dead +
                                    "): use a smaller |beta| (or --dt 0.5 if they cycled)");
-  // Without dense solves the iterations are the references: if they did not converge, nothing
-  // was measured against an exact reference.
+  // GMRES references that missed --tol are no exact references: nothing was measured against one.
   const auto& ex = j.at("exact");
-  if (ex.is_null() || ex.at("iterations_converged").get<bool>()) return;
+  if (ex.is_null()) return;
+  if (!ex.at("references_converged").get<bool>())
+    throw InputError("--max-steps", "GMRES did not reach --tol within --max-steps products at the fixed points found "
+                                    "(residual " + ex.at("gmres_residual").dump() + "): the references are not exact");
+  if (ex.at("iterations_converged").get<bool>()) return;
   const std::string why = "the adjoint and tangent-linear iterations do not converge at the fixed points found, even damped "
                           "to dt " + ex.at("iteration_dt").dump() + " (an unstable fixed point, such as a saddle that "
                           "Anderson can find)";
-  if (j.at("neurons").get<long>() > kMaxDenseReference) throw InputError("--solver", why + ": use --solver map or dopri5");
-  std::fprintf(stderr, "hepsim gradcheck: %s; the dense solves remain the references, the iterative ones and BPTT are not "
-               "measured\n", why.c_str());
+  std::fprintf(stderr, "hepsim gradcheck: %s; the %s solves remain the references, the iterative ones and BPTT are not "
+               "measured\n", why.c_str(), ex.at("reference") == "gmres" ? "GMRES" : "dense");
 }
 
 }  // namespace
@@ -505,6 +539,10 @@ void register_gradcheck(CLI::App& app) {
   add_real(cmd, "--tol", opt->tol, "Residual at which a converged phase stops");
   add_integer(cmd, "--max-steps", opt->max_steps, 1, 1000000000, "Step budget of a converged phase");
   cmd->add_option("--solver", opt->solver, "map, rk4, dopri5 or anderson")->capture_default_str();
+  cmd->add_option("--reference", opt->reference,
+                  "Exact references of converged runs: dense (solves, networks of at most 4096 neurons), gmres "
+                  "(matrix-free, to --tol within --max-steps products) or auto (dense where it may, else gmres)")
+      ->capture_default_str();
   add_stall_window(cmd, opt->stall_window);
   add_real(cmd, "--dt", opt->dt, "Time step: map damping (1 = the paper's map), rk4 step, dopri5 first step (0: the solver's default)");
   add_integer(cmd, "--fd-directions", opt->fd_directions, 1, kMaxFdDirections, "Random directions of the finite-difference check");
@@ -524,6 +562,8 @@ void register_gradcheck(CLI::App& app) {
           throw InputError(flag, "is for --dataset random only (" + o.dataset + " sets the inputs and classes)");
     if (!(o.tol > 0) || !std::isfinite(o.tol)) throw InputError("--tol", "must be a finite positive number");
     (void)parse_solver(o.solver);
+    if (o.reference != "auto" && o.reference != "dense" && o.reference != "gmres")
+      throw InputError("--reference", "must be auto, dense or gmres (got '" + o.reference + "')");
     require_stall_window(o.stall_window);
     if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
     // Beyond 0.1 a central difference measures the loss's curvature, not its gradient; below

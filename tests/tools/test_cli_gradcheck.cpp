@@ -107,6 +107,9 @@ TEST_CASE("hepsim gradcheck: truncated mode and bad input") {
       {g + "--seed 18446744073709551616", "--seed"},
       {g + "--angle -720", "--angle"},
       {g + "--angle 1e300", "--angle"},
+      {g + "--reference lu", "--reference"},
+      // Dense solves of cnn_small's 14,464 neurons (14,464² doubles per sample and thread): refused.
+      {"gradcheck --arch cnn_small --reference dense", "--reference"},
   };
   check_bad_input(cases, tmp);
 }
@@ -167,6 +170,19 @@ TEST_CASE("hepsim gradcheck: a free phase that cycles is named and left out, the
   CHECK(aj["exact"]["bptt_vs_rbp_rel_err"].is_null());
   CHECK(aj["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);  // the dense δ is still exact
   CHECK(a.err.find("do not converge") != std::string::npos);
+  // GMRES references (those of networks above 4,096 neurons) are exact there too.
+  const RunResult kr = run_hepsim("gradcheck --arch mlp_2-256 --angle 0 --seed 3 --dataset fmnist --batch 8 --N 1 "
+                                  "--beta 0.05 --solver anderson --max-steps 2000 --fd-directions 1 --reference gmres",
+                                  tmp);
+  REQUIRE_MESSAGE(kr.code == 0, kr.err);
+  const auto kj = kr.json();
+  CHECK(kj["exact"]["reference"] == "gmres");
+  CHECK(kj["exact"]["references_converged"] == true);
+  CHECK(kj["exact"]["iterations_converged"] == false);
+  CHECK(kj["exact"]["gmres_residual"].get<double>() <= 1e-12);
+  CHECK(kj["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);
+  CHECK(kj["exact"]["rbp_iter_vs_gmres_rel_err"].get<double>() > 1);  // the iteration is far off
+  CHECK(kr.err.find("the GMRES solves remain the references") != std::string::npos);
   // The damped map settles all 16 at the same exactness.
   const RunResult d = run_hepsim(cmd + " --dt 0.5", tmp);
   REQUIRE_MESSAGE(d.code == 0, d.err);
