@@ -64,6 +64,21 @@ Mat<R> dense_solve(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_
   return v;
 }
 
+// The linearisation of the map at the states u (neurons x B) for the adjoint problems: D = σ'(u),
+// s = σ(u), the conv edges' cache for VJPs and JVPs at s, and the right-hand side D g_s.
+template <class R>
+struct StateLinearization {
+  Mat<R> D, s, Dg;
+  ConvCache<R> cache;
+  StateLinearization(const Model& model, const Vec<R>& theta, const CMatRef<R>& u, const CMatRef<R>& y)
+      : D(u.rows(), u.cols()), s(u.rows(), u.cols()) {
+    activate_deriv<R>(model.activation, u, D);
+    activate<R>(model.activation, u, s);
+    linearize<R>(model.net, theta, s, cache);
+    Dg = D.cwiseProduct(loss_gradient_s<R>(model, theta, u, y));
+  }
+};
+
 // Severity of a status for EstimateResult::status (higher is worse).
 int severity(RelaxStatus s) {
   switch (s) {
@@ -120,12 +135,7 @@ template <class R>
 IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star,
                                const CMatRef<R>& y, const IterationConfig& cfg) {
   const Network& net = model.net;
-  Mat<R> D(u_star.rows(), u_star.cols()), s_star(u_star.rows(), u_star.cols());
-  activate_deriv<R>(model.activation, u_star, D);
-  activate<R>(model.activation, u_star, s_star);
-  ConvCache<R> cache;
-  linearize<R>(net, theta, s_star, cache);
-  const Mat<R> Dg = D.cwiseProduct(loss_gradient_s<R>(model, theta, u_star, y));
+  StateLinearization<R> lin(model, theta, u_star, y);  // (the cache is scratch space for the products)
   IterationResult<R> res;
   res.v = Mat<R>::Zero(u_star.rows(), u_star.cols());
   Mat<R> t(u_star.rows(), u_star.cols()), next(u_star.rows(), u_star.cols());
@@ -134,8 +144,8 @@ IterationResult<R> rbp_adjoint(const Model& model, const Vec<R>& theta, const CM
   for (long k = 0; k < cfg.steps; ++k) {
     throw_if_interrupted();  // a host's Ctrl-C (sim/interrupt.hpp)
     t.setZero();
-    add_vjp<R>(net, theta, s_star, cache, res.v, t);
-    next = D.cwiseProduct(t) + Dg;
+    add_vjp<R>(net, theta, lin.s, lin.cache, res.v, t);
+    next = lin.D.cwiseProduct(t) + lin.Dg;
     res.last_update = inf_norm(next - res.v);  // ‖A v + b − v‖∞, before damping (its update may round away)
     if (damped) next = res.v + h * (next - res.v);
     res.v.swap(next);
@@ -192,22 +202,17 @@ template <class R>
 IterationResult<R> krylov_solve(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y,
                                 const IterationConfig& cfg, bool transposed) {
   const Network& net = model.net;
-  Mat<R> D(u_star.rows(), u_star.cols()), s_star(u_star.rows(), u_star.cols());
-  activate_deriv<R>(model.activation, u_star, D);
-  activate<R>(model.activation, u_star, s_star);
-  ConvCache<R> cache;
-  linearize<R>(net, theta, s_star, cache);
-  const Mat<R> Dg = D.cwiseProduct(loss_gradient_s<R>(model, theta, u_star, y));
+  StateLinearization<R> lin(model, theta, u_star, y);  // (the cache is scratch space for the products)
   Mat<R> t(u_star.rows(), u_star.cols());
   const auto apply = [&](const Mat<R>& v, Mat<R>& out) {  // (I − D M) v, M = J_Gᵀ or J_G
     t.setZero();
     if (transposed)
-      add_vjp<R>(net, theta, s_star, cache, v, t);
+      add_vjp<R>(net, theta, lin.s, lin.cache, v, t);
     else
-      add_jvp<R>(net, theta, s_star, cache, v, t);
-    out = v - D.cwiseProduct(t);
+      add_jvp<R>(net, theta, lin.s, lin.cache, v, t);
+    out = v - lin.D.cwiseProduct(t);
   };
-  KrylovResult<R> k = gmres<R>(apply, Dg, KrylovConfig{cfg.steps, cfg.tol});
+  KrylovResult<R> k = gmres<R>(apply, lin.Dg, KrylovConfig{cfg.steps, cfg.tol});
   IterationResult<R> res;
   res.v = std::move(k.x);
   res.steps = k.products;
