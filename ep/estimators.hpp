@@ -83,10 +83,11 @@ IterationResult<R> exact_response(const Model& model, const Vec<R>& theta, const
                                   const CMatRef<R>& u_start, const CMatRef<R>& y, const IterationConfig& cfg);
 
 // δ and v* by matrix-free GMRES (ep/krylov.hpp) on (I − D J_Gᵀ) δ = D g_s and (I − D J_G) v = D g_s:
-// one VJP (JVP) per iteration as in the iterations above, cfg.steps the budget of products and
-// cfg.tol (> 0) the ∞-norm residual to reach (cfg.dt is not used: the solution is the same). They
-// converge where the iterations do not, e.g. at a state the map does not contract to (a free phase
-// stopped after T1 steps); `last_update` is the final residual ‖D g_s − A v‖∞.
+// one VJP (JVP) per iteration as in the iterations above, cfg.steps the budget of products (the
+// final residual's included) and cfg.tol (> 0) the ∞-norm residual to reach (cfg.dt is not used:
+// the solution is the same). They usually converge also where the iterations diverge, e.g. at a
+// state the map does not contract to (a free phase stopped after T1 steps); `last_update` is the
+// final residual ‖D g_s − A v‖∞ (above tol when GMRES stagnated or ran out of budget).
 template <class R>
 IterationResult<R> rbp_krylov(const Model& model, const Vec<R>& theta, const CMatRef<R>& u_star, const CMatRef<R>& y,
                               const IterationConfig& cfg);

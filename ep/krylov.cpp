@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "sim/error.hpp"
@@ -69,6 +70,10 @@ KrylovResult<R> gmres(const std::function<void(const Mat<R>&, Mat<R>&)>& apply, 
   std::vector<Mat<R>> V(static_cast<std::size_t>(m + 1), Mat<R>(n, B));
   std::vector<ColumnLsq> lsq(static_cast<std::size_t>(B), ColumnLsq(m));
   std::vector<double> h(static_cast<std::size_t>((m + 1) * B));
+  // Per column: its true residual at the last restart, and whether it is given up (not finite,
+  // or a cycle that did not lower its residual by 1 %: stagnation, rounding, a singular system).
+  std::vector<double> last(static_cast<std::size_t>(B), HUGE_VAL);
+  std::vector<char> dropped(static_cast<std::size_t>(B), 0);
   for (;;) {
     if (res.products > 0) {  // the true residual of the current x (the first cycle's is b)
       throw_if_interrupted();
@@ -77,19 +82,31 @@ KrylovResult<R> gmres(const std::function<void(const Mat<R>&, Mat<R>&)>& apply, 
       r = b - W;
     }
     res.residual = 0;
-    bool all_done = true;
+    bool all_converged = true, any_live = false;
     for (Index c = 0; c < B; ++c) {
-      const double ri = r.col(c).size() ? static_cast<double>(r.col(c).cwiseAbs().maxCoeff()) : 0.0;
-      res.residual = std::max(res.residual, std::isfinite(ri) ? ri : HUGE_VAL);
-      const bool live = std::isfinite(ri) && ri > cfg.tol;
-      all_done = all_done && !live;
+      const auto q = static_cast<std::size_t>(c);
+      const bool finite = r.col(c).allFinite();
+      const double ri = finite && n > 0 ? static_cast<double>(r.col(c).cwiseAbs().maxCoeff()) : finite ? 0.0 : HUGE_VAL;
+      res.residual = std::max(res.residual, ri);
+      const bool converged = ri <= cfg.tol;
+      if (!finite) {
+        res.x.col(c).setConstant(std::numeric_limits<R>::quiet_NaN());
+        dropped[q] = 1;
+      } else if (!converged && res.products > 0 && !(ri < 0.99 * last[q])) {
+        dropped[q] = 1;
+      }
+      last[q] = ri;
+      all_converged = all_converged && converged;
+      const bool live = !converged && !dropped[q];
+      any_live = any_live || live;
       const double beta = live ? static_cast<double>(r.col(c).norm()) : 0.0;
-      lsq[static_cast<std::size_t>(c)].start(beta, live);
+      lsq[q].start(beta, live);
       V[0].col(c) = live ? Vec<R>(r.col(c) / static_cast<R>(beta)) : Vec<R>::Zero(n);
     }
-    res.converged = all_done;
-    if (all_done || res.products >= cfg.max_products) break;
-    for (int j = 0; j < m && res.products < cfg.max_products; ++j) {
+    res.converged = all_converged;
+    // One product is kept for the final residual: max_products bounds them all.
+    if (!any_live || res.products + 1 >= cfg.max_products) break;
+    for (int j = 0; j < m && res.products + 1 < cfg.max_products; ++j) {
       if (std::none_of(lsq.begin(), lsq.end(), [](const ColumnLsq& l) { return l.active; })) break;
       throw_if_interrupted();
       apply(V[static_cast<std::size_t>(j)], W);

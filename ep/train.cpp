@@ -562,11 +562,11 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
     rec.homeo_loss = norms.homeo();
   }
   // The exact δ at this state: a dense solve for small networks, else GMRES to 1e-10 (a conv
-  // network's H is per sample: its dense solves would cost n JVPs and an LU each). Both are exact
-  // where the adjoint iteration is not: at free states the map does not contract to, e.g. a conv
+  // network's H is per sample: its dense solves would cost n JVPs and an LU each). Both reach δ
+  // where the adjoint iteration diverges: at free states the map does not contract to, e.g. a conv
   // network's after T1 steps (the iteration left every epoch's metrics of such a run NaN). A solve
-  // that misses 1e-10 within its budget gives no δ: the alignment metrics stay NaN rather than
-  // compare with an unconverged vector.
+  // that misses 1e-10 (GMRES stagnating, or out of budget) gives no δ: the alignment metrics stay
+  // NaN rather than compare with an unconverged vector.
   Mat<double> delta;
   if (net.neurons <= 2048 && !net.has_conv()) {
     delta = rbp_dense<double>(model_, th, fs.u, fs.y);

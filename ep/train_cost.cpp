@@ -96,8 +96,8 @@ std::vector<MemoryPart> train_memory(const Network& net, const TrainConfig& cfg,
                      static_cast<double>(cfg.nudged.max_steps + 1) * n * Bc * r * T});
   parts.push_back(evaluation_part(net, cfg, test_n, scalar, "--eval-chunk"));
   const double P = static_cast<double>(std::min<Index>(cfg.probe_size, test_n));
-  // rbp_dense's H and one LU, or GMRES's Krylov basis (restart + 1 matrices of the probe batch's size)
-  const double dense = net.neurons <= 2048 && !net.has_conv() ? 2 * n * n * 8 : (KrylovConfig{}.restart + 3) * n * P * 8;
+  // rbp_dense's H and one LU, or GMRES's Krylov basis and work matrices (restart + 8 of the probe batch's size)
+  const double dense = net.neurons <= 2048 && !net.has_conv() ? 2 * n * n * 8 : (KrylovConfig{}.restart + 8) * n * P * 8;
   // A conv network's metrics also probe H at the probe batch's states: kMetricDraws columns per
   // sample of states, probes, Hε, Hᵀε and the linearisation's pre-pool products (and a copy).
   const double z = conv_product_values(net);

@@ -184,7 +184,10 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
            " parameters, double)",
        "--fd-directions",
        8.0 * static_cast<double>(net.n_params) * (static_cast<double>(o.fd_directions) + 2.0 * omp_get_max_threads())}};
-  const bool dense = use_dense_reference(o, net);
+  // A truncated run (--T1 or --T2) measures against its iterations; a converged one against
+  // dense or GMRES solves.
+  const bool truncated = o.T1 > 0 || o.T2 > 0;
+  const bool dense = !truncated && use_dense_reference(o, net);
   if (!net.has_conv() && dense) {
     // The dense references of a dense network: H, and per sample and thread its n x n system and LU.
     const double nn = static_cast<double>(net.neurons);
@@ -202,11 +205,11 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
                      (8 * nn * nn + 2 * conv_product_values(net) * nn) * 8 *
                          static_cast<double>(std::min<long>(o.batch, omp_get_max_threads()))});
   }
-  if (!dense)  // GMRES's Krylov basis and work matrices for the batch, one solve at a time
-    extra.push_back({"GMRES's Krylov basis (" + std::to_string(KrylovConfig{}.restart + 3) + " x " +
+  if (!truncated && !dense)  // GMRES's Krylov basis and work matrices for the batch, one solve at a time
+    extra.push_back({"GMRES's Krylov basis (" + std::to_string(KrylovConfig{}.restart + 8) + " x " +
                          std::to_string(net.neurons) + " neurons x --batch, double)",
                      "--batch",
-                     (KrylovConfig{}.restart + 3) * static_cast<double>(net.neurons) * static_cast<double>(o.batch) * 8});
+                     (KrylovConfig{}.restart + 8) * static_cast<double>(net.neurons) * static_cast<double>(o.batch) * 8});
   // The estimators run one (N, |β|) per thread at a time, each with its own states.
   const double parallel = static_cast<double>(std::min<std::size_t>(
       parse_list<int>(o.N_list, "--N").size() * parse_list<double>(o.beta_list, "--beta").size(),
@@ -242,7 +245,6 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
 
   // ---- phases
   PhaseProgress progress("gradcheck");
-  const bool truncated = o.T1 > 0 || o.T2 > 0;
   RelaxConfig converged;
   converged.solver = parse_solver(o.solver);
   converged.dt = o.dt;
@@ -325,12 +327,13 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   }
   nlohmann::json exact;
   // The references: dense solves (small networks) or GMRES to --tol when the phases converged; in
-  // a truncated run the T2 iterations themselves.
+  // a truncated run the iterations themselves (T2 of them, or to --tol after T1 free steps).
   Mat<double> delta = delta_it.v, vstar = vstar_it.v;
-  bool references_converged = true;
+  bool references_converged = iterations_converged;
   if (!truncated && dense) {
     delta = rbp_dense<double>(model, theta, fs.u, fs.y);
     vstar = exact_response_dense<double>(model, theta, fs.u, fs.y);
+    references_converged = true;
   } else if (!truncated) {
     const IterationConfig kc{o.max_steps, o.tol};
     const IterationResult<double> dk = rbp_krylov<double>(model, theta, fs.u, fs.y, kc);
@@ -500,16 +503,22 @@ void check_outcome(const nlohmann::json& j, const std::vector<RelaxStatus>& free
     throw InputError("--beta", "every one of the " + std::to_string(measured) +
                                    " measured samples diverged or cycled in the nudged phases (" + dead +
                                    "): use a smaller |beta| (or --dt 0.5 if they cycled)");
-  // GMRES references that missed --tol are no exact references: nothing was measured against one.
+  // References that did not converge are none: nothing was measured against an exact reference.
   const auto& ex = j.at("exact");
   if (ex.is_null()) return;
-  if (!ex.at("references_converged").get<bool>())
-    throw InputError("--max-steps", "GMRES did not reach --tol within --max-steps products at the fixed points found "
-                                    "(residual " + ex.at("gmres_residual").dump() + "): the references are not exact");
-  if (ex.at("iterations_converged").get<bool>()) return;
-  const std::string why = "the adjoint and tangent-linear iterations do not converge at the fixed points found, even damped "
+  const std::string why = "the adjoint and tangent-linear iterations do not converge at the states found, even damped "
                           "to dt " + ex.at("iteration_dt").dump() + " (an unstable fixed point, such as a saddle that "
                           "Anderson can find)";
+  if (!ex.at("references_converged").get<bool>()) {
+    if (ex.at("reference") == "iterations")  // --T1 with converged nudged phases: the iterations are the references
+      throw InputError("--T1", why + "; they are the references of a run with --T1 (without it the references are "
+                               "dense or GMRES solves)");
+    const auto& r = ex.at("gmres_residual");
+    throw InputError("--max-steps", "GMRES did not reach --tol within --max-steps products (it stagnated, or ran out) "
+                                    "at the fixed points found (residual " + (r.is_null() ? std::string("not finite") : r.dump()) +
+                                    "): the references are not exact");
+  }
+  if (ex.at("iterations_converged").get<bool>()) return;
   std::fprintf(stderr, "hepsim gradcheck: %s; the %s solves remain the references, the iterative ones and BPTT are not "
                "measured\n", why.c_str(), ex.at("reference") == "gmres" ? "GMRES" : "dense");
 }
@@ -564,6 +573,8 @@ void register_gradcheck(CLI::App& app) {
     (void)parse_solver(o.solver);
     if (o.reference != "auto" && o.reference != "dense" && o.reference != "gmres")
       throw InputError("--reference", "must be auto, dense or gmres (got '" + o.reference + "')");
+    if (cmd->count("--reference") > 0 && (o.T1 > 0 || o.T2 > 0))
+      throw InputError("--reference", "applies to converged runs: with --T1 or --T2 the iterations are the references");
     require_stall_window(o.stall_window);
     if (!(o.dt >= 0) || !std::isfinite(o.dt)) throw InputError("--dt", "must be a finite number ≥ 0 (0: the solver's default)");
     // Beyond 0.1 a central difference measures the loss's curvature, not its gradient; below

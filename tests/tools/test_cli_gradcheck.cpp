@@ -23,6 +23,8 @@ double total(const nlohmann::json& e, const char* key) { return e[key]["total"].
 // the RBP gradient = finite differences, BPTT → RBP, and each estimator's error falling with N.
 void check_exact_symmetric(const nlohmann::json& j, std::size_t estimators) {
   CHECK(total(j["exact"], "cos_vstar_delta") > 0.99999);
+  CHECK(j["exact"]["reference"] == "dense");  // mlp_2-256's 522 neurons: dense solves (auto)
+  CHECK(j["exact"]["references_converged"] == true);
   CHECK(j["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);
   CHECK(j["exact"]["bptt_vs_rbp_rel_err"].get<double>() < 1e-6);
   const auto& est = j["estimators"];
@@ -108,6 +110,7 @@ TEST_CASE("hepsim gradcheck: truncated mode and bad input") {
       {g + "--angle -720", "--angle"},
       {g + "--angle 1e300", "--angle"},
       {g + "--reference lu", "--reference"},
+      {g + "--reference gmres --T2 5", "--reference"},
       // Dense solves of cnn_small's 14,464 neurons (14,464² doubles per sample and thread): refused.
       {"gradcheck --arch cnn_small --reference dense", "--reference"},
   };
@@ -183,6 +186,15 @@ TEST_CASE("hepsim gradcheck: a free phase that cycles is named and left out, the
   CHECK(kj["exact"]["rbp_fd_rel_err"].get<double>() < 1e-5);
   CHECK(kj["exact"]["rbp_iter_vs_gmres_rel_err"].get<double>() > 1);  // the iteration is far off
   CHECK(kr.err.find("the GMRES solves remain the references") != std::string::npos);
+  // With --T1 the iterations are the references: missing --tol there ends the run naming --T1.
+  const RunResult t1 = run_hepsim("gradcheck --arch mlp_2-256 --angle 0 --seed 3 --dataset fmnist --batch 8 --N 1 "
+                                  "--beta 0.05 --solver anderson --max-steps 2000 --fd-directions 1 --T1 2000",
+                                  tmp);
+  CAPTURE(t1.err);
+  CHECK(t1.code == 2);
+  CHECK(t1.err.rfind("--T1", 0) == 0);
+  CHECK(t1.json()["exact"]["reference"] == "iterations");
+  CHECK(t1.json()["exact"]["references_converged"] == false);
   // The damped map settles all 16 at the same exactness.
   const RunResult d = run_hepsim(cmd + " --dt 0.5", tmp);
   REQUIRE_MESSAGE(d.code == 0, d.err);
