@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 
@@ -452,13 +453,20 @@ void register_eval(CLI::App& app) {
   auto data_dir = std::make_shared<std::string>();
   auto test_limit = std::make_shared<std::string>();
   auto threads = std::make_shared<std::string>();
+  // The free phase of the evaluation: the run's, or another budget, tolerance or solver (e.g. a
+  // network whose run stopped its free phases short of equilibrium, read out at equilibrium).
+  auto relaxation = std::make_shared<std::map<std::string, std::string>>();
   CLI::App* cmd = app.add_subcommand("eval", "Evaluate a checkpoint on a test set");
   cmd->add_option("--checkpoint", *checkpoint, "checkpoint.h5 of a run")->required();
   cmd->add_option("--dataset", *dataset, "Dataset (default: the run's)");
   cmd->add_option("--data-dir", *data_dir, "Dataset directory (default: the run's)");
   cmd->add_option("--test-limit", *test_limit, "Evaluate the first n test samples (0 = all)");
   cmd->add_option("--threads", *threads, "Threads (0 = all cores)");
-  cmd->callback([cmd, checkpoint, dataset, data_dir, test_limit, threads] {
+  for (const auto& [key, what] : {std::pair<std::string, std::string>{"T1", "Free-phase steps (default: the run's T1)"},
+                                  {"tol", "Free-phase residual tolerance (default: the run's; 0: fixed steps)"},
+                                  {"solver", "map, rk4, dopri5 or anderson (default: the run's)"}})
+    cmd->add_option("--" + key, (*relaxation)[key], what);
+  cmd->callback([cmd, checkpoint, dataset, data_dir, test_limit, threads, relaxation] {
     if (checkpoint->empty()) throw InputError("--checkpoint", "must name a checkpoint file");
     const Checkpoint ck = read_checkpoint(*checkpoint);
     ConfigBuilder b;
@@ -470,6 +478,8 @@ void register_eval(CLI::App& app) {
     if (cmd->count("--data-dir") > 0) b.set_flag("data-dir", *data_dir);
     b.set_flag("test-limit", cmd->count("--test-limit") > 0 ? *test_limit : "0");
     if (cmd->count("--threads") > 0) b.set_flag("threads", *threads);
+    for (const auto& [key, text] : *relaxation)
+      if (cmd->count("--" + key) > 0) b.set_flag(key, text);
     RunSetup s = make_setup(b);
     const Dataset test = load_test_split(s.kind, s.data_dir, s.test_limit);
     set_data_defaults(s);
@@ -527,7 +537,8 @@ void register_eval(CLI::App& app) {
                                                    "): the run's state noise drives it away"
                                              : std::string("): its parameters have no stable fixed point there")));
     print_json({{"test_acc", r.top1}, {"test_top5", r.top5}, {"test_loss", r.loss}, {"samples", r.samples},
-                {"not_converged", r.not_converged}, {"diverged", r.diverged}, {"epoch", ck.epoch}});
+                {"not_converged", r.not_converged}, {"diverged", r.diverged}, {"epoch", ck.epoch},
+                {"T1", s.config.at("T1")}, {"tol", s.config.at("tol")}, {"solver", s.config.at("solver")}});
   });
 }
 

@@ -101,6 +101,22 @@ TEST_CASE("hepsim train writes the SPEC log layout, eval reproduces the last eva
   CHECK(ej["test_acc"].get<double>() == doctest::Approx(j["test_acc"].get<double>()).epsilon(1e-12));
   CHECK(ej["test_loss"].get<double>() == doctest::Approx(j["test_loss"].get<double>()).epsilon(1e-6));
   CHECK(ej["test_top5"].get<double>() >= ej["test_acc"].get<double>());
+  CHECK(ej["T1"] == 40);
+  // Another free phase: relaxed to 1e-6 (up to 5,000 steps; the run is in float) instead of its 40 fixed steps,
+  // the network is read out at its fixed points: other losses, fewer unsettled phases.
+  const RunResult settled =
+      run_hepsim("eval --checkpoint " + out + "/checkpoint.h5 --threads 2 --T1 5000 --tol 1e-6", runs);
+  REQUIRE_MESSAGE(settled.code == 0, settled.err);
+  const auto sj = settled.json();
+  CHECK(sj["T1"] == 5000);
+  CHECK(sj["tol"] == 1e-6);
+  CHECK(sj["solver"] == "map");
+  CHECK(sj["test_loss"].get<double>() != ej["test_loss"].get<double>());
+  CHECK(sj["not_converged"].get<long>() <= ej["not_converged"].get<long>());
+  check_bad_input({{"eval --checkpoint " + out + "/checkpoint.h5 --T1 0", "--T1"},
+                   {"eval --checkpoint " + out + "/checkpoint.h5 --tol -1", "--tol"},
+                   {"eval --checkpoint " + out + "/checkpoint.h5 --solver euler", "--solver"}},
+                  runs);
 }
 
 TEST_CASE("a run killed with SIGKILL and resumed equals an uninterrupted run, each epoch logged once") {
