@@ -70,9 +70,13 @@ KrylovResult<R> gmres(const std::function<void(const Mat<R>&, Mat<R>&)>& apply, 
   std::vector<Mat<R>> V(static_cast<std::size_t>(m + 1), Mat<R>(n, B));
   std::vector<ColumnLsq> lsq(static_cast<std::size_t>(B), ColumnLsq(m));
   std::vector<double> h(static_cast<std::size_t>((m + 1) * B));
-  // Per column: its true residual at the last restart, and whether it is given up (not finite,
-  // or a cycle that did not lower its residual by 1 %: stagnation, rounding, a singular system).
-  std::vector<double> last(static_cast<std::size_t>(B), HUGE_VAL);
+  // Per column: the 2-norms of its true residual at the restarts (GMRES minimises that norm, which
+  // never rises; the ∞-norm may), and whether it is given up: not finite, or stagnating — the last
+  // kStagnationCycles cycles together lowered the 2-norm by less than 1 % (restarted GMRES has
+  // plateaus of a cycle or two; rounding at a tolerance below the precision's reach and singular
+  // systems stay flat).
+  constexpr std::size_t kStagnationCycles = 5;
+  std::vector<std::vector<double>> norms(static_cast<std::size_t>(B));
   std::vector<char> dropped(static_cast<std::size_t>(B), 0);
   for (;;) {
     if (res.products > 0) {  // the true residual of the current x (the first cycle's is b)
@@ -89,17 +93,19 @@ KrylovResult<R> gmres(const std::function<void(const Mat<R>&, Mat<R>&)>& apply, 
       const double ri = finite && n > 0 ? static_cast<double>(r.col(c).cwiseAbs().maxCoeff()) : finite ? 0.0 : HUGE_VAL;
       res.residual = std::max(res.residual, ri);
       const bool converged = ri <= cfg.tol;
+      const double r2 = finite ? static_cast<double>(r.col(c).norm()) : HUGE_VAL;
+      std::vector<double>& hist = norms[q];
       if (!finite) {
         res.x.col(c).setConstant(std::numeric_limits<R>::quiet_NaN());
         dropped[q] = 1;
-      } else if (!converged && res.products > 0 && !(ri < 0.99 * last[q])) {
-        dropped[q] = 1;
+      } else if (!converged && !dropped[q]) {
+        hist.push_back(r2);
+        if (hist.size() > kStagnationCycles && !(r2 < 0.99 * hist[hist.size() - 1 - kStagnationCycles])) dropped[q] = 1;
       }
-      last[q] = ri;
       all_converged = all_converged && converged;
       const bool live = !converged && !dropped[q];
       any_live = any_live || live;
-      const double beta = live ? static_cast<double>(r.col(c).norm()) : 0.0;
+      const double beta = live ? r2 : 0.0;
       lsq[q].start(beta, live);
       V[0].col(c) = live ? Vec<R>(r.col(c) / static_cast<R>(beta)) : Vec<R>::Zero(n);
     }

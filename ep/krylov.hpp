@@ -5,10 +5,10 @@
 // rotations and small least-squares problems are per column. Unlike the iteration x ← (I − A) x + b,
 // which needs the spectral radius of I − A below 1, full GMRES solves any nonsingular system within
 // n iterations; restarted every `restart` iterations it usually converges far sooner, also at states
-// the map does not contract to, but it can stagnate. A column that is not finite, or whose residual
-// a whole cycle did not lower by 1 % (stagnation, rounding at a tolerance below the precision's
-// reach, a singular system), is given up and reported as not converged rather than run to the end
-// of the budget. Saad & Schultz (1986); modified Gram–Schmidt orthogonalisation.
+// the map does not contract to, but it can stagnate. A column that is not finite, or whose
+// residual's 2-norm five cycles together did not lower by 1 % (stagnation, rounding at a tolerance
+// below the precision's reach, a singular system), is given up and reported as not converged rather
+// than run to the end of the budget. Saad & Schultz (1986); modified Gram–Schmidt orthogonalisation.
 #include <functional>
 
 #include "sim/types.hpp"

@@ -343,6 +343,7 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
     references_converged = dk.last_update <= o.tol && vk.last_update <= o.tol;
     exact["gmres_products"] = {{"rbp", dk.steps}, {"response", vk.steps}};
     exact["gmres_residual"] = std::max(dk.last_update, vk.last_update);
+    exact["gmres_budget"] = o.max_steps;
   }
   exact["reference"] = truncated ? "iterations" : dense ? "dense" : "gmres";
   exact["references_converged"] = references_converged;
@@ -355,6 +356,7 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
   exact["rbp_iterations"] = delta_it.steps;
   exact["response_iterations"] = vstar_it.steps;
   exact["iteration_dt"] = iter_dt;
+  exact["iteration_residual"] = std::max(delta_it.last_update, vstar_it.last_update);  // null when not finite
   exact["iterations_converged"] = iterations_converged;
   if (!truncated) {  // the iterations against the references
     const std::string ref = dense ? "dense" : "gmres";
@@ -509,14 +511,25 @@ void check_outcome(const nlohmann::json& j, const std::vector<RelaxStatus>& free
   const std::string why = "the adjoint and tangent-linear iterations do not converge at the states found, even damped "
                           "to dt " + ex.at("iteration_dt").dump() + " (an unstable fixed point, such as a saddle that "
                           "Anderson can find)";
+  const auto number = [](const nlohmann::json& v) { return v.is_null() ? std::string("not finite") : v.dump(); };
   if (!ex.at("references_converged").get<bool>()) {
-    if (ex.at("reference") == "iterations")  // --T1 with converged nudged phases: the iterations are the references
-      throw InputError("--T1", why + "; they are the references of a run with --T1 (without it the references are "
-                               "dense or GMRES solves)");
+    if (ex.at("reference") == "iterations") {  // --T1 with converged nudged phases: the iterations are the references
+      const auto& r = ex.at("iteration_residual");
+      const std::string what = "the adjoint and tangent-linear iterations, the references of a run with --T1, ";
+      if (!r.is_null() && r.get<double>() <= 1)  // still going down: the budget ended them
+        throw InputError("--max-steps", what + "did not reach --tol within --max-steps (last update " + r.dump() + ")");
+      throw InputError("--T1", what + "diverge at the states after T1 steps (last update " + number(r) +
+                                   "): without --T1 the references are dense or GMRES solves at converged fixed points");
+    }
     const auto& r = ex.at("gmres_residual");
-    throw InputError("--max-steps", "GMRES did not reach --tol within --max-steps products (it stagnated, or ran out) "
-                                    "at the fixed points found (residual " + (r.is_null() ? std::string("not finite") : r.dump()) +
-                                    "): the references are not exact");
+    const auto& products = ex.at("gmres_products");
+    const bool out_of_budget = std::max(products.at("rbp").get<long>(), products.at("response").get<long>()) >=
+                               ex.at("gmres_budget").get<long>();
+    if (out_of_budget)
+      throw InputError("--max-steps", "GMRES did not reach --tol within --max-steps products at the fixed points "
+                                      "found (residual " + number(r) + "): the references are not exact");
+    throw InputError("--tol", "GMRES stagnated above --tol at the fixed points found (residual " + number(r) +
+                                  "): the references are not exact");
   }
   if (ex.at("iterations_converged").get<bool>()) return;
   std::fprintf(stderr, "hepsim gradcheck: %s; the %s solves remain the references, the iterative ones and BPTT are not "

@@ -464,7 +464,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--threads", *threads, "Threads (0 = all cores)");
   for (const auto& [key, what] : {std::pair<std::string, std::string>{"T1", "Free-phase steps (default: the run's T1)"},
                                   {"tol", "Free-phase residual tolerance (default: the run's; 0: fixed steps)"},
-                                  {"solver", "map, rk4, dopri5 or anderson (default: the run's)"}})
+                                  {"solver", "map, rk4, dopri5 or anderson (default: the run's)"},
+                                  {"dt", "The solver's time step (default: the run's; with another --solver, that "
+                                         "solver's default)"}})
     cmd->add_option("--" + key, (*relaxation)[key], what);
   cmd->callback([cmd, checkpoint, dataset, data_dir, test_limit, threads, relaxation] {
     if (checkpoint->empty()) throw InputError("--checkpoint", "must name a checkpoint file");
@@ -478,8 +480,16 @@ void register_eval(CLI::App& app) {
     if (cmd->count("--data-dir") > 0) b.set_flag("data-dir", *data_dir);
     b.set_flag("test-limit", cmd->count("--test-limit") > 0 ? *test_limit : "0");
     if (cmd->count("--threads") > 0) b.set_flag("threads", *threads);
+    std::string changed;  // the first flag that changed the run's free phase, for messages
     for (const auto& [key, text] : *relaxation)
-      if (cmd->count("--" + key) > 0) b.set_flag(key, text);
+      if (cmd->count("--" + key) > 0) {
+        b.set_flag(key, text);
+        if (changed.empty()) changed = "--" + key;
+      }
+    // dt means the map's damping, RK4's step or Dormand–Prince's first step: another solver starts
+    // from its own default rather than the run's value for the run's solver.
+    if (cmd->count("--solver") > 0 && cmd->count("--dt") == 0) b.set_flag("dt", "0");
+    b.set_flag("warm-start", "off");  // the evaluation never warm-starts (nor needs the tolerance it would)
     RunSetup s = make_setup(b);
     const Dataset test = load_test_split(s.kind, s.data_dir, s.test_limit);
     set_data_defaults(s);
@@ -527,6 +537,12 @@ void register_eval(CLI::App& app) {
                              : Trainer<float>(model, evaluation, ck.theta.cast<float>()).evaluate(test);
     // Scores of diverged (frozen) states are not the network's answers: when most samples
     // diverge, an accuracy would be reported for nothing.
+    if (2 * r.diverged > r.samples && !changed.empty())
+      throw InputError(changed, std::to_string(r.diverged) + " of " + std::to_string(r.samples) +
+                                    " test samples diverged under the evaluation's free phase (solver " +
+                                    s.config.at("solver").get<std::string>() + ", step " +
+                                    nlohmann::json(s.train.free.step()).dump() + ", T1 " + s.config.at("T1").dump() +
+                                    "): the run's own free phase may evaluate it");
     if (2 * r.diverged > r.samples)
       throw InputError(*checkpoint, std::to_string(r.diverged) + " of " + std::to_string(r.samples) +
                                         " test samples diverged under the run's relaxation (solver " +
@@ -538,7 +554,8 @@ void register_eval(CLI::App& app) {
                                              : std::string("): its parameters have no stable fixed point there")));
     print_json({{"test_acc", r.top1}, {"test_top5", r.top5}, {"test_loss", r.loss}, {"samples", r.samples},
                 {"not_converged", r.not_converged}, {"diverged", r.diverged}, {"epoch", ck.epoch},
-                {"T1", s.config.at("T1")}, {"tol", s.config.at("tol")}, {"solver", s.config.at("solver")}});
+                {"T1", s.config.at("T1")}, {"tol", s.config.at("tol")}, {"solver", s.config.at("solver")},
+                {"dt", s.config.at("dt")}});
   });
 }
 
