@@ -46,6 +46,12 @@ struct RunResult {
     for (char c : err) n += c == '\n';
     return n;
   }
+  // The last line of stderr (a refusal's; progress lines of a slow phase may come before it).
+  std::string last_err_line() const {
+    const std::string e = !err.empty() && err.back() == '\n' ? err.substr(0, err.size() - 1) : err;
+    const std::size_t nl = e.rfind('\n');
+    return nl == std::string::npos ? e : e.substr(nl + 1);
+  }
 };
 
 // `prefix` goes before the binary (an mpirun command line).
