@@ -205,11 +205,13 @@ nlohmann::json run_gradcheck(const GradcheckOptions& o, std::vector<RelaxStatus>
                      (8 * nn * nn + 2 * conv_product_values(net) * nn) * 8 *
                          static_cast<double>(std::min<long>(o.batch, omp_get_max_threads()))});
   }
-  if (!truncated && !dense)  // GMRES's Krylov basis and work matrices for the batch, one solve at a time
+  if (!truncated && !dense)  // GMRES's Krylov basis and work matrices for the batch, one solve at a time,
+                             // and a conv network's linearisation at the batch's states
     extra.push_back({"GMRES's Krylov basis (" + std::to_string(KrylovConfig{}.restart + 8) + " x " +
                          std::to_string(net.neurons) + " neurons x --batch, double)",
                      "--batch",
-                     (KrylovConfig{}.restart + 8) * static_cast<double>(net.neurons) * static_cast<double>(o.batch) * 8});
+                     ((KrylovConfig{}.restart + 8) * static_cast<double>(net.neurons) + 2 * conv_product_values(net)) *
+                         static_cast<double>(o.batch) * 8});
   // The estimators run one (N, |β|) per thread at a time, each with its own states.
   const double parallel = static_cast<double>(std::min<std::size_t>(
       parse_list<int>(o.N_list, "--N").size() * parse_list<double>(o.beta_list, "--beta").size(),
