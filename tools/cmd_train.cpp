@@ -554,6 +554,7 @@ void register_eval(CLI::App& app) {
                                              : std::string("): its parameters have no stable fixed point there")));
     print_json({{"test_acc", r.top1}, {"test_top5", r.top5}, {"test_loss", r.loss}, {"samples", r.samples},
                 {"not_converged", r.not_converged}, {"diverged", r.diverged}, {"epoch", ck.epoch},
+                {"batch", ck.mid_epoch ? ck.position.batch : 0},
                 {"T1", s.config.at("T1")}, {"tol", s.config.at("tol")}, {"solver", s.config.at("solver")},
                 {"dt", s.config.at("dt")}});
   });

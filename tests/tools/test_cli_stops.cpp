@@ -66,6 +66,12 @@ TEST_CASE("stops: SIGTERM inside an epoch writes a checkpoint, logs the stop, ex
     CHECK(ck.position.epoch == out.at("stopped").at("epoch").get<long>());
     CHECK(ck.position.batch == out.at("stopped").at("batch").get<long>());
   }
+  // eval says where in training the parameters it scores stand: `epoch` epochs done and `batch`
+  // batches of the next one.
+  const RunResult e = run_hepsim("eval --checkpoint " + run + "/checkpoint.h5 --test-limit 10 --threads 1", tmp);
+  REQUIRE_MESSAGE(e.code == 0, e.err);
+  CHECK(e.json().at("epoch") == ck.epoch);
+  CHECK(e.json().at("batch") == (ck.mid_epoch ? ck.position.batch : 0));
 
   const RunResult resumed = run_hepsim("train --resume " + run + " --quiet", tmp);
   REQUIRE_MESSAGE(resumed.code == 0, resumed.err);

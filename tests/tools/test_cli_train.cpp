@@ -102,6 +102,8 @@ TEST_CASE("hepsim train writes the SPEC log layout, eval reproduces the last eva
   CHECK(ej["test_loss"].get<double>() == doctest::Approx(j["test_loss"].get<double>()).epsilon(1e-6));
   CHECK(ej["test_top5"].get<double>() >= ej["test_acc"].get<double>());
   CHECK(ej["T1"] == 40);
+  CHECK(ej["epoch"] == 2);  // an epoch-end checkpoint: no batch of epoch 3 yet
+  CHECK(ej["batch"] == 0);
   // Another free phase: relaxed to 1e-6 (up to 5,000 steps; the run is in float) instead of its 40 fixed steps,
   // the network is read out at its fixed points: other losses, fewer unsettled phases.
   const RunResult settled =
