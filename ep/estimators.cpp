@@ -217,6 +217,7 @@ IterationResult<R> krylov_solve(const Model& model, const Vec<R>& theta, const C
   res.v = std::move(k.x);
   res.steps = k.products;
   res.last_update = k.residual;
+  res.column_residual = std::move(k.column_residual);
   return res;
 }
 }  // namespace

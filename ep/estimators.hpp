@@ -66,7 +66,8 @@ template <class R>
 struct IterationResult {
   Mat<R> v;          // neurons x B
   long steps = 0;    // iterations performed
-  double last_update = 0;  // ∞-norm of the last update
+  double last_update = 0;  // ∞-norm of the last update (GMRES: of the final residual, max over columns)
+  Vec<double> column_residual;  // GMRES only: each column's final residual ∞-norm (+inf where not finite)
 };
 
 // RBP adjoint δ by the iteration δ ← D J_Gᵀ δ + D g_s from δ = 0 (T2 iterations = truncated RBP).

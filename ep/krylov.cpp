@@ -66,6 +66,7 @@ KrylovResult<R> gmres(const std::function<void(const Mat<R>&, Mat<R>&)>& apply, 
   const int m = cfg.restart;
   KrylovResult<R> res;
   res.x = Mat<R>::Zero(n, B);
+  res.column_residual.resize(B);
   Mat<R> r = b, W(n, B);
   std::vector<Mat<R>> V(static_cast<std::size_t>(m + 1), Mat<R>(n, B));
   std::vector<ColumnLsq> lsq(static_cast<std::size_t>(B), ColumnLsq(m));
@@ -92,6 +93,7 @@ KrylovResult<R> gmres(const std::function<void(const Mat<R>&, Mat<R>&)>& apply, 
       const bool finite = r.col(c).allFinite();
       const double ri = finite && n > 0 ? static_cast<double>(r.col(c).cwiseAbs().maxCoeff()) : finite ? 0.0 : HUGE_VAL;
       res.residual = std::max(res.residual, ri);
+      res.column_residual(c) = ri;
       const bool converged = ri <= cfg.tol;
       const double r2 = finite ? static_cast<double>(r.col(c).norm()) : HUGE_VAL;
       std::vector<double>& hist = norms[q];

@@ -26,6 +26,7 @@ struct KrylovResult {
   Mat<R> x;                 // the solutions (from x = 0)
   long products = 0;        // operator applications
   double residual = 0;      // max over columns of ‖b − A x‖∞ at the end (+inf for a non-finite column, whose x is NaN)
+  Vec<double> column_residual;  // each column's ‖b − A x‖∞ at the end (+inf where not finite)
   bool converged = false;   // every column reached tol
 };
 

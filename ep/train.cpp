@@ -564,9 +564,9 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
   // The exact δ at this state: a dense solve for small networks, else GMRES to 1e-10 (a conv
   // network's H is per sample: its dense solves would cost n JVPs and an LU each). Both reach δ
   // where the adjoint iteration diverges: at free states the map does not contract to, e.g. a conv
-  // network's after T1 steps (the iteration left every epoch's metrics of such a run NaN). A solve
-  // that misses 1e-10 (GMRES stagnating, or out of budget) gives no δ: the alignment metrics stay
-  // NaN rather than compare with an unconverged vector.
+  // network's after T1 steps (the iteration left every epoch's metrics of such a run NaN). A probe
+  // whose solve misses 1e-10 (GMRES stagnating, or out of budget) gets no δ (a NaN column) and is
+  // left out of the metrics rather than compared with an unconverged vector.
   Mat<double> delta;
   if (net.neurons <= 2048 && !net.has_conv()) {
     delta = rbp_dense<double>(model_, th, fs.u, fs.y);
@@ -578,17 +578,14 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
     const long steps = std::min<long>(20000, std::max<long>(1000, 20 * cfg_.free.max_steps));
     delta.resize(fs.u.rows(), P);
     const ChunkLayout layout = chunk_layout(team(), cfg_.threads, P);
-    std::vector<char> converged(static_cast<std::size_t>(std::max(1, layout.count)), 1);
-    for_my_chunks(layout, P, [&](int j, int, Index first, Index count) {
+    for_my_chunks(layout, P, [&](int, int, Index first, Index count) {
       IterationResult<double> it =
           rbp_krylov<double>(model_, th, fs.u.middleCols(first, count), fs.y.middleCols(first, count), {steps, 1e-10});
-      converged[static_cast<std::size_t>(j)] = it.last_update <= 1e-10;
+      for (Index c = 0; c < count; ++c)
+        if (!(it.column_residual(c) <= 1e-10)) it.v.col(c).setConstant(std::nan(""));
       delta.middleCols(first, count) = it.v;
     });
     if (team().size() > 1) {
-      const int ok = std::find(converged.begin(), converged.end(), 0) == converged.end();
-      const std::vector<int> oks = gather_items(team(), std::vector<int>{ok}, 1);
-      converged.assign(oks.begin(), oks.end());
       std::vector<std::size_t> counts(static_cast<std::size_t>(team().size()));
       for (int r = 0; r < team().size(); ++r) {
         const int c0 = r * layout.per_rank, c1 = c0 + layout.count_of(r);
@@ -599,14 +596,26 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
       const Mat<double> own = delta.middleCols(mine, layout.begin(P, layout.first + layout.count) - mine);
       team().allgatherv(own.data(), delta.data(), counts);
     }
-    if (std::find(converged.begin(), converged.end(), 0) != converged.end()) return;
   }
   const RelaxConfig nc = keyed_noise(cfg_.nudged, kMetricsKey + 1, probe_keys);
   const Mat<double> v = algorithm_error_vector<double>(model_, th, fs, cfg_, nullptr, &nc);
+  alignment_metrics(model_, th, cfg_, fs, v, delta, rec);
+}
+
+void alignment_metrics(const Model& model, const Vec<double>& theta, const TrainConfig& cfg,
+                       const FreeState<double>& fs, const Mat<double>& v, const Mat<double>& delta, EpochRecord& rec) {
+  const Network& net = model.net;
+  rec.cos_delta_mean.assign(net.layers.size(), std::nan(""));
+  rec.cos_delta_std.assign(net.layers.size(), std::nan(""));
+  rec.cos_grad_total = std::nan("");
+  std::vector<Index> keep;
+  for (Index b = 0; b < delta.cols(); ++b)
+    if (delta.col(b).allFinite()) keep.push_back(b);
+  if (keep.empty()) return;
   for (std::size_t l = 0; l < net.layers.size(); ++l) {
     const Layer& L = net.layers[l];
     std::vector<double> cs;
-    for (Index b = 0; b < P; ++b) {
+    for (Index b : keep) {
       const auto a = v.col(b).segment(L.offset, L.size);
       const auto d = delta.col(b).segment(L.offset, L.size);
       const double den = a.norm() * d.norm();
@@ -619,13 +628,22 @@ void Trainer<R>::epoch_metrics(const Dataset& test, EpochRecord& rec) const {
     rec.cos_delta_mean[l] = mean;
     rec.cos_delta_std[l] = std::sqrt(var / static_cast<double>(cs.size()));
   }
+  // The probes kept (all of them, the usual case, without copies).
+  const bool all = static_cast<Index>(keep.size()) == delta.cols();
+  const FreeState<double> sub = all ? FreeState<double>{} : select_columns(fs, keep);
+  const FreeState<double>& at = all ? fs : sub;
+  const Mat<double> d = all ? Mat<double>() : Mat<double>(delta(Eigen::all, keep));
+  const Mat<double> e = all ? Mat<double>() : Mat<double>(v(Eigen::all, keep));
+  const CMatRef<double> dk = all ? CMatRef<double>(delta) : CMatRef<double>(d);
+  const CMatRef<double> vk = all ? CMatRef<double>(v) : CMatRef<double>(e);
   const Index k = net.readout_w_offset;  // kernels and biases; the readout term is common to both
-  const Vec<double> g_rbp = parameter_gradient<double>(model_, th, fs, delta).head(k);
-  const Vec<double> g_alg = cfg_.algo == Algo::bp
-                                ? Vec<double>(truncated_bptt<double>(model_, th, fs.x, fs.drive, fs.u, fs.y,
-                                                                     cfg_.nudged.max_steps, map_step(cfg_.nudged))
-                                                  .grad.head(k))
-                                : Vec<double>(parameter_gradient<double>(model_, th, fs, v).head(k));
+  const Vec<double> g_rbp = parameter_gradient<double>(model, theta, at, dk).head(k);
+  const Vec<double> g_alg =
+      cfg.algo == Algo::bp
+          ? Vec<double>(truncated_bptt<double>(model, theta, at.x, at.drive, at.u, at.y, cfg.nudged.max_steps,
+                                               map_step(cfg.nudged))
+                            .grad.head(k))
+          : Vec<double>(parameter_gradient<double>(model, theta, at, vk).head(k));
   rec.cos_grad_total = g_alg.dot(g_rbp) / (g_alg.norm() * g_rbp.norm());
 }
 

@@ -232,6 +232,14 @@ template <class R>
 Mat<R> algorithm_error_vector(const Model& model, const Vec<R>& theta, const FreeState<R>& fs, const TrainConfig& cfg,
                               std::vector<RelaxStatus>* nudged_status = nullptr, const RelaxConfig* nudged = nullptr);
 
+// The alignment columns of an epoch's record from the probe batch's free state `fs` (double), the
+// algorithm's error vectors `v` and RBP's δ at it (neurons x P): per layer the mean and sd over the
+// probes of cos(v, δ), and the cosine of the whole parameter gradients with RBP's (kernels and
+// biases; truncated BPTT's gradient for bp). Probes whose δ column is not finite (its solve failed)
+// are left out; with none left, or a layer no nudge reached, the columns stay NaN.
+void alignment_metrics(const Model& model, const Vec<double>& theta, const TrainConfig& cfg,
+                       const FreeState<double>& fs, const Mat<double>& v, const Mat<double>& delta, EpochRecord& rec);
+
 // A relaxation's configuration with its state noise keyed (a copy only when there is noise):
 // `key` names the relaxation (step and phase), `columns` each column's sample.
 RelaxConfig keyed_noise(const RelaxConfig& cfg, std::uint64_t key, std::vector<std::uint64_t> columns);

@@ -2,7 +2,7 @@
 // fixed-point iteration diverges, restarted or not, column by column; on a conv network its δ and
 // v* equal the dense solves, also at a state the map does not contract to (where the adjoint
 // iteration fails); and training's alignment metrics of such a network are measured (they were NaN
-// when δ came from the adjoint iteration).
+// when δ came from the adjoint iteration), leaving out only the probes whose solve failed.
 #include <doctest/doctest.h>
 
 #include <Eigen/LU>
@@ -77,6 +77,10 @@ TEST_CASE("gmres: a non-finite column, a singular system and an unreachable tole
     CHECK(!r.converged);
     CHECK(r.residual == HUGE_VAL);
     CHECK(r.x.col(1).array().isNaN().all());
+    REQUIRE(r.column_residual.size() == 3);  // per column: the NaN one's is +inf, the others' solved
+    CHECK(r.column_residual(1) == HUGE_VAL);
+    CHECK(r.column_residual(0) <= 1e-11);
+    CHECK(r.column_residual(2) <= 1e-11);
     CHECK((A * r.x.col(0) - b.col(0)).cwiseAbs().maxCoeff() <= 1e-11);
     CHECK((A * r.x.col(2) - b.col(2)).cwiseAbs().maxCoeff() <= 1e-11);
     CHECK(r.products <= n + 2);
@@ -179,4 +183,53 @@ TEST_CASE("training metrics of a conv network whose free phases do not settle ar
   REQUIRE(std::isfinite(r.cos_grad_total));
   CHECK(r.cos_grad_total == doctest::Approx(want).epsilon(1e-8));
   for (double c : r.cos_delta_mean) CHECK(std::isfinite(c));
+}
+
+TEST_CASE("alignment metrics leave out a probe without δ: they equal the metrics of the other probes alone") {
+  const Model m = tiny_cnn();
+  const RandomBatch batch = random_batch(m.net, 3, 9);
+  const Vec<double> theta = init_params<double>(m.net, 4, 60.0);  // asymmetric: the cosines are not 1
+  RelaxConfig free;
+  free.max_steps = 30;
+  for (Algo algo : {Algo::hep, Algo::bp}) {
+    const std::string name = to_string(algo);
+    CAPTURE(name);
+    TrainConfig cfg;
+    cfg.algo = algo;
+    cfg.N = 2;
+    cfg.beta = 0.1;
+    cfg.nudged.max_steps = algo == Algo::bp ? 2 : 10;  // a BPTT through 2 steps is still far from RBP's δ
+    const auto metrics = [&](const Mat<double>& x, const Mat<double>& y, int drop) {
+      const FreeState<double> fs = free_phase<double>(m, theta, x, y, free);
+      Mat<double> delta = rbp_dense<double>(m, theta, fs.u, fs.y);
+      if (drop >= 0) delta.col(drop).setConstant(std::nan(""));
+      EpochRecord rec;
+      alignment_metrics(m, theta, cfg, fs, algorithm_error_vector<double>(m, theta, fs, cfg), delta, rec);
+      return rec;
+    };
+    const EpochRecord whole = metrics(batch.x, batch.y, -1), part = metrics(batch.x, batch.y, 1);
+    const std::vector<Index> kept{0, 2};
+    const EpochRecord alone = metrics(batch.x(Eigen::all, kept), batch.y(Eigen::all, kept), -1);
+    REQUIRE(std::isfinite(part.cos_grad_total));
+    CHECK(part.cos_grad_total == doctest::Approx(alone.cos_grad_total).epsilon(1e-12));
+    CHECK(std::abs(part.cos_grad_total - whole.cos_grad_total) > 1e-6);  // the probe did count before
+    int measured = 0;  // (layers the 2-step BPTT has not reached have no cosine in either)
+    for (std::size_t l = 0; l < part.cos_delta_mean.size(); ++l) {
+      CAPTURE(l);
+      CHECK(std::isnan(part.cos_delta_mean[l]) == std::isnan(alone.cos_delta_mean[l]));
+      if (std::isnan(alone.cos_delta_mean[l])) continue;
+      ++measured;
+      CHECK(part.cos_delta_mean[l] == doctest::Approx(alone.cos_delta_mean[l]).epsilon(1e-12));
+      CHECK(part.cos_delta_std[l] == doctest::Approx(alone.cos_delta_std[l]).epsilon(1e-12));
+    }
+    CHECK(measured >= (algo == Algo::hep ? 3 : 2));  // c1, c2, out (the input layer has none)
+  }
+  // No probe with δ: nothing is measured.
+  TrainConfig cfg;
+  const FreeState<double> fs = free_phase<double>(m, theta, batch.x, batch.y, free);
+  const Mat<double> none = Mat<double>::Constant(fs.u.rows(), 3, std::nan(""));
+  EpochRecord rec;
+  alignment_metrics(m, theta, cfg, fs, algorithm_error_vector<double>(m, theta, fs, cfg), none, rec);
+  CHECK(std::isnan(rec.cos_grad_total));
+  for (double c : rec.cos_delta_mean) CHECK(std::isnan(c));
 }
