@@ -7,6 +7,8 @@
 #include <cstring>
 #include <iostream>
 
+#include "sim/blocking.hpp"
+
 namespace {
 
 unsigned g_selected = 0;  // test cases that passed the filters in the last run
@@ -32,6 +34,7 @@ REGISTER_LISTENER("selected_count", 1, SelectedCount);
 }  // namespace
 
 int main(int argc, char** argv) {
+  hepsim::fix_product_blocking();  // the products of the CLI the tests compare with
   doctest::Context context(argc, argv);
   const int result = context.run();
   if (context.shouldExit()) return result;  // --list-test-cases, --help, …

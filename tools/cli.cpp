@@ -1,6 +1,7 @@
 #include "tools/cli.hpp"
 #include "tools/signals.hpp"
 #include "ep/parallel/mpi_team.hpp"
+#include "sim/blocking.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -327,6 +328,7 @@ const Team& launch_team() { return g_team ? *g_team : solo_team(); }
 void failure_is_agreed() { g_agreed = true; }
 
 int run(int argc, char** argv) {
+  fix_product_blocking();
   std::unique_ptr<MpiSession> mpi;
   try {
     mpi = std::make_unique<MpiSession>();

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <mutex>
 
+#include "sim/blocking.hpp"
 #include "tools/cli.hpp"
 #include "tools/signals.hpp"
 
@@ -218,6 +219,7 @@ template Samples<double> targets_in<double>(const py::handle&, const Network&, I
 PYBIND11_MODULE(hepsim, m) {
   namespace hp = hepsim::python;
   namespace py = pybind11;
+  hepsim::fix_product_blocking();  // the CLI's products, bit for bit
   m.doc() =
       "hepsim: equilibrium propagation on simulated neuromorphic and analog substrates.\n\n"
       "The subcommands of the hepsim CLI are functions returning its JSON result as a dict: train, eval, relax,\n"
